@@ -1,0 +1,3 @@
+"""espo: reinforcement learning for diffusion language models."""
+
+__version__ = "0.1.0"

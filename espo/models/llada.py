@@ -1,0 +1,241 @@
+"""Native LLaDA: a Llama-style bidirectional transformer, sized by config.
+
+Module and parameter names follow the published LLaDA checkpoints (``model.transformer.wte``,
+``blocks.{i}.q_proj`` ... ``ff_out``, ``ln_f``, the untied head ``model.transformer.ff_out``), so the same
+code loads LLaDA-8B's safetensors and the tiny checkpoints this project trains itself.
+
+Numerics follow the official forward pass: RMSNorm normalises in float32 and casts back before the weight,
+RoPE tables are built and applied in float32 (rotate-half layout), attention is
+``scaled_dot_product_attention`` without a causal mask, and ``ff_proj`` is the SiLU gate.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass
+class LLaDAConfig:
+    """The fields of LLaDA's ``config.json`` that define the network.
+
+    Args:
+        d_model: Hidden size.
+        n_heads: Query heads.
+        n_kv_heads: Key/value heads (``n_heads`` for plain multi-head attention).
+        n_layers: Number of transformer blocks.
+        mlp_hidden_size: Width of the SwiGLU feed-forward layer.
+        vocab_size: Tokenizer vocabulary size.
+        embedding_size: Rows of the embedding and of the head (may pad ``vocab_size``).
+        rope_theta: RoPE base.
+        rms_norm_eps: RMSNorm epsilon.
+        max_sequence_length: Length the RoPE table is pre-built for (longer inputs rebuild it).
+        mask_token_id: Id of the ``[MASK]`` token that diffusion corrupts tokens into.
+        eos_token_id: End-of-sequence id (also LLaDA's padding id).
+        pad_token_id: Padding id.
+    """
+
+    d_model: int = 4096
+    n_heads: int = 32
+    n_kv_heads: int | None = 32
+    n_layers: int = 32
+    mlp_hidden_size: int = 12288
+    vocab_size: int = 126464
+    embedding_size: int | None = 126464
+    rope_theta: float = 500000.0
+    rms_norm_eps: float = 1e-5
+    max_sequence_length: int = 4096
+    mask_token_id: int | None = 126336
+    eos_token_id: int | None = 126081
+    pad_token_id: int | None = 126081
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.n_heads
+
+    @property
+    def kv_heads(self) -> int:
+        return self.n_kv_heads or self.n_heads
+
+    @property
+    def rows(self) -> int:
+        return self.embedding_size or self.vocab_size
+
+    @classmethod
+    def from_dict(cls, raw: dict) -> LLaDAConfig:
+        """Builds a config from a ``config.json`` dict, ignoring fields that do not shape the network."""
+        unsupported = {
+            "alibi": False, "rope": True, "weight_tying": False, "scale_logits": False,
+            "include_bias": False, "include_qkv_bias": False, "input_emb_norm": False,
+        }
+        for key, expected in unsupported.items():
+            if key in raw and bool(raw[key]) != expected:
+                raise ValueError(f"LLaDA config field {key}={raw[key]!r} is not supported (expected {expected}).")
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in raw.items() if k in known})
+
+    def to_dict(self) -> dict:
+        """The ``config.json`` content, in the layout of the published checkpoints."""
+        out = asdict(self)
+        out.update(
+            model_type="llada", architectures=["LLaDAModelLM"], block_type="llama", activation_type="silu",
+            layer_norm_type="rms", rope=True, alibi=False, weight_tying=False, include_bias=False,
+            include_qkv_bias=False, scale_logits=False, rope_full_precision=True,
+        )
+        return out
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> LLaDAConfig:
+        return cls.from_dict(json.loads(Path(path).read_text()))
+
+
+class RMSNorm(nn.Module):
+    """LLaDA's RMSNorm: normalise in float32, cast back, then scale by the weight in the input dtype."""
+
+    def __init__(self, dim: int, eps: float) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x32 = x.float()
+        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * x32.to(x.dtype)
+
+
+def rope_tables(length: int, head_dim: int, theta: float, device: torch.device) -> tuple[torch.Tensor, ...]:
+    """cos/sin tables [length, head_dim] in float32, rotate-half layout."""
+    inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, device=device, dtype=torch.float) / head_dim)
+    angles = torch.outer(torch.arange(length, device=device, dtype=torch.float), inv_freq)
+    angles = torch.cat([angles, angles], dim=-1)
+    return angles.cos(), angles.sin()
+
+
+def apply_rope(t: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotates q or k [B, H, T, D] in float32 (as LLaDA's ``rope_full_precision``) and casts back."""
+    t32 = t.float()
+    half = t32.shape[-1] // 2
+    rotated = torch.cat([-t32[..., half:], t32[..., :half]], dim=-1)
+    return (t32 * cos + rotated * sin).to(t.dtype)
+
+
+class LLaDABlock(nn.Module):
+    """One pre-norm block: bidirectional attention, then a SwiGLU feed-forward (``ff_proj`` is the gate)."""
+
+    def __init__(self, cfg: LLaDAConfig) -> None:
+        super().__init__()
+        self.n_heads, self.kv_heads, self.head_dim = cfg.n_heads, cfg.kv_heads, cfg.head_dim
+        self.attn_norm = RMSNorm(cfg.d_model, cfg.rms_norm_eps)
+        self.q_proj = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
+        self.k_proj = nn.Linear(cfg.d_model, cfg.kv_heads * cfg.head_dim, bias=False)
+        self.v_proj = nn.Linear(cfg.d_model, cfg.kv_heads * cfg.head_dim, bias=False)
+        self.attn_out = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
+        self.ff_norm = RMSNorm(cfg.d_model, cfg.rms_norm_eps)
+        self.ff_proj = nn.Linear(cfg.d_model, cfg.mlp_hidden_size, bias=False)
+        self.up_proj = nn.Linear(cfg.d_model, cfg.mlp_hidden_size, bias=False)
+        self.ff_out = nn.Linear(cfg.mlp_hidden_size, cfg.d_model, bias=False)
+
+    def forward(
+        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, attn_mask: torch.Tensor | None
+    ) -> torch.Tensor:
+        b, t, _ = x.shape
+        h = self.attn_norm(x)
+        q = self.q_proj(h).view(b, t, self.n_heads, self.head_dim).transpose(1, 2)  # [B, H, T, D]
+        k = self.k_proj(h).view(b, t, self.kv_heads, self.head_dim).transpose(1, 2)  # [B, Hkv, T, D]
+        v = self.v_proj(h).view(b, t, self.kv_heads, self.head_dim).transpose(1, 2)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if self.kv_heads != self.n_heads:
+            group = self.n_heads // self.kv_heads
+            k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
+        att = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=False)
+        x = x + self.attn_out(att.transpose(1, 2).reshape(b, t, -1))
+        h = self.ff_norm(x)
+        return x + self.ff_out(F.silu(self.ff_proj(h)) * self.up_proj(h))
+
+
+class LLaDATransformer(nn.Module):
+    """``model.transformer``: embeddings, blocks, final norm and the untied head (``ff_out``)."""
+
+    def __init__(self, cfg: LLaDAConfig) -> None:
+        super().__init__()
+        self.wte = nn.Embedding(cfg.rows, cfg.d_model)
+        self.blocks = nn.ModuleList(LLaDABlock(cfg) for _ in range(cfg.n_layers))
+        self.ln_f = RMSNorm(cfg.d_model, cfg.rms_norm_eps)
+        self.ff_out = nn.Linear(cfg.d_model, cfg.rows, bias=False)
+
+
+class _Inner(nn.Module):
+    def __init__(self, cfg: LLaDAConfig) -> None:
+        super().__init__()
+        self.transformer = LLaDATransformer(cfg)
+
+
+class LLaDAModelLM(nn.Module):
+    """The LLaDA network with the published parameter names (``model.transformer.*``).
+
+    ``forward`` returns logits [B, T, V] where position i predicts token i (no shift). ``hidden_states``
+    and ``lm_head`` split the two so callers can apply the head at chosen positions only.
+    """
+
+    block_class = LLaDABlock
+
+    def __init__(self, cfg: LLaDAConfig) -> None:
+        super().__init__()
+        if cfg.d_model % cfg.n_heads or cfg.n_heads % cfg.kv_heads:
+            raise ValueError(f"d_model={cfg.d_model}, n_heads={cfg.n_heads}, n_kv_heads={cfg.kv_heads} "
+                             "do not divide evenly.")
+        self.config = cfg
+        self.model = _Inner(cfg)
+        # Not a buffer: kept in float32 and out of dtype casts, FSDP and the state dict, as in LLaDA.
+        self._rope: dict[str, torch.Tensor] = {}
+
+    def reset_parameters(self, generator: torch.Generator | None = None, std: float = 0.02) -> None:
+        """Random init (normal std 0.02, unit norms); the residual outputs are scaled by 1/sqrt(2L)."""
+        out_std = std / math.sqrt(2 * self.config.n_layers)
+        for name, p in self.named_parameters():
+            if p.dim() == 1:
+                nn.init.ones_(p)
+                continue
+            s = out_std if re.search(r"blocks\.\d+\.(attn_out|ff_out)\.weight$", name) else std
+            with torch.no_grad():
+                p.copy_(torch.randn(p.shape, generator=generator, dtype=torch.float) * s)
+
+    def _tables(self, length: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        cached = self._rope.get("cos")
+        if cached is None or cached.shape[0] < length or cached.device != device:
+            size = max(length, self.config.max_sequence_length)
+            self._rope["cos"], self._rope["sin"] = rope_tables(
+                size, self.config.head_dim, self.config.rope_theta, device)
+        return self._rope["cos"][:length], self._rope["sin"][:length]
+
+    def hidden_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Final-norm hidden states [B, T, d_model].
+
+        Args:
+            input_ids: Token ids [B, T].
+            attention_mask: Optional [B, T] with 1 for real tokens and 0 for padding; padded keys are
+                masked out and attention stays bidirectional (the post-2025-10 LLaDA behaviour).
+        """
+        tr = self.model.transformer
+        x = tr.wte(input_ids)
+        cos, sin = self._tables(input_ids.shape[1], input_ids.device)
+        mask = None
+        if attention_mask is not None and not bool(attention_mask.all()):
+            mask = attention_mask.bool()[:, None, None, :]  # [B, 1, 1, T] over keys
+        for block in tr.blocks:
+            x = block(x, cos, sin, mask)
+        return tr.ln_f(x)
+
+    def lm_head(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Logits for any [..., d_model] hidden states."""
+        return self.model.transformer.ff_out(hidden)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        return self.lm_head(self.hidden_states(input_ids, attention_mask))
