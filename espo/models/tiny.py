@@ -1,12 +1,11 @@
 """Tiny LLaDA-shaped checkpoints for tests, the CPU demo and benchmarks.
 
-``python -m espo.models.tiny OUT_DIR`` writes a randomly initialised model with the character tokenizer,
+``python -m espo.models OUT_DIR`` writes a randomly initialised model with the character tokenizer,
 in the same directory layout ``load_model`` reads for LLaDA-8B.
 """
 
 from __future__ import annotations
 
-import argparse
 from dataclasses import replace
 from pathlib import Path
 
@@ -45,15 +44,3 @@ def tiny_model(seed: int = 0, dtype: torch.dtype = torch.float32, **overrides: i
 def make_tiny_checkpoint(directory: str | Path, seed: int = 0, **overrides: int | float) -> Path:
     """Writes a tiny random checkpoint directory (config.json, model.safetensors, tokenizer files)."""
     return tiny_model(seed, **overrides).save_pretrained(directory)
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("out_dir", help="Directory to write the checkpoint into.")
-    parser.add_argument("--seed", type=int, default=0, help="Initialisation seed.")
-    args = parser.parse_args()
-    print(make_tiny_checkpoint(args.out_dir, args.seed))
-
-
-if __name__ == "__main__":
-    main()

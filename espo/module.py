@@ -1,0 +1,254 @@
+"""``DiffusionRL``: one LightningModule that wires a policy, an objective, a sampler and a task.
+
+One training step (manual optimisation; the dataloader yields prompts only):
+
+    prompts -> sampler (no grad) -> decode, cut at the first EOS -> task reward -> objective.advantages
+    -> objective.prepare (no-grad old/reference passes for every inner iteration, same masks)
+    -> for j in range(num_iterations): for each micro-batch: objective.loss -> backward; clip; step
+
+``trainer.global_step`` therefore counts optimiser steps: ``num_iterations`` per prompt batch.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from typing import Any
+
+import torch
+from lightning.pytorch import LightningModule
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from lightning.pytorch.utilities import rank_zero_info
+
+from espo.models import DiffusionLM, load_model
+from espo.objectives import Objective, Rollout
+from espo.rng import make_generator
+from espo.sampling import Sampler
+from espo.tasks.base import Prompt, Task
+from espo.tokens import completion_mask, encode_prompts, encode_targets
+
+
+class DiffusionRL(LightningModule):
+    """RL (or masked SFT) of a masked-diffusion LM on a verifiable-reward task.
+
+    Args:
+        model: Local model directory or hub id (see ``espo.models.load_model``).
+        objective: The training objective (``ESPO``, ``MaskedSFT`` ...).
+        sampler: The rollout sampler; its ``gen_length`` is the completion canvas L.
+        optimizer: Optimiser factory over the trainable parameters.
+        lr_scheduler: Optional scheduler factory, stepped once per optimiser step.
+        num_generations: Completions per prompt G (advantages are computed within each group).
+        num_iterations: Inner optimiser steps μ per rollout batch.
+        micro_batch_size: Rows per forward/backward in the updates (None: the whole rollout batch).
+        rollout_batch_size: Rows per sampler call (None: the whole rollout batch).
+        max_grad_norm: Gradient-norm clip per optimiser step (None: no clipping).
+        dtype: Parameter dtype of the policy (``bfloat16``, ``float32``).
+        seed: Run seed of every random stream (rollouts, masks); the global RNG is never used.
+        max_prompt_length: Prompts longer than this are left-truncated (counted and logged).
+        sft_sample_every: With an SFT objective, sample and score every this many steps (0: never).
+        export_dir: Write the trained policy here as a model directory when training ends.
+    """
+
+    def __init__(
+        self,
+        model: str,
+        objective: Objective,
+        sampler: Sampler,
+        optimizer: OptimizerCallable = torch.optim.AdamW,
+        lr_scheduler: LRSchedulerCallable | None = None,
+        num_generations: int = 6,
+        num_iterations: int = 1,
+        micro_batch_size: int | None = None,
+        rollout_batch_size: int | None = None,
+        max_grad_norm: float | None = 0.2,
+        dtype: str = "bfloat16",
+        seed: int = 42,
+        max_prompt_length: int | None = None,
+        sft_sample_every: int = 10,
+        export_dir: str | None = None,
+    ) -> None:
+        super().__init__()
+        if num_generations < 1 or num_iterations < 1:
+            raise ValueError("num_generations and num_iterations must be at least 1.")
+        if objective.requires_rollouts and num_generations < 2:
+            raise ValueError(f"{type(objective).__name__} compares completions within a prompt's group: "
+                             "num_generations must be at least 2.")
+        for name, value in (("micro_batch_size", micro_batch_size), ("rollout_batch_size", rollout_batch_size)):
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be positive or None.")
+        self.save_hyperparameters(ignore=["objective", "sampler", "optimizer", "lr_scheduler"])
+        self.model_source, self.objective, self.sampler = model, objective, sampler
+        self.optimizer_factory, self.scheduler_factory = optimizer, lr_scheduler
+        self.num_generations, self.num_iterations = num_generations, num_iterations
+        self.micro_batch_size, self.rollout_batch_size = micro_batch_size, rollout_batch_size
+        self.max_grad_norm, self.dtype_name, self.seed = max_grad_norm, dtype, seed
+        self.max_prompt_length, self.sft_sample_every, self.export_dir = max_prompt_length, sft_sample_every, export_dir
+        self.automatic_optimization = False
+        self.policy: DiffusionLM | None = None
+        self._reference: list[DiffusionLM] = []  # a list keeps the frozen copy out of state_dict/optimiser
+        self.rollout_step = 0
+        self.reward_history: list[tuple[int, float]] = []
+        self.last_samples: list[dict[str, Any]] = []
+
+    # ------------------------------------------------------------------ setup
+    def configure_model(self) -> None:
+        if self.policy is not None:
+            return
+        self.policy = load_model(self.model_source, dtype=self.dtype_name)
+        if self.objective.uses_reference:
+            # Full fine-tuning: the reference is the frozen starting point (reloaded, hence identical, on resume).
+            reference = copy.deepcopy(self.policy).requires_grad_(False).eval()
+            self._reference = [reference]
+
+    @property
+    def reference(self) -> DiffusionLM | None:
+        return self._reference[0] if self._reference else None
+
+    def configure_optimizers(self) -> Any:
+        params = [p for p in self.policy.parameters() if p.requires_grad]
+        optimizer = self.optimizer_factory(params)
+        if self.scheduler_factory is None:
+            return optimizer
+        return {"optimizer": optimizer,
+                "lr_scheduler": {"scheduler": self.scheduler_factory(optimizer), "interval": "step"}}
+
+    def on_fit_start(self) -> None:
+        if self.reference is not None:
+            self.reference.to(self.device)
+        task = self._task()
+        n = task.batch_size * self.num_generations
+        micro = self.micro_batch_size or n
+        rank_zero_info(
+            f"espo: {task.batch_size} prompts x {self.num_generations} generations = {n} completions per step; "
+            f"{-(-n // micro)} micro-batches of <= {micro}; {self.num_iterations} optimiser step(s) per rollout; "
+            f"completion canvas {self.sampler.gen_length} tokens.")
+
+    def _task(self) -> Task:
+        task = self.trainer.datamodule
+        if not isinstance(task, Task):
+            raise TypeError(f"DiffusionRL needs an espo Task as its datamodule, got {type(task).__name__}.")
+        return task
+
+    # ------------------------------------------------------------------ rollouts
+    def _encode(self, prompts: list[Prompt]) -> tuple[torch.Tensor, torch.Tensor]:
+        ids, mask, truncated = encode_prompts(self.policy.tokenizer, prompts, self.max_prompt_length)
+        if truncated:
+            self.log("prompts_truncated", float(truncated), on_step=True)
+        return ids.to(self.device), mask.to(self.device)
+
+    @torch.no_grad()
+    def sample(self, prompt_ids: torch.Tensor, attention_mask: torch.Tensor, generator: torch.Generator
+               ) -> torch.Tensor:
+        """Completions for prompt rows [N, P] -> full sequences [N, P + L], in chunks of rollout_batch_size."""
+        chunk = self.rollout_batch_size or prompt_ids.shape[0]
+        return torch.cat([
+            self.sampler.sample(self.policy, prompt_ids[i:i + chunk], attention_mask=attention_mask[i:i + chunk],
+                                generator=generator)
+            for i in range(0, prompt_ids.shape[0], chunk)
+        ])
+
+    def decode(self, completion_ids: torch.Tensor) -> list[str]:
+        """Completion texts, each cut at its first EOS."""
+        keep = completion_mask(completion_ids, self.policy.eos_token_ids, include_eos=False)
+        return [self.policy.tokenizer.decode(row[m].tolist(), skip_special_tokens=True)
+                for row, m in zip(completion_ids.cpu(), keep.cpu(), strict=True)]
+
+    # ------------------------------------------------------------------ the step
+    def training_step(self, batch: list[dict[str, Any]], batch_idx: int) -> None:
+        task, step, g = self._task(), self.rollout_step, self.num_generations
+        self.policy.eval()  # dropout stays off during RL: rollouts, old/ref and current passes agree
+        examples = [ex for ex in batch for _ in range(g)]
+        prompt_ids, prompt_mask = self._encode([task.prompt(ex) for ex in batch])
+        prompt_ids, prompt_mask = prompt_ids.repeat_interleave(g, 0), prompt_mask.repeat_interleave(g, 0)
+        metrics: dict[str, float] = {}
+        sample_now = self.objective.requires_rollouts or (self.sft_sample_every and step % self.sft_sample_every == 0)
+        texts, components = None, None
+        if sample_now:
+            start = time.perf_counter()
+            sequences = self.sample(prompt_ids, prompt_mask, make_generator(self.seed, "rollout", step))
+            seconds = time.perf_counter() - start
+            completion = sequences[:, prompt_ids.shape[1]:]
+            texts = self.decode(completion)
+            components = task.reward_components(texts, examples)
+            rewards = torch.tensor([sum(v) for v in zip(*components.values(), strict=True)], dtype=torch.float32)
+            metrics.update(self._reward_metrics(rewards, components, completion, seconds))
+            self.reward_history.append((step, float(rewards.mean())))
+            self._remember(step, batch, examples, texts, rewards, components)
+        if self.objective.requires_rollouts:
+            advantages = self.objective.advantages(rewards, g)
+            metrics.update(advantage_mean=float(advantages.mean()), advantage_abs=float(advantages.abs().mean()))
+        else:
+            completion = encode_targets(self.policy.tokenizer, [task.target(ex) for ex in examples],
+                                        self.sampler.gen_length, self.policy.eos_token_ids[0]).to(self.device)
+            rewards = advantages = torch.zeros(completion.shape[0])
+        rollout = Rollout(
+            input_ids=torch.cat([prompt_ids, completion], dim=1), prompt_len=prompt_ids.shape[1],
+            rewards=rewards.to(self.device), advantages=advantages.to(self.device), group_size=g,
+            attention_mask=torch.cat([prompt_mask, torch.ones_like(completion)], dim=1),
+            completion_mask=completion_mask(completion, self.policy.eos_token_ids, include_eos=True))
+        metrics.update(self._update(rollout, step))
+        self.rollout_step += 1
+        if "reward" in metrics:
+            self.log("reward", metrics.pop("reward"), prog_bar=True, on_step=True)
+        self.log_dict({k: float(v) for k, v in metrics.items()}, on_step=True, prog_bar=False)
+
+    def _update(self, rollout: Rollout, step: int) -> dict[str, float]:
+        micro = self.micro_batch_size or len(rollout)
+        start = time.perf_counter()
+        self.objective.prepare(self.policy, self.reference, rollout, num_iterations=self.num_iterations,
+                               micro_batch_size=micro, generator=make_generator(self.seed, "prepare", step))
+        prepared = time.perf_counter()
+        optimizer, scheduler = self.optimizers(), self.lr_schedulers()
+        params = [p for p in self.policy.parameters() if p.requires_grad]
+        totals: dict[str, float] = {}
+        for j in range(self.num_iterations):
+            for mb in rollout.split(micro):
+                loss, parts = self.objective.loss(self.policy, mb, j)
+                self.manual_backward(loss * (len(mb) / len(rollout)))
+                for key, value in {"loss": loss.detach(), **parts}.items():
+                    totals[key] = totals.get(key, 0.0) + float(value) * len(mb) / len(rollout) / self.num_iterations
+            norm = torch.nn.utils.clip_grad_norm_(params, self.max_grad_norm or float("inf"))
+            totals["grad_norm"] = totals.get("grad_norm", 0.0) + float(norm) / self.num_iterations
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            if scheduler is not None:
+                scheduler.step()
+        totals["time/prepare"] = prepared - start
+        totals["time/update"] = time.perf_counter() - prepared
+        return totals
+
+    def _reward_metrics(self, rewards: torch.Tensor, components: dict[str, list[float]],
+                        completion: torch.Tensor, seconds: float) -> dict[str, float]:
+        lengths = completion_mask(completion, self.policy.eos_token_ids, include_eos=True).sum(-1).float()
+        out = {"reward": float(rewards.mean()), "reward_std": float(rewards.std()) if rewards.numel() > 1 else 0.0,
+               "completion_length": float(lengths.mean()), "time/rollout": seconds,
+               "tokens_per_second": completion.numel() / max(seconds, 1e-9)}
+        if self.num_generations > 1:
+            grouped = rewards.view(-1, self.num_generations)
+            out["zero_std_groups"] = float((grouped.max(-1).values - grouped.min(-1).values < 1e-6).float().mean())
+        out.update({f"reward/{name}": sum(values) / len(values) for name, values in components.items()})
+        return out
+
+    def _remember(self, step: int, batch: list[dict], examples: list[dict], texts: list[str],
+                  rewards: torch.Tensor, components: dict[str, list[float]]) -> None:
+        task = self._task()
+        prompts = [task.prompt(ex) for ex in batch for _ in range(self.num_generations)]
+        self.last_samples = [
+            {"step": step, "prompt": p if isinstance(p, str) else p[-1]["content"], "completion": t,
+             "reward": float(r), **{name: values[i] for name, values in components.items()}}
+            for i, (p, t, r) in enumerate(zip(prompts, texts, rewards.tolist(), strict=True))
+        ]
+
+    # ------------------------------------------------------------------ persistence
+    def on_train_end(self) -> None:
+        if self.export_dir and self.trainer.is_global_zero:
+            path = self.policy.save_pretrained(self.export_dir)
+            rank_zero_info(f"espo: exported the policy to {path}")
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["espo"] = {"rollout_step": self.rollout_step, "reward_history": self.reward_history}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        state = checkpoint.get("espo", {})
+        self.rollout_step = state.get("rollout_step", 0)
+        self.reward_history = [tuple(x) for x in state.get("reward_history", [])]

@@ -1,0 +1,158 @@
+"""The Monte-Carlo ELBO of a completion under a masked-diffusion model, as ESPO samples it.
+
+For a completion y of L tokens after prompt x, one draw masks n of the L positions (the prompt never):
+
+    Ê = -1/2 [ (L+1)/n · Σ_{k∈M} CE_k(y_M) + (L+1)/(L-n) · Σ_{k∉M} CE_k(y_{M^c}) ]
+
+The second term is the coupled (complementary) pass: exactly the positions left visible by the first pass
+are masked. A term with an empty set is 0. With n uniform on {0..L}, each term is an unbiased estimate of
+
+    Σ_{n=1}^{L} 1/n · E_{|M|=n}[ Σ_{k∈M} log p_θ(y_k | y with M masked, x) ],
+
+LLaDA's discrete ELBO. Mask counts are stratified over the rows of a batch: one random offset k, then
+n_r = round(k + r(L+1)/b) mod (L+1) (``torch.round``, half to even, as the reference code), and a uniformly
+random subset of n_r positions per row. ``uniform_counts=True`` rounds half up instead, which makes every
+row's count exactly uniform (half-to-even repeats some counts when (L+1)/b has a .5 fraction).
+
+Masks are drawn separately from evaluation (:func:`sample_masks`, :func:`elbo_from_masks`) so the old,
+reference and current policies can be scored on the very same masks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from espo.models.wrapper import logits_at, mask_token_of
+
+
+def sample_masks(
+    num_rows: int,
+    length: int,
+    *,
+    num_mc: int = 1,
+    generator: torch.Generator | None = None,
+    group_size: int | None = None,
+    uniform_counts: bool = False,
+) -> torch.Tensor:
+    """Draws ESPO's stratified completion masks.
+
+    Args:
+        num_rows: Sequences in the batch (b).
+        length: Completion length L.
+        num_mc: Independent draws (each with its own offset).
+        generator: Source of randomness (CPU); required for reproducibility, never the global RNG.
+        group_size: Rows stratified together (ESPO stratifies per micro-batch); default all rows.
+        uniform_counts: Round half up instead of half to even (exactly uniform counts; a deviation).
+
+    Returns:
+        Boolean masks [num_mc, num_rows, length], True where the completion token is masked.
+    """
+    if generator is None:
+        raise ValueError("sample_masks needs an explicit torch.Generator (the global RNG is never used).")
+    group = group_size or num_rows
+    masks = []
+    for _ in range(num_mc):
+        counts = []
+        for start in range(0, num_rows, group):
+            b = min(group, num_rows - start)
+            offset = torch.randint(0, length + 1, (), generator=generator).double()
+            spread = offset + torch.arange(b, dtype=torch.float64) * (length + 1) / b  # [b]
+            spread = torch.floor(spread + 0.5) if uniform_counts else torch.round(spread)
+            counts.append(spread.long() % (length + 1))
+        n = torch.cat(counts)  # [b]
+        # A uniformly random subset of size n per row: rank random keys, keep the n smallest.
+        keys = torch.rand(num_rows, length, generator=generator)  # [b, L]
+        ranks = keys.argsort(dim=1).argsort(dim=1)  # [b, L]
+        masks.append(ranks < n[:, None])
+    return torch.stack(masks)  # [M, b, L]
+
+
+def elbo_from_masks(
+    model: Callable[..., Any],
+    input_ids: torch.Tensor,
+    prompt_len: int,
+    masks: torch.Tensor,
+    *,
+    mask_id: int | None = None,
+    coupled: bool = True,
+    attention_mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Evaluates the ELBO estimate on given masks, in one forward pass over all draws and both passes.
+
+    Args:
+        model: ``DiffusionLM`` (LM head only at masked positions) or any callable returning logits.
+        input_ids: Prompt then completion [B, T].
+        prompt_len: P; the last T - P positions are the completion.
+        masks: Boolean [M, B, L] from :func:`sample_masks`.
+        mask_id: The mask token id (default: the model's own).
+        coupled: Add the complementary pass.
+        attention_mask: Optional [B, T] padding mask, the same one the sampler used.
+
+    Returns:
+        The per-sequence estimate [B], averaged over the M draws (differentiable).
+    """
+    mask_id = mask_token_of(model, mask_id)
+    num_mc, b, length = masks.shape
+    if input_ids.shape[1] - prompt_len != length:
+        raise ValueError(f"masks cover {length} positions, the completion has {input_ids.shape[1] - prompt_len}.")
+    masks = masks.to(input_ids.device)
+    passes = torch.cat([masks, ~masks]) if coupled else masks  # [K, B, L], K = M or 2M
+    k = passes.shape[0]
+    full = F.pad(passes, (prompt_len, 0), value=False)  # [K, B, T]; the prompt is never masked
+    noisy = torch.where(full, mask_id, input_ids.expand(k, -1, -1))  # [K, B, T]
+    am = None if attention_mask is None else attention_mask.repeat(k, 1)  # [K*B, T]
+    logits = logits_at(model, noisy.flatten(0, 1), full.flatten(0, 1), am)  # [N_masked, V]
+    targets = input_ids.expand(k, -1, -1)[full]  # [N_masked]
+    logp = torch.log_softmax(logits.float(), dim=-1).gather(-1, targets[:, None]).squeeze(-1)  # [N_masked]
+    per_pos = torch.zeros(passes.shape, dtype=logp.dtype, device=logp.device)  # [K, B, L]
+    per_pos = per_pos.masked_scatter(passes, logp)
+    sums = per_pos.sum(-1)  # [K, B]
+    n = masks.sum(-1).to(sums.dtype)  # [M, B] masked counts of the first pass
+    main_w = torch.where(n > 0, (length + 1) / n.clamp(min=1), 0.0)  # [M, B]
+    est = main_w * sums[:num_mc]  # [M, B]
+    if coupled:
+        comp_w = torch.where(n < length, (length + 1) / (length - n).clamp(min=1), 0.0)  # [M, B]
+        est = 0.5 * (est + comp_w * sums[num_mc:])
+    return est.mean(0)  # [B]
+
+
+def elbo(
+    model: Callable[..., Any],
+    input_ids: torch.Tensor,
+    prompt_len: int,
+    *,
+    mask_id: int | None = None,
+    num_mc: int = 1,
+    coupled: bool = True,
+    generator: torch.Generator | None = None,
+    attention_mask: torch.Tensor | None = None,
+    uniform_counts: bool = False,
+) -> torch.Tensor:
+    """The per-sequence Monte-Carlo ELBO estimate ESPO uses (contract function).
+
+    Args:
+        model: Any callable taking ``input_ids`` [B, T] and returning logits [B, T, V] (or ``.logits``).
+        input_ids: Prompt then completion [B, T].
+        prompt_len: Length of the (padded) prompt P.
+        mask_id: The mask token id (default: the model's ``mask_token_id``).
+        num_mc: Monte-Carlo draws averaged.
+        coupled: Add the complementary pass (lower variance, same expectation).
+        generator: Generator for the masks. None draws from a fresh generator seeded from OS entropy
+            (not reproducible; the global RNG is still left alone).
+        attention_mask: Optional [B, T] padding mask.
+        uniform_counts: See :func:`sample_masks`.
+
+    Returns:
+        Estimates [B].
+    """
+    if generator is None:
+        generator = torch.Generator()
+        generator.seed()
+    masks = sample_masks(input_ids.shape[0], input_ids.shape[1] - prompt_len, num_mc=num_mc,
+                         generator=generator, uniform_counts=uniform_counts)
+    return elbo_from_masks(model, input_ids, prompt_len, masks, mask_id=mask_id, coupled=coupled,
+                           attention_mask=attention_mask)

@@ -1,0 +1,82 @@
+"""The espo command: configs parse, overrides apply, bad input fails before any model loads, fit runs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from espo.cli import main
+from espo.objectives import ESPO, MaskedSFT
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = sorted((REPO / "configs").glob("**/*.yaml"))
+
+
+@pytest.fixture(autouse=True)
+def _argv(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("sys.argv", ["espo"])  # LightningCLI warns when args and sys.argv both exist
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.name)
+def test_every_config_parses(config: Path, capsys: pytest.CaptureFixture[str]):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", str(config), "--print_config"])
+    assert exit_info.value.code in (0, None)
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["model"]["objective"]["class_path"].startswith("espo.objectives.")
+    assert printed["data"]["class_path"].startswith("espo.tasks.")
+
+
+def test_overrides_and_objective_swap_apply_without_loading_the_model():
+    cli = main(["--config", str(REPO / "configs/demo.yaml"), "--model.model", "no/such/dir",
+                "--model.objective.init_args.beta", "0.05", "--model.objective.init_args.num_mc", "3"], run=False)
+    assert isinstance(cli.model.objective, ESPO)
+    assert cli.model.objective.beta == 0.05 and cli.model.objective.num_mc == 3
+    assert cli.model.policy is None  # the model loads in configure_model, not at parse time
+    cli = main(["--config", str(REPO / "configs/sudoku_sft.yaml"), "--model.objective", "MaskedSFT"],
+               run=False)
+    assert isinstance(cli.model.objective, MaskedSFT)
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--model.objective.init_args.betta", "0.1"], "betta"),
+    (["--model.num_generations", "many"], "num_generations"),
+    (["--model.objective", "NoSuchObjective"], "NoSuchObjective"),
+])
+def test_bad_keys_and_types_fail_at_parse_time(args, needle, capsys: pytest.CaptureFixture[str]):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", str(REPO / "configs/demo.yaml"), "--model.model", "no/such/dir", *args])
+    assert exit_info.value.code != 0
+    err = capsys.readouterr().err
+    assert needle in err and "no/such/dir" not in err
+
+
+def test_help_lists_module_options(capsys: pytest.CaptureFixture[str]):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert "--model.num_iterations" in out and "Inner optimiser steps" in out
+
+
+@pytest.mark.slow
+def test_two_step_fit_writes_summary(tiny_dir: Path, tmp_path: Path):
+    main(["fit", "--config", str(REPO / "configs/demo.yaml"), "--model.model", str(tiny_dir),
+          "--trainer.max_steps", "4", "--trainer.logger.init_args.save_dir", str(tmp_path),
+          "--data.init_args.batch_size", "2", "--model.micro_batch_size", "6",
+          "--completions.every_n_steps", "1", "--completions.num_rows", "2"])
+    [summary_file] = tmp_path.glob("demo/version_*/summary.json")
+    summary = json.loads(summary_file.read_text())
+    assert summary["steps"] == 4 and summary["rollout_steps"] == 2
+    assert summary["reward_first"] is not None and summary["reward_last"] is not None
+    assert summary["seconds"] > 0
+    lines = (summary_file.parent / "completions.jsonl").read_text().splitlines()
+    assert len(lines) == 2 * 2 * 6  # every completion of both rollout steps
+    assert {"prompt", "completion", "reward", "cell_accuracy", "step"} <= set(json.loads(lines[0]))
+    metrics = (summary_file.parent / "metrics.csv").read_text().splitlines()[0]
+    for key in ("reward", "kl", "clip_region", "ratio_mean", "advantage_abs", "completion_length",
+                "tokens_per_second", "reward/cell_accuracy"):
+        assert key in metrics.split(","), key

@@ -1,0 +1,122 @@
+"""The Monte-Carlo ELBO: exact expectation by enumeration, hand values, coupling, masks."""
+
+from __future__ import annotations
+
+import itertools
+import math
+from types import SimpleNamespace
+
+import torch
+
+from espo.objectives import elbo, elbo_from_masks, sample_masks
+
+P, L = 2, 5
+
+
+def exact_elbo(model, ids: torch.Tensor, mask_id: int) -> torch.Tensor:
+    """Σ_n 1/n · mean over subsets M of size n of Σ_{k∈M} log p(y_k | y with M masked), by enumeration."""
+    total = torch.zeros(ids.shape[0], dtype=torch.float64)
+    for n in range(1, L + 1):
+        subsets = list(itertools.combinations(range(L), n))
+        acc = torch.zeros(ids.shape[0], dtype=torch.float64)
+        for subset in subsets:
+            pos = [P + i for i in subset]
+            x = ids.clone()
+            x[:, pos] = mask_id
+            logp = torch.log_softmax(model(x).double(), -1)[:, pos]
+            acc += logp.gather(-1, ids[:, pos, None]).squeeze(-1).sum(-1)
+        total += acc / len(subsets) / n
+    return total
+
+
+def draws(model, ids, coupled: bool, num: int, mask_id: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(123)
+    reps = 3  # (L + 1) / 6 rows is a whole number: the stratified counts are exactly uniform per row
+    batch = ids.repeat(reps, 1)
+    with torch.no_grad():
+        out = [elbo(model, batch, P, mask_id=mask_id, coupled=coupled, generator=g).view(reps, -1).mean(0)
+               for _ in range(num)]
+    return torch.stack(out).double()  # [num, B]
+
+
+def test_mean_matches_enumeration_with_and_without_coupling(small_model):
+    ids = torch.randint(5, 60, (2, P + L), generator=torch.Generator().manual_seed(0))
+    plain = lambda x: SimpleNamespace(logits=small_model(x))  # noqa: E731 - the contract's plain callable
+    with torch.no_grad():
+        exact = exact_elbo(small_model, ids, small_model.mask_token_id)
+    variances = {}
+    for coupled in (False, True):
+        est = draws(plain, ids, coupled, 1500, small_model.mask_token_id)
+        se = est.std(0) / math.sqrt(est.shape[0])
+        assert torch.all((est.mean(0) - exact).abs() < 4 * se), (coupled, est.mean(0), exact, se)
+        variances[coupled] = est.var(0)
+    assert torch.all(variances[True] < variances[False])
+
+
+def test_hand_values_with_uniform_logits():
+    vocab, length = 7, 4
+    model = lambda x: torch.zeros(*x.shape, vocab)  # noqa: E731 - log p = -log V everywhere
+    ids = torch.randint(0, 6, (3, 2 + length))
+    masks = torch.tensor([[[1, 1, 0, 0], [0, 0, 0, 0], [1, 1, 1, 1]]], dtype=torch.bool)  # n = 2, 0, 4
+    lv = math.log(vocab)
+    coupled = elbo_from_masks(model, ids, 2, masks, mask_id=6, coupled=True)
+    # n=2: ½[(5/2)·2 + (5/2)·2](-log V); n=0: ½[0 + (5/4)·4](-log V); n=4: ½[(5/4)·4 + 0](-log V)
+    assert torch.allclose(coupled, torch.tensor([-5 * lv, -2.5 * lv, -2.5 * lv]))
+    single = elbo_from_masks(model, ids, 2, masks, mask_id=6, coupled=False)
+    assert torch.allclose(single, torch.tensor([-5 * lv, 0.0, -5 * lv]))
+
+
+def test_prompt_never_masked_and_masks_put_mask_tokens_only_in_completion():
+    seen = []
+
+    def model(x):
+        seen.append(x.clone())
+        return torch.zeros(*x.shape, 9)
+
+    ids = torch.arange(1, 9).repeat(4, 1)  # P = 3, L = 5
+    elbo(model, ids, 3, mask_id=0, num_mc=2, generator=torch.Generator().manual_seed(0))
+    x = seen[0]
+    assert (x[:, :3] == ids[0, :3]).all()
+    assert (x == 0).any()
+
+
+def test_masks_counts_are_stratified_and_subsets_random():
+    g = torch.Generator().manual_seed(0)
+    masks = sample_masks(6, 11, num_mc=50, generator=g)  # [50, 6, 11]; (L+1)/b = 2
+    counts = masks.sum(-1)  # [50, 6]
+    assert ((counts - counts[:, :1]) % 2 == 0).all()  # evenly spaced on the circle of 12 counts
+    assert len({tuple(c.tolist()) for c in counts}) > 1
+    same_count = masks[counts == 6]
+    assert len({tuple(m.tolist()) for m in same_count}) > 1  # positions differ between rows
+
+
+def test_half_to_even_rounding_is_reproduced_and_flag_makes_counts_uniform():
+    # b = 2, L = 2: spread k + 1.5 hits .5 fractions, where half-to-even repeats counts.
+    g1, g2 = torch.Generator().manual_seed(0), torch.Generator().manual_seed(0)
+    faithful = sample_masks(2, 2, num_mc=3000, generator=g1).sum(-1)[:, 1]
+    uniform = sample_masks(2, 2, num_mc=3000, generator=g2, uniform_counts=True).sum(-1)[:, 1]
+    faithful_freq = torch.bincount(faithful, minlength=3) / 3000.0
+    uniform_freq = torch.bincount(uniform, minlength=3) / 3000.0
+    assert (uniform_freq - 1 / 3).abs().max() < 0.04
+    assert (faithful_freq - 1 / 3).abs().max() > 0.1  # round(1.5)=2, round(2.5)=2, round(3.5)=4 -> 1
+
+
+def test_num_mc_averages_draws(small_model):
+    ids = torch.randint(5, 60, (3, 7))
+    g = torch.Generator().manual_seed(5)
+    masks = sample_masks(3, 4, num_mc=3, generator=g)
+    with torch.no_grad():
+        together = elbo_from_masks(small_model, ids, 3, masks)
+        separate = torch.stack([elbo_from_masks(small_model, ids, 3, masks[i:i + 1]) for i in range(3)])
+    assert torch.allclose(together, separate.mean(0), atol=1e-5)
+
+
+def test_global_rng_untouched(small_model):
+    state = torch.random.get_rng_state()
+    with torch.no_grad():
+        elbo(small_model, torch.randint(5, 60, (2, 7)), 3, generator=torch.Generator().manual_seed(1))
+    before = torch.random.get_rng_state()
+    with torch.no_grad():
+        elbo(small_model, torch.ones(2, 7, dtype=torch.long), 3, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(before, torch.random.get_rng_state())
+    assert not torch.equal(state, before)  # sanity: torch.randint above did use the global RNG
