@@ -11,6 +11,7 @@ values with OmegaConf (``${model.num_generations}``). Every run gets a ``summary
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
@@ -22,6 +23,10 @@ from espo.module import DiffusionRL
 from espo.sampling.callback import CompletionLogger
 from espo.summary import RunSummary
 from espo.tasks.base import Task
+
+
+# Lightning 2.6 with torch >= 2.13 warns about its own pytree use on every run; it is not actionable here.
+warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)", category=Warning)
 
 
 class EspoCLI(LightningCLI):

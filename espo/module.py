@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import time
+import warnings
 from typing import Any
 
 import torch
@@ -26,6 +27,9 @@ from espo.rng import make_generator
 from espo.sampling import Sampler
 from espo.tasks.base import Prompt, Task
 from espo.tokens import completion_mask, encode_prompts, encode_targets
+
+# The policy is kept in eval mode on purpose (no dropout in RL); Lightning warns about that at fit start.
+warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode", category=UserWarning)
 
 
 class DiffusionRL(LightningModule):
