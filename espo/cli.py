@@ -24,7 +24,6 @@ from espo.sampling.callback import CompletionLogger
 from espo.summary import RunSummary
 from espo.tasks.base import Task
 
-
 # Lightning 2.6 with torch >= 2.13 warns about its own pytree use on every run; it is not actionable here.
 warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)", category=Warning)
 
@@ -37,12 +36,12 @@ class EspoCLI(LightningCLI):
         parser.add_lightning_class_args(CompletionLogger, "completions")
 
 
-def main(args: list[str] | dict[str, Any] | None = None, run: bool = True) -> EspoCLI:
-    """Entry point of the ``espo`` console script.
+def cli(args: list[str] | dict[str, Any] | None = None, run: bool = True) -> EspoCLI:
+    """Builds (and by default runs) the CLI; the programmatic twin of the ``espo`` command.
 
     Args:
         args: Command-line arguments (default ``sys.argv[1:]``), as for ``LightningCLI``.
-        run: Run the subcommand; False only parses and instantiates.
+        run: Run the subcommand; False only parses and instantiates (then ``args`` has no subcommand).
     """
     return EspoCLI(
         DiffusionRL,
@@ -54,6 +53,11 @@ def main(args: list[str] | dict[str, Any] | None = None, run: bool = True) -> Es
         args=args,
         run=run,
     )
+
+
+def main(args: list[str] | dict[str, Any] | None = None) -> None:
+    """Entry point of the ``espo`` console script (returns nothing, so the exit status is 0 on success)."""
+    cli(args)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from espo.models import DiffusionLM, load_model
 from espo.objectives import Objective, Rollout
@@ -46,7 +46,9 @@ class DiffusionRL(LightningModule):
         micro_batch_size: Rows per forward/backward in the updates (None: the whole rollout batch).
         rollout_batch_size: Rows per sampler call (None: the whole rollout batch).
         max_grad_norm: Gradient-norm clip per optimiser step (None: no clipping).
-        dtype: Parameter dtype of the policy (``bfloat16``, ``float32``).
+        dtype: Parameter dtype of the policy. Keep ``float32`` (the default) for full fine-tuning and set
+            ``trainer.precision: bf16-mixed`` for bf16 compute: plain optimisers on bf16 parameters lose
+            updates smaller than bf16's resolution (about lr 1e-5 at weights of 0.02).
         seed: Run seed of every random stream (rollouts, masks); the global RNG is never used.
         max_prompt_length: Prompts longer than this are left-truncated (counted and logged).
         sft_sample_every: With an SFT objective, sample and score every this many steps (0: never).
@@ -65,7 +67,7 @@ class DiffusionRL(LightningModule):
         micro_batch_size: int | None = None,
         rollout_batch_size: int | None = None,
         max_grad_norm: float | None = 0.2,
-        dtype: str = "bfloat16",
+        dtype: str = "float32",
         seed: int = 42,
         max_prompt_length: int | None = None,
         sft_sample_every: int = 10,
@@ -91,6 +93,7 @@ class DiffusionRL(LightningModule):
         self.policy: DiffusionLM | None = None
         self._reference: list[DiffusionLM] = []  # a list keeps the frozen copy out of state_dict/optimiser
         self.rollout_step = 0
+        self.skipped_updates = 0
         self.reward_history: list[tuple[int, float]] = []
         self.last_samples: list[dict[str, Any]] = []
 
@@ -110,6 +113,10 @@ class DiffusionRL(LightningModule):
 
     def configure_optimizers(self) -> Any:
         params = [p for p in self.policy.parameters() if p.requires_grad]
+        low = sorted({str(p.dtype) for p in params if p.dtype in (torch.bfloat16, torch.float16)})
+        if low:
+            rank_zero_warn(f"Training {', '.join(low)} parameters without float32 master weights: small updates "
+                           "round away. Prefer model.dtype float32 with trainer.precision bf16-mixed.")
         optimizer = self.optimizer_factory(params)
         if self.scheduler_factory is None:
             return optimizer
@@ -169,7 +176,9 @@ class DiffusionRL(LightningModule):
         texts, components = None, None
         if sample_now:
             start = time.perf_counter()
-            sequences = self.sample(prompt_ids, prompt_mask, make_generator(self.seed, "rollout", step))
+            # On the policy's device: drawing [B, block, V] float64 noise on CPU and copying it would dominate on GPU.
+            generator = make_generator(self.seed, "rollout", step, device=self.device)
+            sequences = self.sample(prompt_ids, prompt_mask, generator)
             seconds = time.perf_counter() - start
             completion = sequences[:, prompt_ids.shape[1]:]
             texts = self.decode(completion)
@@ -212,8 +221,12 @@ class DiffusionRL(LightningModule):
                 for key, value in {"loss": loss.detach(), **parts}.items():
                     totals[key] = totals.get(key, 0.0) + float(value) * len(mb) / len(rollout) / self.num_iterations
             norm = torch.nn.utils.clip_grad_norm_(params, self.max_grad_norm or float("inf"))
-            totals["grad_norm"] = totals.get("grad_norm", 0.0) + float(norm) / self.num_iterations
-            optimizer.step()
+            if torch.isfinite(norm):
+                totals["grad_norm"] = totals.get("grad_norm", 0.0) + float(norm) / self.num_iterations
+                optimizer.step()
+            else:  # one bad micro-batch must not turn every weight into NaN: skip the update, count it
+                self.skipped_updates += 1
+                totals["skipped_updates"] = float(self.skipped_updates)
             optimizer.zero_grad(set_to_none=True)
             if scheduler is not None:
                 scheduler.step()

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from espo.cli import main
+from espo.cli import cli, main
 from espo.objectives import ESPO, MaskedSFT
 
 REPO = Path(__file__).resolve().parents[1]
@@ -31,14 +31,14 @@ def test_every_config_parses(config: Path, capsys: pytest.CaptureFixture[str]):
 
 
 def test_overrides_and_objective_swap_apply_without_loading_the_model():
-    cli = main(["--config", str(REPO / "configs/demo.yaml"), "--model.model", "no/such/dir",
+    parsed = cli(["--config", str(REPO / "configs/demo.yaml"), "--model.model", "no/such/dir",
                 "--model.objective.init_args.beta", "0.05", "--model.objective.init_args.num_mc", "3"], run=False)
-    assert isinstance(cli.model.objective, ESPO)
-    assert cli.model.objective.beta == 0.05 and cli.model.objective.num_mc == 3
-    assert cli.model.policy is None  # the model loads in configure_model, not at parse time
-    cli = main(["--config", str(REPO / "configs/sudoku_sft.yaml"), "--model.objective", "MaskedSFT"],
+    assert isinstance(parsed.model.objective, ESPO)
+    assert parsed.model.objective.beta == 0.05 and parsed.model.objective.num_mc == 3
+    assert parsed.model.policy is None  # the model loads in configure_model, not at parse time
+    parsed = cli(["--config", str(REPO / "configs/sudoku_sft.yaml"), "--model.objective", "MaskedSFT"],
                run=False)
-    assert isinstance(cli.model.objective, MaskedSFT)
+    assert isinstance(parsed.model.objective, MaskedSFT)
 
 
 @pytest.mark.parametrize("args, needle", [
@@ -64,10 +64,10 @@ def test_help_lists_module_options(capsys: pytest.CaptureFixture[str]):
 
 @pytest.mark.slow
 def test_two_step_fit_writes_summary(tiny_dir: Path, tmp_path: Path):
-    main(["fit", "--config", str(REPO / "configs/demo.yaml"), "--model.model", str(tiny_dir),
+    assert main(["fit", "--config", str(REPO / "configs/demo.yaml"), "--model.model", str(tiny_dir),
           "--trainer.max_steps", "4", "--trainer.logger.init_args.save_dir", str(tmp_path),
           "--data.init_args.batch_size", "2", "--model.micro_batch_size", "6",
-          "--completions.every_n_steps", "1", "--completions.num_rows", "2"])
+          "--completions.every_n_steps", "1", "--completions.num_rows", "2"]) is None
     [summary_file] = tmp_path.glob("demo/version_*/summary.json")
     summary = json.loads(summary_file.read_text())
     assert summary["steps"] == 4 and summary["rollout_steps"] == 2

@@ -74,9 +74,12 @@ class LLaDAConfig:
         unsupported = {
             "alibi": False, "rope": True, "weight_tying": False, "scale_logits": False,
             "include_bias": False, "include_qkv_bias": False, "input_emb_norm": False,
+            "rope_full_precision": True, "attention_layer_norm": False, "clip_qkv": None,
+            "activation_type": "silu", "layer_norm_type": "rms", "block_type": "llama",
         }
         for key, expected in unsupported.items():
-            if key in raw and bool(raw[key]) != expected:
+            value = raw.get(key, expected)
+            if value != expected and not (isinstance(expected, bool) and bool(value) == expected):
                 raise ValueError(f"LLaDA config field {key}={raw[key]!r} is not supported (expected {expected}).")
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in raw.items() if k in known})
@@ -196,8 +199,13 @@ class LLaDAModelLM(nn.Module):
         # Not a buffer: kept in float32 and out of dtype casts, FSDP and the state dict, as in LLaDA.
         self._rope: dict[str, torch.Tensor] = {}
 
-    def reset_parameters(self, generator: torch.Generator | None = None, std: float = 0.02) -> None:
-        """Random init (normal std 0.02, unit norms); the residual outputs are scaled by 1/sqrt(2L)."""
+    def reset_parameters(self, generator: torch.Generator, std: float = 0.02) -> None:
+        """Random init (normal std 0.02, unit norms); the residual outputs are scaled by 1/sqrt(2L).
+
+        Args:
+            generator: The only source of randomness (the global RNG is never used).
+            std: Standard deviation of the weight matrices.
+        """
         out_std = std / math.sqrt(2 * self.config.n_layers)
         for name, p in self.named_parameters():
             if p.dim() == 1:
@@ -211,8 +219,9 @@ class LLaDAModelLM(nn.Module):
         cached = self._rope.get("cos")
         if cached is None or cached.shape[0] < length or cached.device != device:
             size = max(length, self.config.max_sequence_length)
-            self._rope["cos"], self._rope["sin"] = rope_tables(
-                size, self.config.head_dim, self.config.rope_theta, device)
+            # Built on CPU in float32, then moved, as the reference does (GPU sin/cos can differ by an ulp).
+            cos, sin = rope_tables(size, self.config.head_dim, self.config.rope_theta, torch.device("cpu"))
+            self._rope["cos"], self._rope["sin"] = cos.to(device), sin.to(device)
         return self._rope["cos"][:length], self._rope["sin"][:length]
 
     def hidden_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
