@@ -223,10 +223,13 @@ class DiffusionRL(LightningModule):
             norm = torch.nn.utils.clip_grad_norm_(params, self.max_grad_norm or float("inf"))
             if torch.isfinite(norm):
                 totals["grad_norm"] = totals.get("grad_norm", 0.0) + float(norm) / self.num_iterations
-                optimizer.step()
-            else:  # one bad micro-batch must not turn every weight into NaN: skip the update, count it
+            else:
+                # One bad micro-batch must not turn every weight into NaN. Dropping the gradients makes the
+                # step a no-op that still counts, so max_steps, schedules and checkpoints keep their cadence.
+                optimizer.zero_grad(set_to_none=True)
                 self.skipped_updates += 1
                 totals["skipped_updates"] = float(self.skipped_updates)
+            optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             if scheduler is not None:
                 scheduler.step()

@@ -81,3 +81,23 @@ def test_sft_trains_on_targets_and_exports(tiny_dir: Path, tmp_path: Path):
     exported = load_model(tmp_path / "export")
     for (n, p), q in zip(module.policy.named_parameters(), exported.parameters(), strict=True):
         assert torch.equal(p.detach(), q.detach()), n
+
+
+class NaNObjective(ESPO):
+    """ESPO whose loss turns non-finite: the update must be skipped, not applied."""
+
+    def loss(self, policy, batch, iteration):
+        loss, metrics = super().loss(policy, batch, iteration)
+        return loss * float("nan"), metrics
+
+
+def test_non_finite_update_is_skipped_and_counted(tiny_dir: Path, tmp_path: Path):
+    sampler = LLaDASampler(gen_length=8, block_length=8, steps=4, temperature=1.0)
+    module = DiffusionRL(str(tiny_dir), NaNObjective(beta=0.0, num_mc=1), sampler, num_generations=2,
+                         optimizer=lambda p: torch.optim.SGD(p, lr=0.1))
+    module.configure_model()
+    before = {n: p.detach().clone() for n, p in module.policy.named_parameters()}
+    fit(module, CountSevens(batch_size=2), 2, tmp_path)
+    assert module.skipped_updates == 2
+    for n, p in module.policy.named_parameters():
+        assert torch.equal(p.detach(), before[n]), n
