@@ -50,10 +50,6 @@ class Rollout:
     def completion_len(self) -> int:
         return self.input_ids.shape[1] - self.prompt_len
 
-    @property
-    def completion_ids(self) -> torch.Tensor:
-        return self.input_ids[:, self.prompt_len:]
-
     def lengths(self) -> torch.Tensor:
         """Real completion lengths [N] (through the first EOS; the canvas length if no mask is known)."""
         if self.completion_mask is None:
