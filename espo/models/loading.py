@@ -1,26 +1,49 @@
-"""``load_model``: a local Hugging Face directory (or hub id) into a native ``DiffusionLM``.
+"""``load_model``: a local Hugging Face directory (or hub id) into a ``DiffusionLM``.
 
-The family comes from ``config.json`` (``model_type``), never from the path. Weights are read shard by
-shard (``model.safetensors`` or ``model.safetensors.index.json``) into a network built on the meta device,
-so the host never holds a second full copy. Shape and key mismatches fail with a message that names them.
+The family comes from ``config.json`` (``model_type``), never from the path: ``llada`` and ``Dream`` load into
+native implementations without remote code; any other masked-diffusion model loads through ``AutoModel`` with
+``trust_remote_code=True`` when the caller allows it. Native weights are read shard by shard (``model.
+safetensors`` or ``model.safetensors.index.json``) into a network built on the meta device, so the host never
+holds a second full copy. Shape and key mismatches fail with a message that names them.
 """
 
 from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors import safe_open
 
+from espo.models.dream import DreamConfig, DreamModel
 from espo.models.llada import LLaDAConfig, LLaDAModelLM
 from espo.models.wrapper import DiffusionLM
 
 LLADA_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "attn_out", "ff_proj", "up_proj", "ff_out")
+DREAM_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
            "float16": torch.float16, "fp16": torch.float16}
+# Files a model directory needs; *.py lets the remote-code path and exports keep the official modelling code.
+_HUB_PATTERNS = ["*.json", "*.safetensors", "*.model", "*.txt", "*.py", "*.tiktoken"]
+
+
+@dataclass(frozen=True)
+class Family:
+    """A natively implemented model family: its config class, network class and LoRA target names."""
+
+    name: str
+    config_class: type
+    network_class: type
+    lora_targets: tuple[str, ...]
+
+
+FAMILIES = {
+    "llada": Family("llada", LLaDAConfig, LLaDAModelLM, LLADA_LORA_TARGETS),
+    "dream": Family("dream", DreamConfig, DreamModel, DREAM_LORA_TARGETS),
+}
 
 
 def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
@@ -41,14 +64,24 @@ def _local_dir(path_or_id: str | os.PathLike) -> Path:
         raise FileNotFoundError(f"Model directory {text!r} does not exist.")
     from huggingface_hub import snapshot_download  # hub ids only; honours HF_HUB_OFFLINE
 
-    return Path(snapshot_download(text, allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt"]))
+    try:
+        return Path(snapshot_download(text, allow_patterns=_HUB_PATTERNS))
+    except Exception as err:  # noqa: BLE001 - re-raised with the id and the offline setting named
+        offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
+        hint = " HF_HUB_OFFLINE is set and the model is not in the local hub cache." if offline else ""
+        raise FileNotFoundError(f"Could not get {text!r} from the Hugging Face hub:{hint} {err}") from err
 
 
 def _weight_files(directory: Path) -> list[Path]:
     index = directory / "model.safetensors.index.json"
     if index.is_file():
         weight_map = json.loads(index.read_text())["weight_map"]
-        return [directory / name for name in dict.fromkeys(weight_map.values())]
+        files = [directory / name for name in dict.fromkeys(weight_map.values())]
+        absent = [f.name for f in files if not f.is_file()]
+        if absent:
+            raise FileNotFoundError(f"{directory}: shards listed in model.safetensors.index.json are missing: "
+                                    f"{absent}.")
+        return files
     single = directory / "model.safetensors"
     if single.is_file():
         return [single]
@@ -86,19 +119,56 @@ def _assign(network: torch.nn.Module, key: str, value: torch.Tensor) -> None:
     setattr(owner, leaf, torch.nn.Parameter(value, requires_grad=value.is_floating_point()))
 
 
+def load_tokenizer(directory: Path, *, trust_remote_code: bool = False) -> Any:
+    """The tokenizer saved beside the weights, without remote code for the native families.
+
+    ``tokenizer.json`` loads as a fast tokenizer. Dream's ``DreamTokenizer`` (remote code) is a Qwen2 byte-level
+    BPE over ``vocab.json``/``merges.txt``, so it loads as ``Qwen2Tokenizer``. Anything else goes through
+    ``AutoTokenizer``.
+    """
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast, Qwen2Tokenizer
+
+    config_file = directory / "tokenizer_config.json"
+    tok_config = json.loads(config_file.read_text()) if config_file.is_file() else {}
+    if tok_config.get("tokenizer_class") == "DreamTokenizer" and (directory / "vocab.json").is_file():
+        tokenizer_class: Any = Qwen2Tokenizer
+    elif (directory / "tokenizer.json").is_file():
+        # A tokenizer.json needs no config sniffing (AutoTokenizer would read config.json's unknown model_type).
+        tokenizer_class = PreTrainedTokenizerFast
+    else:
+        tokenizer_class = AutoTokenizer
+    try:
+        kwargs = {"trust_remote_code": True} if trust_remote_code and tokenizer_class is AutoTokenizer else {}
+        return tokenizer_class.from_pretrained(str(directory), **kwargs)
+    except Exception as err:  # noqa: BLE001 - re-raised with the directory named
+        raise ValueError(f"Could not load the tokenizer in {directory}: {err}") from err
+
+
 def _special_ids(config: dict, tokenizer: Any, directory: Path) -> tuple[int, list[int]]:
-    mask = config.get("mask_token_id", getattr(tokenizer, "mask_token_id", None))
+    mask = config.get("mask_token_id")
     if mask is None:
-        raise ValueError(f"{directory}: no mask token id in config.json (mask_token_id) or the tokenizer.")
-    eos = config.get("eos_token_id", getattr(tokenizer, "eos_token_id", None))
+        mask = getattr(tokenizer, "mask_token_id", None)
+    if mask is None:
+        raise ValueError(f"{directory}: no mask token id in config.json (mask_token_id) or the tokenizer "
+                         "(mask_token); pass it in config.json.")
+    eos = config.get("eos_token_id")
     if eos is None:
-        raise ValueError(f"{directory}: no EOS id in config.json (eos_token_id) or the tokenizer.")
+        eos = getattr(tokenizer, "eos_token_id", None)
+    if eos is None:
+        raise ValueError(f"{directory}: no EOS id in config.json (eos_token_id) or the tokenizer (eos_token).")
     eos_ids = list(eos) if isinstance(eos, list) else [eos]
-    # LLaDA-Instruct ends turns with <|eot_id|>; it ends a completion as surely as <|endoftext|>.
-    eot = getattr(tokenizer, "convert_tokens_to_ids", lambda _: None)("<|eot_id|>")
-    if isinstance(eot, int) and eot != getattr(tokenizer, "unk_token_id", None) and eot not in eos_ids:
-        eos_ids.append(eot)
+    # Instruct models end turns with <|eot_id|> (LLaDA) or <|im_end|> (Dream/Qwen): it ends a completion as surely.
+    for name in ("<|eot_id|>", "<|im_end|>"):
+        eot = getattr(tokenizer, "convert_tokens_to_ids", lambda _: None)(name)
+        if isinstance(eot, int) and eot != getattr(tokenizer, "unk_token_id", None) and eot not in eos_ids:
+            eos_ids.append(eot)
     return int(mask), [int(i) for i in eos_ids]
+
+
+def family_of(raw: dict, family: str = "auto") -> str:
+    """The family name from ``config.json``'s ``model_type`` (lower-cased; Dream writes ``"Dream"``)."""
+    kind = str(raw.get("model_type", "")).lower() if family == "auto" else family.lower()
+    return kind or "<none>"
 
 
 def load_model(
@@ -107,41 +177,48 @@ def load_model(
     dtype: str | torch.dtype | None = None,
     device: str | torch.device | None = None,
     family: str = "auto",
+    trust_remote_code: bool = False,
 ) -> DiffusionLM:
     """Loads a masked-diffusion LM from a local directory or hub id.
 
     Args:
-        path_or_id: Directory with ``config.json``, safetensors weights and tokenizer files, or a hub id.
-        dtype: Parameter dtype; defaults to bfloat16 (float32 when the checkpoint is float32 and small).
+        path_or_id: Directory with ``config.json``, safetensors weights and tokenizer files, or a hub id
+            (downloaded with ``snapshot_download``; ``HF_HUB_OFFLINE=1`` uses the local cache only).
+        dtype: Parameter dtype; defaults to bfloat16 (float32 when the checkpoint says ``torch_dtype`` float32).
         device: Where the weights go (default CPU).
-        family: ``"auto"`` reads ``model_type`` from ``config.json``; ``"llada"`` forces it.
+        family: ``"auto"`` reads ``model_type`` from ``config.json``; ``"llada"``/``"dream"`` force a native
+            family; ``"generic"`` forces the remote-code path.
+        trust_remote_code: Allow the generic path (``transformers.AutoModel`` with the checkpoint's own code)
+            for families without a native implementation.
 
     Returns:
-        A ``DiffusionLM`` in eval mode.
+        A ``DiffusionLM`` in eval mode; ``source_dir`` records where it came from (exports copy its extras).
     """
     directory = _local_dir(path_or_id)
     config_file = directory / "config.json"
     if not config_file.is_file():
         raise FileNotFoundError(f"{directory} has no config.json: not a model directory.")
     raw = json.loads(config_file.read_text())
-    kind = raw.get("model_type") if family == "auto" else family
-    if kind != "llada":
-        raise ValueError(f"{directory}: model_type {kind!r} is not supported yet (supported: 'llada').")
-    cfg = LLaDAConfig.from_dict(raw)
-    files = _weight_files(directory)
-    from transformers import AutoTokenizer, PreTrainedTokenizerFast
-
-    # A tokenizer.json needs no config sniffing (AutoTokenizer would read config.json's unknown model_type).
-    tokenizer_class = PreTrainedTokenizerFast if (directory / "tokenizer.json").is_file() else AutoTokenizer
-    try:
-        tokenizer = tokenizer_class.from_pretrained(str(directory))
-    except Exception as err:  # noqa: BLE001 - re-raised with the directory named
-        raise ValueError(f"Could not load the tokenizer in {directory}: {err}") from err
-    mask_id, eos_ids = _special_ids(raw, tokenizer, directory)
-    with torch.device("meta"):
-        network = LLaDAModelLM(cfg)
+    kind = family_of(raw, family)
     target = resolve_dtype(dtype) or (torch.float32 if raw.get("torch_dtype") == "float32" else torch.bfloat16)
-    load_weights(network, files, target, torch.device(device or "cpu"))
-    model = DiffusionLM(network, tokenizer, mask_token_id=mask_id, eos_token_ids=eos_ids, family="llada",
-                        lora_targets=LLADA_LORA_TARGETS)
+    if kind not in FAMILIES:
+        if not trust_remote_code:
+            raise ValueError(f"{directory}: model_type {raw.get('model_type')!r} has no native implementation "
+                             f"(native: {sorted(FAMILIES)}); pass trust_remote_code=True to load it with the "
+                             "checkpoint's own code through transformers.AutoModel.")
+        from espo.models.generic import load_remote_code
+
+        model = load_remote_code(directory, raw, dtype=target, device=device)
+    else:
+        fam = FAMILIES[kind]
+        cfg = fam.config_class.from_dict(raw)
+        files = _weight_files(directory)
+        tokenizer = load_tokenizer(directory)
+        mask_id, eos_ids = _special_ids(raw, tokenizer, directory)
+        with torch.device("meta"):
+            network = fam.network_class(cfg)
+        load_weights(network, files, target, torch.device(device or "cpu"))
+        model = DiffusionLM(network, tokenizer, mask_token_id=mask_id, eos_token_ids=eos_ids, family=fam.name,
+                            lora_targets=fam.lora_targets)
+    model.source_dir = directory
     return model.eval()
