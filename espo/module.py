@@ -22,6 +22,10 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from espo.models import DiffusionLM, load_model
+from espo.models.export import export_pretrained
+from espo.models.loading import resolve_dtype
+from espo.models.lora import AdapterDisabled, LoRASpec, apply_lora
+from espo.models.quant import quantize_4bit
 from espo.objectives import Objective, Rollout
 from espo.rng import make_generator
 from espo.sampling import Sampler
@@ -52,7 +56,13 @@ class DiffusionRL(LightningModule):
         seed: Run seed of every random stream (rollouts, masks); the global RNG is never used.
         max_prompt_length: Prompts longer than this are left-truncated (counted and logged).
         sft_sample_every: With an SFT objective, sample and score every this many steps (0: never).
-        export_dir: Write the trained policy here as a model directory when training ends.
+        export_dir: Write the trained policy here as a model directory when training ends (LoRA merged in,
+            a 4-bit base dequantised; the source directory's config, code and tokenizer files copied).
+        lora: Train LoRA adapters instead of all weights (peft); the reference policy is then the same
+            model with the adapter disabled, not a copy.
+        load_in_4bit: Quantise the base's block linears to 4-bit NF4 with double quantisation (d1's QLoRA
+            recipe; compute in ``dtype``). Needs ``lora``.
+        export_adapter: With ``export_dir`` and ``lora``, write only the peft adapter.
     """
 
     def __init__(
@@ -72,6 +82,9 @@ class DiffusionRL(LightningModule):
         max_prompt_length: int | None = None,
         sft_sample_every: int = 10,
         export_dir: str | None = None,
+        lora: LoRASpec | None = None,
+        load_in_4bit: bool = False,
+        export_adapter: bool = False,
     ) -> None:
         super().__init__()
         if num_generations < 1 or num_iterations < 1:
@@ -89,6 +102,11 @@ class DiffusionRL(LightningModule):
         self.micro_batch_size, self.rollout_batch_size = micro_batch_size, rollout_batch_size
         self.max_grad_norm, self.dtype_name, self.seed = max_grad_norm, dtype, seed
         self.max_prompt_length, self.sft_sample_every, self.export_dir = max_prompt_length, sft_sample_every, export_dir
+        if load_in_4bit and lora is None:
+            raise ValueError("load_in_4bit needs lora: 4-bit base weights cannot be trained directly.")
+        if export_adapter and lora is None:
+            raise ValueError("export_adapter needs lora: there is no adapter to export.")
+        self.lora, self.load_in_4bit, self.export_adapter = lora, load_in_4bit, export_adapter
         self.automatic_optimization = False
         self.policy: DiffusionLM | None = None
         self._reference: list[DiffusionLM] = []  # a list keeps the frozen copy out of state_dict/optimiser
@@ -102,10 +120,20 @@ class DiffusionRL(LightningModule):
         if self.policy is not None:
             return
         self.policy = load_model(self.model_source, dtype=self.dtype_name)
-        if self.objective.uses_reference:
+        self._configure_lora()
+        if self.objective.uses_reference and self.lora is not None:
+            self._reference = [AdapterDisabled(self.policy)]  # the base: adapter off, no second copy
+        elif self.objective.uses_reference:
             # Full fine-tuning: the reference is the frozen starting point (reloaded, hence identical, on resume).
             reference = copy.deepcopy(self.policy).requires_grad_(False).eval()
             self._reference = [reference]
+
+    def _configure_lora(self) -> None:
+        """4-bit NF4 base, then LoRA adapters (the QLoRA order); the base is frozen."""
+        if self.load_in_4bit:
+            quantize_4bit(self.policy, compute_dtype=resolve_dtype(self.dtype_name))
+        if self.lora is not None:
+            apply_lora(self.policy, self.lora)
 
     @property
     def reference(self) -> DiffusionLM | None:
@@ -262,7 +290,7 @@ class DiffusionRL(LightningModule):
     # ------------------------------------------------------------------ persistence
     def on_train_end(self) -> None:
         if self.export_dir and self.trainer.is_global_zero:
-            path = self.policy.save_pretrained(self.export_dir)
+            path = export_pretrained(self.policy, self.export_dir, adapter_only=self.export_adapter)
             rank_zero_info(f"espo: exported the policy to {path}")
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

@@ -26,7 +26,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from espo.models.wrapper import logits_at, mask_token_of
+from espo.models.head import token_logprobs
+from espo.models.wrapper import mask_token_of
 
 
 def sample_masks(
@@ -105,9 +106,9 @@ def elbo_from_masks(
     full = F.pad(passes, (prompt_len, 0), value=False)  # [K, B, T]; the prompt is never masked
     noisy = torch.where(full, mask_id, input_ids.expand(k, -1, -1))  # [K, B, T]
     am = None if attention_mask is None else attention_mask.repeat(k, 1)  # [K*B, T]
-    logits = logits_at(model, noisy.flatten(0, 1), full.flatten(0, 1), am)  # [N_masked, V]
     targets = input_ids.expand(k, -1, -1)[full]  # [N_masked]
-    logp = torch.log_softmax(logits.float(), dim=-1).gather(-1, targets[:, None]).squeeze(-1)  # [N_masked]
+    # LM head only at masked positions, in chunks, float32 log-softmax: [N_masked, V] is never built whole.
+    logp = token_logprobs(model, noisy.flatten(0, 1), full.flatten(0, 1), targets, am)  # [N_masked]
     per_pos = torch.zeros(passes.shape, dtype=logp.dtype, device=logp.device)  # [K, B, L]
     per_pos = per_pos.masked_scatter(passes, logp)
     sums = per_pos.sum(-1)  # [K, B]

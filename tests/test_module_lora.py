@@ -1,0 +1,47 @@
+"""DiffusionRL with LoRA (and a 4-bit base): adapter-only training, adapter-disabled reference, merged export."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from test_module import CountSevens, fit
+
+from espo.models import load_model
+from espo.models.lora import AdapterDisabled, LoRASpec
+from espo.module import DiffusionRL
+from espo.objectives import ESPO
+from espo.sampling import LLaDASampler
+
+
+def test_lora_rl_trains_the_adapter_only_and_exports_merged(tiny_dir: Path, tmp_path: Path):
+    sampler = LLaDASampler(gen_length=8, block_length=4, steps=4, temperature=1.0)
+    module = DiffusionRL(str(tiny_dir), ESPO(beta=0.01, num_mc=1), sampler, dtype="float32", num_generations=4,
+                         num_iterations=2, micro_batch_size=4, max_grad_norm=None,
+                         optimizer=lambda p: torch.optim.AdamW(p, lr=1e-2, weight_decay=0.0),
+                         lora=LoRASpec(r=4, alpha=8), export_dir=str(tmp_path / "export"))
+    module.configure_model()
+    assert isinstance(module.reference, AdapterDisabled) and module.reference.policy is module.policy
+    before = {n: p.detach().clone() for n, p in module.policy.named_parameters()}
+    ids = torch.randint(5, 40, (2, 12), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        base_logits = module.policy(ids)
+    fit(module, CountSevens(batch_size=2), 4, tmp_path)
+    for n, p in module.policy.named_parameters():
+        changed = not torch.equal(p.detach(), before[n])
+        assert changed == ("lora_" in n), f"{n}: changed={changed}"
+    with torch.no_grad():
+        torch.testing.assert_close(module.reference(ids), base_logits, atol=0, rtol=0)
+        merged = load_model(tmp_path / "export", dtype="float32")
+        torch.testing.assert_close(merged(ids), module.policy(ids), atol=1e-5, rtol=1e-4)
+
+
+def test_lora_options_are_validated(tiny_dir: Path):
+    sampler = LLaDASampler(gen_length=8, block_length=4, steps=4)
+    with pytest.raises(ValueError, match="load_in_4bit needs lora"):
+        DiffusionRL(str(tiny_dir), ESPO(), sampler, load_in_4bit=True)
+    with pytest.raises(ValueError, match="export_adapter needs lora"):
+        DiffusionRL(str(tiny_dir), ESPO(), sampler, export_adapter=True)
+    with pytest.raises(ValueError, match="rank"):
+        LoRASpec(r=0)
