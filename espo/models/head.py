@@ -18,8 +18,8 @@ from torch.utils.checkpoint import checkpoint
 
 from espo.models.wrapper import call_model
 
-#: Positions per head chunk: 512 x 126,464 float32 logits are 259 MB.
-DEFAULT_HEAD_CHUNK = 512
+#: Positions per head chunk: 256 x 126,464 float32 logits are 129 MB.
+DEFAULT_HEAD_CHUNK = 256
 
 
 def _chunk_logprobs(head: Callable[[torch.Tensor], torch.Tensor], hidden: torch.Tensor, targets: torch.Tensor
