@@ -29,7 +29,6 @@ from pathlib import Path
 
 import torch
 
-from espo.models.head import token_logprobs
 from espo.models.llada import LLaDAConfig, LLaDAModelLM
 from espo.models.wrapper import DiffusionLM
 from espo.objectives.mc_elbo import elbo_from_masks, sample_masks

@@ -45,3 +45,14 @@ def test_lora_options_are_validated(tiny_dir: Path):
         DiffusionRL(str(tiny_dir), ESPO(), sampler, export_adapter=True)
     with pytest.raises(ValueError, match="rank"):
         LoRASpec(r=0)
+
+
+def test_cli_parses_lora_and_4bit(monkeypatch: pytest.MonkeyPatch):
+    from espo.cli import cli
+
+    monkeypatch.setattr("sys.argv", ["espo"])
+    config = str(Path(__file__).resolve().parents[1] / "configs" / "demo.yaml")
+    parsed = cli(["--config", config, "--model.lora.r", "16", "--model.lora.paper_targets", "true",
+                  "--model.load_in_4bit", "true"], run=False)
+    assert parsed.model.lora == LoRASpec(r=16, paper_targets=True) and parsed.model.load_in_4bit
+    assert parsed.model.policy is None  # nothing loads (or imports peft) at parse time
