@@ -142,6 +142,20 @@ def test_logits_match_an_independent_forward(family: str, llada_dir: Path, dream
         torch.testing.assert_close(got[mask.bool()], ref(sd, cfg, ids, mask)[mask.bool()], atol=2e-5, rtol=1e-4)
 
 
+def test_dream_bf16_keeps_rope_in_float32_and_pad_row_frozen(dream_dir: Path):
+    model = load_model(dream_dir, dtype="bfloat16")
+    sd, cfg = raw_state(dream_dir), json.loads((dream_dir / "config.json").read_text())
+    ids = torch.randint(0, 270, (2, 9), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        got = model(ids)
+    assert got.dtype == torch.bfloat16 and not any(b.dtype == torch.bfloat16 for b in model.buffers())
+    torch.testing.assert_close(got.float(), ref_dream(sd, cfg, ids), atol=0.1, rtol=0.05)
+    embed = model.network.model.embed_tokens
+    assert embed.padding_idx == cfg["pad_token_id"]  # Dream's pad row receives no gradient
+    model.float()(torch.tensor([[cfg["pad_token_id"], 5, 6]])).sum().backward()
+    assert embed.weight.grad[cfg["pad_token_id"]].abs().sum() == 0 and embed.weight.grad[5].abs().sum() > 0
+
+
 def test_ids_come_from_config_and_tokenizer(llada_dir: Path, dream_dir: Path):
     llada, dream = load_model(llada_dir), load_model(dream_dir)
     assert next(llada.parameters()).dtype == torch.bfloat16  # no torch_dtype in LLaDA's config: bf16 default

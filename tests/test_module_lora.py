@@ -15,6 +15,7 @@ from espo.objectives import ESPO
 from espo.sampling import LLaDASampler
 
 
+@pytest.mark.slow
 def test_lora_rl_trains_the_adapter_only_and_exports_merged(tiny_dir: Path, tmp_path: Path):
     sampler = LLaDASampler(gen_length=8, block_length=4, steps=4, temperature=1.0)
     module = DiffusionRL(str(tiny_dir), ESPO(beta=0.01, num_mc=1), sampler, dtype="float32", num_generations=4,
@@ -56,3 +57,28 @@ def test_cli_parses_lora_and_4bit(monkeypatch: pytest.MonkeyPatch):
                   "--model.load_in_4bit", "true"], run=False)
     assert parsed.model.lora == LoRASpec(r=16, paper_targets=True) and parsed.model.load_in_4bit
     assert parsed.model.policy is None  # nothing loads (or imports peft) at parse time
+
+
+class ByteSum(CountSevens):
+    """A reward that varies between random byte-level completions (a random tiny Dream rarely writes '7')."""
+
+    def reward_components(self, completions, examples):
+        return {"bytes": [sum(map(ord, c)) % 7 / 7 for c in completions]}
+
+
+@pytest.mark.slow
+def test_espo_with_lora_on_a_tiny_dream(tmp_path: Path):
+    from espo.models.tiny import make_tiny_dream_published
+
+    directory = make_tiny_dream_published(tmp_path / "dream", seed=0)
+    sampler = LLaDASampler(gen_length=6, block_length=6, steps=3, temperature=1.0)
+    module = DiffusionRL(str(directory), ESPO(beta=0.01, num_mc=1), sampler, dtype="float32", num_generations=3,
+                         num_iterations=2, optimizer=lambda p: torch.optim.AdamW(p, lr=1e-2, weight_decay=0.0),
+                         lora=LoRASpec(r=2, alpha=4, dropout=0.0), export_dir=str(tmp_path / "adapter"),
+                         export_adapter=True)
+    module.configure_model()
+    assert module.policy.family == "dream"
+    before = {n: p.detach().clone() for n, p in module.policy.named_parameters() if p.requires_grad}
+    fit(module, ByteSum(batch_size=2), 4, tmp_path)
+    assert all(not torch.equal(p.detach(), before[n]) for n, p in module.policy.named_parameters() if n in before)
+    assert (tmp_path / "adapter" / "adapter_model.safetensors").is_file()
