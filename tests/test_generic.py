@@ -112,3 +112,15 @@ def test_remote_code_without_auto_map_fails_clearly(toy_dir: Path):
     (toy_dir / "config.json").write_text(json.dumps(config))
     with pytest.raises(ValueError, match="no auto_map"):
         load_model(toy_dir, trust_remote_code=True)
+
+
+def test_remote_code_model_exports_and_reloads(toy_dir: Path, tmp_path: Path):
+    from espo.models.export import export_pretrained
+
+    model = load_model(toy_dir, trust_remote_code=True)
+    out = export_pretrained(model, tmp_path / "export")
+    assert (out / "modeling_toy.py").is_file() and (out / "tokenizer.json").is_file()
+    again = load_model(out, trust_remote_code=True)
+    ids = torch.randint(5, 15, (2, 6), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        torch.testing.assert_close(again(ids), model(ids), atol=0, rtol=0)

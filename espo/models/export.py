@@ -111,6 +111,16 @@ def merged_state_dict(network: nn.Module, dtype: torch.dtype | None = None) -> d
     return {k: v.to(target) if v.is_floating_point() else v for k, v in out.items()}
 
 
+def _copy_extras(source: str | Path | None, out: Path, skip: tuple[str, ...] = ()) -> None:
+    """Copies the source directory's code, generation config and tokenizer files verbatim."""
+    if source is None:
+        return
+    for pattern in EXTRA_FILES:
+        for file in Path(source).glob(pattern):
+            if file.name not in skip and file.resolve() != (out / file.name).resolve():
+                shutil.copyfile(file, out / file.name)
+
+
 def export_pretrained(model: DiffusionLM, directory: str | Path, *, adapter_only: bool = False,
                       dtype: torch.dtype | None = None, max_shard_bytes: int = 5 * 1024**3) -> Path:
     """Writes the policy as an HF model directory (or only its LoRA adapter).
@@ -135,8 +145,7 @@ def export_pretrained(model: DiffusionLM, directory: str | Path, *, adapter_only
         return out
     if model.family == "generic":
         network.hf_model.save_pretrained(str(out))  # remote-code models: transformers' own writer
-        if model.tokenizer is not None:
-            model.tokenizer.save_pretrained(str(out))
+        _copy_extras(getattr(model, "source_dir", None), out, skip=("config.json",))
         return out
     state = merged_state_dict(network, dtype)
     save_sharded(state, out, max_shard_bytes=max_shard_bytes)
@@ -144,10 +153,7 @@ def export_pretrained(model: DiffusionLM, directory: str | Path, *, adapter_only
     base = network.get_base_model() if hasattr(network, "get_base_model") else network
     if source is not None and (Path(source) / "config.json").is_file():
         config = json.loads((Path(source) / "config.json").read_text())
-        for pattern in EXTRA_FILES:
-            for file in Path(source).glob(pattern):
-                if file.resolve() != (out / file.name).resolve():
-                    shutil.copyfile(file, out / file.name)
+        _copy_extras(source, out)
     else:
         config = base.config.to_dict()
         config.update(mask_token_id=model.mask_token_id, eos_token_id=model.eos_token_ids[0])

@@ -184,7 +184,8 @@ def load_model(
     Args:
         path_or_id: Directory with ``config.json``, safetensors weights and tokenizer files, or a hub id
             (downloaded with ``snapshot_download``; ``HF_HUB_OFFLINE=1`` uses the local cache only).
-        dtype: Parameter dtype; defaults to bfloat16 (float32 when the checkpoint says ``torch_dtype`` float32).
+        dtype: Parameter dtype; defaults to bfloat16 (float32 when the checkpoint's ``torch_dtype`` or
+            ``dtype`` says float32).
         device: Where the weights go (default CPU).
         family: ``"auto"`` reads ``model_type`` from ``config.json``; ``"llada"``/``"dream"`` force a native
             family; ``"generic"`` forces the remote-code path.
@@ -200,7 +201,8 @@ def load_model(
         raise FileNotFoundError(f"{directory} has no config.json: not a model directory.")
     raw = json.loads(config_file.read_text())
     kind = family_of(raw, family)
-    target = resolve_dtype(dtype) or (torch.float32 if raw.get("torch_dtype") == "float32" else torch.bfloat16)
+    saved = raw.get("torch_dtype", raw.get("dtype"))  # transformers 5 writes "dtype"
+    target = resolve_dtype(dtype) or (torch.float32 if saved == "float32" else torch.bfloat16)
     if kind not in FAMILIES:
         if not trust_remote_code:
             raise ValueError(f"{directory}: model_type {raw.get('model_type')!r} has no native implementation "
