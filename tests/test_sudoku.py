@@ -112,7 +112,7 @@ def test_cell_accuracy() -> None:
 
 @pytest.mark.parametrize("prompt_format", ["chat", "raw"])
 def test_reward_on_hand_made_completions(prompt_format: str) -> None:
-    task = Sudoku(prompt_format=prompt_format)
+    task = Sudoku(prompt_format=prompt_format, eval_parser="reward")
     half = SOLUTION[:8] + "0" * 8  # blanks 0, 2, 4, 5, 7 right; 9, 10, 12, 15 wrong -> 5 / 9
     completions = {
         f"<reasoning>\nok\n</reasoning>\n<answer>\n{SOLUTION}\n</answer>": 1.0,

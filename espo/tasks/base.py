@@ -100,6 +100,10 @@ class Task(LightningDataModule, ABC):
         """Text appended after the rendered evaluation prompt (d1's ``<reasoning>``); default none."""
         return ""
 
+    def scores(self, completions: list[str], examples: list[dict[str, Any]]) -> list[float]:
+        """``score`` over a batch (tasks with slow metrics override it to use their process pool)."""
+        return [float(self.score(c, e)) for c, e in zip(completions, examples, strict=True)]
+
     def reward_stats(self) -> dict[str, float]:
         """Cumulative reward-execution counters (``reward/timeouts``, ``reward/errors``) for logging."""
         pool = getattr(self, "pool", None)

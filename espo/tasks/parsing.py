@@ -99,12 +99,14 @@ def last_boxed(text: str) -> str | None:
 
 
 def unbox(boxed: str | None) -> str | None:
-    """The content of ``\\boxed{x}`` / ``\\fbox{x}`` / ``\\boxed x``; None when it is not one of those."""
+    """The content of ``\\boxed{x}`` or ``\\boxed x``; None otherwise (``\\fbox`` too, as the reference's
+    ``remove_boxed`` fails on it)."""
     if boxed is None:
         return None
-    for head in ("\\boxed ", "\\boxed{", "\\fbox{"):
-        if boxed.startswith(head):
-            return boxed[len(head):] if head.endswith(" ") else (boxed[len(head):-1] if boxed.endswith("}") else None)
+    if boxed.startswith("\\boxed "):
+        return boxed[len("\\boxed "):]
+    if boxed.startswith("\\boxed{") and boxed.endswith("}"):
+        return boxed[len("\\boxed{"):-1]
     return None
 
 

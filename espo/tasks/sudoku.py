@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from espo.tasks.base import Prompt, Task
+from espo.tasks.data import subsample
 from espo.tasks.sudoku_gen import MAX_BLANKS, puzzle_at
 
 _RULES = (
@@ -103,6 +104,41 @@ def cell_accuracy(answer: str | None, puzzle: str, solution: str) -> float:
     return sum(answer[i] == solution[i] for i in blanks) / len(blanks)
 
 
+_EVAL_PATTERNS = (
+    re.compile(r"<answer>.*?```\s*([\d\s]+)```", re.DOTALL),
+    re.compile(r"<answer>(.*?)(?:<\|eot_id\|>|<\|endoftext\|>|</answer>)", re.DOTALL),
+    re.compile(r"</answer>\s*(.*?)(?:<\|eot_id\|>|<\|endoftext\|>|$)", re.DOTALL),
+    re.compile(r".*?(\d{16})\s*</answer>", re.DOTALL),
+    re.compile(r"\b(\d{16})\b", re.DOTALL),
+)
+_WHITESPACE = re.compile(r"\s")
+
+
+def parse_eval_answer(text: str) -> str | None:
+    """d1's (and ESPO's) Sudoku evaluation parser: the first of five patterns with a non-empty group.
+
+    The patterns, in order: a fenced digit block after ``<answer>``; ``<answer>`` up to an end token or
+    ``</answer>``; the text after ``</answer>``; 16 digits before ``</answer>``; any 16-digit word. Only
+    whitespace is removed (other characters stay and simply do not match the solution). The first two
+    patterns only ever match from the first ``<answer>`` and the fourth only from the start, so they are
+    run from there: the same result as ``re.search``, without its quadratic rescans on adversarial text.
+    """
+    if not isinstance(text, str):
+        return None
+    text = text[:50_000]
+    first_open = text.find(_OPEN)
+    for number, pattern in enumerate(_EVAL_PATTERNS):
+        if number in (0, 1):
+            match = pattern.match(text, first_open) if first_open != -1 else None
+        elif number == 3:
+            match = pattern.match(text) if _CLOSE in text else None
+        else:
+            match = pattern.search(text)
+        if match and match.group(1).strip():
+            return _WHITESPACE.sub("", match.group(1).strip())
+    return None
+
+
 class _GeneratedPuzzles(Sequence):
     """A lazy split of generated puzzles: item ``i`` is computed on access from ``(seed, stream, i)``."""
 
@@ -181,12 +217,17 @@ class Sudoku(Task):
         min_blanks: Fewest blank cells of a generated puzzle.
         max_blanks: Most blank cells of a generated puzzle (at most 12 for a unique solution).
         num_test: Size of the generated test split.
+        test_subsample: Evaluate on this many puzzles of ``test_file``, drawn as d1's evaluator does (256 of the
+            500 with NumPy seed 42); None: all of them.
+        eval_parser: ``"d1"``: grade evaluations with d1's lenient five-pattern parser (both papers' metric);
+            ``"reward"``: with the training reward's parse.
         batch_size: Prompts per training step.
         eval_batch_size: Prompts per evaluation batch.
         seed: Seed of the shuffling order and of the generated training puzzles.
         num_workers: DataLoader workers.
     """
 
+    required_fields = ("puzzle", "solution")
     # A fixed seed so generated test sets are identical across runs with different training seeds.
     TEST_SEED = 0
 
@@ -200,6 +241,8 @@ class Sudoku(Task):
         min_blanks: int = 6,
         max_blanks: int = 10,
         num_test: int = 256,
+        test_subsample: int | None = None,
+        eval_parser: Literal["d1", "reward"] = "d1",
         batch_size: int = 4,
         eval_batch_size: int = 8,
         seed: int = 42,
@@ -221,11 +264,14 @@ class Sudoku(Task):
         self.min_blanks = min_blanks
         self.max_blanks = max_blanks
         self.num_test = num_test
+        self.test_subsample = test_subsample
+        self.eval_parser = eval_parser
 
     def load_split(self, split: Literal["train", "test"]) -> Sequence[dict[str, Any]]:
         path = self.train_file if split == "train" else self.test_file
         if path is not None:
-            return load_csv(path)
+            rows = load_csv(path)
+            return subsample(rows, self.test_subsample) if split == "test" and self.test_subsample else rows
         blanks = (self.min_blanks, self.max_blanks)
         if split == "train":
             return _GeneratedPuzzles(self.num_train, self.seed, "sudoku-train", *blanks)
@@ -240,6 +286,16 @@ class Sudoku(Task):
         else:
             content = f"{D1_SYSTEM_PROMPT}\n\nSolve the following Sudoku puzzle: {puzzle}\n"
         return [{"role": "user", "content": content}]
+
+    def eval_prompt(self, example: dict[str, Any]) -> Prompt:
+        if self.prompt_format == "raw" or self.protocol == "d1":
+            return self.prompt(example)
+        # ESPO's evaluator words the request as d1 does ("Solve ..."), unlike its training prompt ("Now, solve").
+        return [{"role": "user", "content": f"{ESPO_SYSTEM_PROMPT}\n\nSolve the following Sudoku puzzle: "
+                                            f"{example['puzzle']}\n"}]
+
+    def eval_prefill(self) -> str:
+        return "" if self.prompt_format == "raw" else "<reasoning>"
 
     def target(self, example: dict[str, Any]) -> str:
         solution = example["solution"]
@@ -261,12 +317,15 @@ class Sudoku(Task):
         ]}
 
     def score(self, completion: str, example: dict[str, Any]) -> float:
-        """Cell accuracy of one completion, the same parse as the training reward.
+        """Cell accuracy of one completion.
 
-        d1 and ESPO grade evaluations with a different, more lenient parser (five regex fallbacks, whitespace
-        stripped only); that parser comes in a later issue. Their metric is micro-averaged over blank cells,
-        which equals the mean of this score when every test puzzle has the same number of blanks (d1's set
-        has 8 each).
+        With ``eval_parser="d1"`` (and the chat format) the answer is read by :func:`parse_eval_answer`, as d1
+        and ESPO grade evaluations; otherwise with the training reward's parse. The papers' metric is
+        micro-averaged over blank cells, which equals the mean of this score when every test puzzle has the
+        same number of blanks (d1's set has 8 each).
         """
-        return cell_accuracy(parse_answer(completion, self.prompt_format == "raw"), example["puzzle"],
-                             example["solution"])
+        if self.eval_parser == "d1" and self.prompt_format == "chat":
+            answer = parse_eval_answer(completion)
+        else:
+            answer = parse_answer(completion, self.prompt_format == "raw")
+        return cell_accuracy(answer, example["puzzle"], example["solution"])
