@@ -39,8 +39,6 @@ SYSTEM = ("You are a helpful programming assistant. Solve the task in Python. Th
 D1_FORMAT = ("Respond in the following format:\n<reasoning>\nYour reasoning here\n</reasoning>\n<answer>\n"
              "```python\nyour code\n```\n</answer>")
 _LAYOUT = re.compile(r"^[^`]*```python\n[^`]*```\n?$")
-_PY_BLOCK = re.compile(r"```python\n(.*?)```", re.DOTALL)
-_ANY_BLOCK = re.compile(r"```[a-zA-Z0-9]*\n(.*?)```", re.DOTALL)
 
 
 def normalise(row: dict[str, Any]) -> dict[str, Any]:
@@ -59,8 +57,7 @@ def normalise(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def first_python_block(text: str) -> str | None:
-    m = _PY_BLOCK.search(text)
-    return m.group(1) if m else None
+    return P.fenced_block(text, "python")
 
 
 def format_reward(text: str) -> float:
@@ -85,8 +82,8 @@ def eval_code(text: str) -> str:
     """The program an evaluation runs: the first python block, else the first fenced block, else the text."""
     if (code := first_python_block(text)) is not None:
         return code
-    m = _ANY_BLOCK.search(text)
-    return m.group(1) if m else text
+    block = P.fenced_block(text, None)
+    return text if block is None else block
 
 
 class Code(Task):

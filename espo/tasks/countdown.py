@@ -31,7 +31,21 @@ from espo.tasks.pool import RewardPool
 FORMAT = ("Respond in the following format:\n<reasoning>\nYour reasoning here\n</reasoning>\n"
           "<answer>\nYour final answer\n</answer>")
 _ALLOWED = re.compile(r"^[\d+\-*/().\s]+$")
-_EQUATION = re.compile(r"([0-9+\-*/() ]+)=[0-9. ]+")
+_LHS_CHARS = frozenset("0123456789+-*/() ")
+
+
+def equation_lhs(text: str) -> str | None:
+    """Group 1 of ``re.search(r"([0-9+\\-*/() ]+)=[0-9. ]+", text)`` (d1's "expr = number"), in linear time."""
+    pos = 0
+    while (eq := text.find("=", pos)) != -1:
+        if eq + 1 < len(text) and text[eq + 1] in "0123456789. ":
+            start = eq
+            while start > 0 and text[start - 1] in _LHS_CHARS:
+                start -= 1
+            if start < eq:
+                return text[start:eq]
+        pos = eq + 1
+    return None
 
 
 def normalise(row: dict[str, Any]) -> dict[str, Any]:
@@ -78,8 +92,8 @@ def eval_expression(text: str) -> str:
         spans = P.tag_spans(text)
         boxed = spans[0].strip() if spans else text
     expression = boxed.replace("\\div", "/").replace("\\times", "*").replace("\\cdot", "*")
-    if m := _EQUATION.search(expression):
-        expression = m.group(1).strip()
+    if (lhs := equation_lhs(expression)) is not None:
+        expression = lhs.strip()
     return expression
 
 

@@ -1,19 +1,14 @@
 """Answer extraction and d1's format reward components, shared by the math tasks.
 
-Everything here is linear in the completion length where the reference uses a regex that can backtrack
-(``<answer>`` spans, ``\\boxed{}``), and guards the rest with ``MAX_CHARS``: a reward never sees more than
-the first ``MAX_CHARS`` characters (far beyond any 512-token canvas), so a pathological completion cannot
-turn a regex quadratic.
+Where the reference uses a regex that can backtrack quadratically (``<answer>`` spans, d1's soft and strict
+format patterns) this module computes the same result in linear time, and tests check the equality against
+the reference regexes. Every reward also reads at most ``MAX_CHARS`` characters (far beyond any 512-token
+canvas).
 """
 
 from __future__ import annotations
 
-import re
-
 MAX_CHARS = 50_000
-
-_STRICT = re.compile(r"^<reasoning>\n.*?\n</reasoning>\n<answer>\n.*?\n</answer>\n$", re.DOTALL)
-_SOFT = re.compile(r"<reasoning>.*?</reasoning>\s*<answer>.*?</answer>", re.DOTALL)
 
 
 def clip(text: str) -> str:
@@ -59,13 +54,40 @@ def xml_count(text: str) -> float:
 
 
 def soft_format(text: str) -> float:
-    """0.5 when the text starts with ``<reasoning>...</reasoning>`` followed by ``<answer>...</answer>``."""
-    return 0.5 if _SOFT.match(text) else 0.0
+    """0.5 when the text starts with ``<reasoning>...</reasoning>`` followed by ``<answer>...</answer>``.
+
+    Equal to ``re.match(r"<reasoning>.*?</reasoning>\\s*<answer>.*?</answer>", text, re.DOTALL)`` (tested
+    against it), computed in linear time: the earliest ``</reasoning>\\s*<answer>`` is the best candidate.
+    """
+    if not text.startswith("<reasoning>"):
+        return 0.0
+    pos = len("<reasoning>")
+    while (close := text.find("</reasoning>", pos)) != -1:
+        after = close + len("</reasoning>")
+        while after < len(text) and text[after].isspace():
+            after += 1
+        if text.startswith("<answer>", after):
+            return 0.5 if text.find("</answer>", after + len("<answer>")) != -1 else 0.0
+        pos = close + 1
+    return 0.0
 
 
 def strict_format(text: str) -> float:
-    """0.5 for the exact newline layout of the format, ending in a newline."""
-    return 0.5 if _STRICT.match(text) else 0.0
+    """0.5 for the exact newline layout of the format, ending in a newline.
+
+    Equal to ``re.match(r"^<reasoning>\\n.*?\\n</reasoning>\\n<answer>\\n.*?\\n</answer>\\n$", text, re.DOTALL)``
+    (tested against it; ``$`` also matches before one final newline), in linear time.
+    """
+    head, middle, tail = "<reasoning>\n", "\n</reasoning>\n<answer>\n", "\n</answer>\n"
+    if not text.startswith(head):
+        return 0.0
+    first = text.find(middle, len(head))
+    if first == -1:
+        return 0.0
+    for ending in (tail, tail + "\n"):
+        if text.endswith(ending) and len(text) - len(ending) >= first + len(middle):
+            return 0.5
+    return 0.0
 
 
 def int_answer(text: str) -> float:
@@ -111,5 +133,46 @@ def unbox(boxed: str | None) -> str | None:
 
 
 def all_boxed_flat(text: str) -> list[str]:
-    """Contents of every ``\\boxed{...}`` without nested braces (d1's GSM8K eval regex ``\\\\boxed{(.*?)}``)."""
-    return re.findall(r"\\boxed\{(.*?)\}", text)
+    """``re.findall(r"\\\\boxed{(.*?)}", text)`` (no nested braces, no newline inside: d1's GSM8K eval regex),
+    in linear time (tested against the regex)."""
+    out: list[str] = []
+    pos, close, newline = 0, -1, -1
+    while (start := text.find("\\boxed{", pos)) != -1:
+        body = start + len("\\boxed{")
+        if close < body:
+            close = text.find("}", body)
+            if close == -1:
+                break  # no later box can close either
+        if newline < body:
+            newline = text.find("\n", body)
+            if newline == -1:
+                newline = len(text)
+        if newline < close:
+            pos = newline + 1  # every box opened before this newline would have to cross it
+            continue
+        out.append(text[body:close])
+        pos = close + 1
+    return out
+
+
+def fenced_block(text: str, language: str | None) -> str | None:
+    """The first fenced block's content, as ``re.search(r"```LANG\\n(.*?)```", text, re.DOTALL)``, in linear time.
+
+    ``language`` is the tag after the fence (``"python"``), or None for any ``[a-zA-Z0-9]*`` tag.
+    """
+    pos = 0
+    while (start := text.find("```", pos)) != -1:
+        head = start + 3
+        if language is None:
+            while head < len(text) and text[head].isascii() and text[head].isalnum():
+                head += 1
+        elif text.startswith(language, head):
+            head += len(language)
+        else:
+            pos = start + 1
+            continue
+        if head < len(text) and text[head] == "\n":
+            end = text.find("```", head + 1)
+            return None if end == -1 else text[head + 1:end]
+        pos = start + 1
+    return None
