@@ -63,3 +63,14 @@ def test_pool_survives_pickling_without_its_workers(pool: RewardPool):
     assert copy._slots == [] and copy.timeout == pool.timeout
     assert copy.map(square, [(5,)]) == [25]
     copy.close()
+
+
+def allocate(megabytes: int) -> int:
+    return len(bytearray(megabytes * 2**20))
+
+
+def test_memory_limit_is_headroom_over_the_inherited_address_space():
+    pool = RewardPool(workers=1, timeout=10.0, memory_mb=256)
+    assert pool.map(allocate, [(16,), (2048,), (16,)]) == [16 * 2**20, 0.0, 16 * 2**20]
+    assert pool.errors == 1 and "MemoryError" in pool.last_error
+    pool.close()

@@ -34,7 +34,14 @@ def _worker(conn: Connection, memory_mb: int | None, preload: str | None) -> Non
     if memory_mb:
         import resource
 
-        limit = memory_mb * 2**20
+        # Headroom over what the worker already maps: a forked child of a CUDA trainer inherits a huge
+        # virtual address space, and an absolute limit below it would make every allocation fail.
+        try:
+            with open("/proc/self/statm") as fh:
+                mapped = int(fh.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+        except (OSError, ValueError):
+            mapped = 0
+        limit = mapped + memory_mb * 2**20
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
     if preload:
         import importlib
@@ -83,7 +90,7 @@ class RewardPool:
     Args:
         workers: Worker processes; 0 runs inline in the caller (no deadline, exceptions still caught).
         timeout: Seconds one item may take once a worker has started it.
-        memory_mb: Address-space limit of each worker in MiB (None: no limit).
+        memory_mb: Address space each worker may add to what it maps at start, in MiB (None: no limit).
         fallback: The value of an item that timed out or failed.
         start_method: ``"fork"`` (fast, the default where available), ``"forkserver"`` or ``"spawn"``.
     """
