@@ -260,3 +260,13 @@ def test_d1_test_subsample_of_the_papers_file() -> None:
     rows = task.splits["test"]
     assert len(rows) == 256 and len({r["puzzle"] for r in rows}) == 256
     assert all(r["puzzle"].count("0") == 8 for r in rows)
+
+
+def test_held_out_rows_leave_the_training_split() -> None:
+    full = Sudoku(train_file=str(TEST_CSV))
+    cut = Sudoku(train_file=str(TEST_CSV), held_out=100)
+    full.setup("fit")
+    cut.setup("fit")
+    assert len(full.splits["train"]) == 500 and len(cut.splits["train"]) == 400
+    kept = {cut.splits["train"][i]["puzzle"] for i in range(400)}
+    assert kept < {full.splits["train"][i]["puzzle"] for i in range(500)}

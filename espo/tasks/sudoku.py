@@ -222,6 +222,8 @@ class Sudoku(Task):
         min_blanks: Fewest blank cells of a generated puzzle.
         max_blanks: Most blank cells of a generated puzzle (at most 12 for a unique solution).
         num_test: Size of the generated test split.
+        held_out: Rows of ``train_file`` kept out of training after a seeded shuffle (d1: the last 500 of the
+            1M-puzzle CSV shuffled with seed 42); 0 keeps every row.
         test_subsample: Evaluate on this many puzzles of ``test_file``, drawn as d1's evaluator does (256 of the
             500 with NumPy seed 42); None: all of them.
         eval_parser: ``"d1"``: grade evaluations with d1's lenient five-pattern parser (both papers' metric);
@@ -246,6 +248,7 @@ class Sudoku(Task):
         min_blanks: int = 6,
         max_blanks: int = 10,
         num_test: int = 256,
+        held_out: int = 0,
         test_subsample: int | None = None,
         eval_parser: Literal["d1", "reward"] = "d1",
         batch_size: int = 4,
@@ -269,6 +272,7 @@ class Sudoku(Task):
         self.min_blanks = min_blanks
         self.max_blanks = max_blanks
         self.num_test = num_test
+        self.held_out = held_out
         self.test_subsample = test_subsample
         self.eval_parser = eval_parser
         # Inline: the parse is linear, so a deadline buys nothing; the pool still counts any exception.
@@ -278,6 +282,12 @@ class Sudoku(Task):
         path = self.train_file if split == "train" else self.test_file
         if path is not None:
             rows = load_csv(path)
+            if split == "train" and self.held_out:
+                import numpy as np
+
+                # The order of datasets.Dataset.shuffle(seed), without building a million dicts.
+                keep = np.random.default_rng(self.seed).permutation(len(rows))[: -self.held_out]
+                return _PuzzlePairs([rows.puzzles[i] for i in keep], [rows.solutions[i] for i in keep])
             return subsample(rows, self.test_subsample) if split == "test" and self.test_subsample else rows
         blanks = (self.min_blanks, self.max_blanks)
         if split == "train":
