@@ -7,16 +7,15 @@ the worked example ``0401002010030310`` -> ``2431312412434312``); it is not a ve
 
 from __future__ import annotations
 
-import csv
 import re
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any, Literal
 
 from espo.tasks.base import Prompt, Task
 from espo.tasks.data import subsample
 from espo.tasks.pool import RewardPool
-from espo.tasks.sudoku_gen import MAX_BLANKS, puzzle_at
+from espo.tasks.sudoku_data import GeneratedPuzzles, PuzzlePairs, load_csv
+from espo.tasks.sudoku_gen import MAX_BLANKS
 
 _RULES = (
     "Please solve the following 4x4 Sudoku puzzle. The puzzle is given as a 16-character string read from "
@@ -144,69 +143,6 @@ def _reward(text: str, allow_raw: bool, puzzle: str, solution: str) -> float:
     return cell_accuracy(parse_answer(text, allow_raw), puzzle, solution)
 
 
-class _GeneratedPuzzles(Sequence):
-    """A lazy split of generated puzzles: item ``i`` is computed on access from ``(seed, stream, i)``."""
-
-    def __init__(self, size: int, seed: int, stream: str, min_blanks: int, max_blanks: int) -> None:
-        self.size, self.seed, self.stream = size, seed, stream
-        self.min_blanks, self.max_blanks = min_blanks, max_blanks
-
-    def __len__(self) -> int:
-        return self.size
-
-    def __getitem__(self, index: int) -> dict[str, str]:  # type: ignore[override]
-        if not isinstance(index, int):
-            raise TypeError(f"Generated puzzle splits are indexed by int, got {type(index).__name__}.")
-        if index < 0:
-            index += self.size
-        if not 0 <= index < self.size:
-            raise IndexError(index)
-        return puzzle_at(self.seed, index, self.min_blanks, self.max_blanks, stream=self.stream)
-
-
-class _PuzzlePairs(Sequence):
-    """Examples backed by two lists of strings (a 1M-row CSV as dicts would cost several times the memory)."""
-
-    def __init__(self, puzzles: list[str], solutions: list[str]) -> None:
-        self.puzzles, self.solutions = puzzles, solutions
-
-    def __len__(self) -> int:
-        return len(self.puzzles)
-
-    def __getitem__(self, index: int) -> dict[str, str]:  # type: ignore[override]
-        return {"puzzle": self.puzzles[index], "solution": self.solutions[index]}
-
-
-_PUZZLE_RE = re.compile(r"[0-4]{16}")
-_SOLUTION_RE = re.compile(r"[1-4]{16}")
-
-
-def load_csv(path: str | Path) -> _PuzzlePairs:
-    """Reads and validates a ``Puzzle,Solution`` CSV (the d1 data format)."""
-    puzzles: list[str] = []
-    solutions: list[str] = []
-    with open(path, newline="", encoding="utf-8") as handle:
-        reader = csv.DictReader(handle)
-        missing = {"Puzzle", "Solution"} - set(reader.fieldnames or ())
-        if missing:
-            raise ValueError(f"{path}: missing column(s) {sorted(missing)}; "
-                             "expected a header 'Puzzle,Solution'.")
-        for row_number, row in enumerate(reader, start=1):
-            where = f"{path}, row {row_number} (line {reader.line_num})"
-            puzzle, solution = (row["Puzzle"] or "").strip(), (row["Solution"] or "").strip()
-            if not _PUZZLE_RE.fullmatch(puzzle):
-                raise ValueError(f"{where}: puzzle {puzzle!r} is not 16 digits 0-4.")
-            if not _SOLUTION_RE.fullmatch(solution):
-                raise ValueError(f"{where}: solution {solution!r} is not 16 digits 1-4.")
-            if any(p != "0" and p != s for p, s in zip(puzzle, solution, strict=True)):
-                raise ValueError(f"{where}: solution {solution} contradicts the givens of puzzle {puzzle}.")
-            puzzles.append(puzzle)
-            solutions.append(solution)
-    if not puzzles:
-        raise ValueError(f"{path}: no puzzles.")
-    return _PuzzlePairs(puzzles, solutions)
-
-
 class Sudoku(Task):
     """4x4 Sudoku with d1's per-cell partial-credit reward.
 
@@ -287,12 +223,12 @@ class Sudoku(Task):
 
                 # The order of datasets.Dataset.shuffle(seed), without building a million dicts.
                 keep = np.random.default_rng(self.seed).permutation(len(rows))[: -self.held_out]
-                return _PuzzlePairs([rows.puzzles[i] for i in keep], [rows.solutions[i] for i in keep])
+                return PuzzlePairs([rows.puzzles[i] for i in keep], [rows.solutions[i] for i in keep])
             return subsample(rows, self.test_subsample) if split == "test" and self.test_subsample else rows
         blanks = (self.min_blanks, self.max_blanks)
         if split == "train":
-            return _GeneratedPuzzles(self.num_train, self.seed, "sudoku-train", *blanks)
-        return _GeneratedPuzzles(self.num_test, self.TEST_SEED, "sudoku-test", *blanks)
+            return GeneratedPuzzles(self.num_train, self.seed, "sudoku-train", *blanks)
+        return GeneratedPuzzles(self.num_test, self.TEST_SEED, "sudoku-test", *blanks)
 
     def prompt(self, example: dict[str, Any]) -> Prompt:
         puzzle = example["puzzle"]
