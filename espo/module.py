@@ -21,6 +21,7 @@ from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
+from espo.evaluation import Evaluation
 from espo.models import DiffusionLM, load_model
 from espo.models.export import export_pretrained
 from espo.models.loading import resolve_dtype
@@ -63,6 +64,11 @@ class DiffusionRL(LightningModule):
         load_in_4bit: Quantise the base's block linears to 4-bit NF4 with double quantisation (d1's QLoRA
             recipe; compute in ``dtype``). Needs ``lora``.
         export_adapter: With ``export_dir`` and ``lora``, write only the peft adapter.
+        eval_lengths: Generation lengths of ``espo test`` (d1: 128, 256, 512); None: the sampler's gen_length.
+        eval_block_length: Block length of evaluation sampling (d1: 32; capped at the generation length).
+        eval_steps_ratio: Denoising steps per generated token in evaluation (d1: 0.5, i.e. steps = length / 2).
+        eval_temperature: Sampling temperature in evaluation (d1: 0, greedy).
+        eval_file: JSONL file (in the run's log directory) receiving every test generation with its score.
     """
 
     def __init__(
@@ -85,6 +91,11 @@ class DiffusionRL(LightningModule):
         lora: LoRASpec | None = None,
         load_in_4bit: bool = False,
         export_adapter: bool = False,
+        eval_lengths: list[int] | None = None,
+        eval_block_length: int = 32,
+        eval_steps_ratio: float = 0.5,
+        eval_temperature: float = 0.0,
+        eval_file: str = "test_generations.jsonl",
     ) -> None:
         super().__init__()
         if num_generations < 1 or num_iterations < 1:
@@ -114,6 +125,7 @@ class DiffusionRL(LightningModule):
         self.skipped_updates = 0
         self.reward_history: list[tuple[int, float]] = []
         self.last_samples: list[dict[str, Any]] = []
+        self.evaluation = Evaluation(eval_lengths, eval_block_length, eval_steps_ratio, eval_temperature, eval_file)
 
     # ------------------------------------------------------------------ setup
     def configure_model(self) -> None:
@@ -121,9 +133,10 @@ class DiffusionRL(LightningModule):
             return
         self.policy = load_model(self.model_source, dtype=self.dtype_name)
         self._configure_lora()
-        if self.objective.uses_reference and self.lora is not None:
+        wants_reference = self.objective.uses_reference and not (self._trainer is not None and self._trainer.testing)
+        if wants_reference and self.lora is not None:
             self._reference = [AdapterDisabled(self.policy)]  # the base: adapter off, no second copy
-        elif self.objective.uses_reference:
+        elif wants_reference:
             # Full fine-tuning: the reference is the frozen starting point (reloaded, hence identical, on resume).
             reference = copy.deepcopy(self.policy).requires_grad_(False).eval()
             self._reference = [reference]
@@ -213,6 +226,7 @@ class DiffusionRL(LightningModule):
             components = task.reward_components(texts, examples)
             rewards = torch.tensor([sum(v) for v in zip(*components.values(), strict=True)], dtype=torch.float32)
             metrics.update(self._reward_metrics(rewards, components, completion, seconds))
+            metrics.update(task.reward_stats())
             self.reward_history.append((step, float(rewards.mean())))
             self._remember(step, batch, examples, texts, rewards, components)
         if self.objective.requires_rollouts:
@@ -286,6 +300,17 @@ class DiffusionRL(LightningModule):
              "reward": float(r), **{name: values[i] for name, values in components.items()}}
             for i, (p, t, r) in enumerate(zip(prompts, texts, rewards.tolist(), strict=True))
         ]
+
+    # ------------------------------------------------------------------ evaluation (espo test)
+    def on_test_epoch_start(self) -> None:
+        self.evaluation.start(self)
+
+    def test_step(self, batch: list[dict[str, Any]], batch_idx: int) -> None:
+        self.policy.eval()
+        self.evaluation.step(self, self._task(), batch, batch_idx)
+
+    def on_test_epoch_end(self) -> None:
+        self.evaluation.finish(self)
 
     # ------------------------------------------------------------------ persistence
     def on_train_end(self) -> None:

@@ -30,6 +30,24 @@ def test_every_config_parses(config: Path, capsys: pytest.CaptureFixture[str]):
     assert printed["data"]["class_path"].startswith("espo.tasks.")
 
 
+# ESPO's run scripts: task, generations per prompt, beta, clip epsilon.
+RECIPES = {"gsm8k": ("GSM8K", 6, 1e-3, 0.2), "math": ("MATH500", 16, 1e-3, 0.2),
+           "countdown": ("Countdown", 6, 3e-3, 0.0), "sudoku": ("Sudoku", 6, 1e-2, 0.2),
+           "code": ("Code", 10, 1e-2, 0.2)}
+
+
+@pytest.mark.parametrize("name", sorted(RECIPES))
+def test_paper_recipes_instantiate_without_loading_model_or_data(name: str):
+    task_name, generations, beta, eps = RECIPES[name]
+    parsed = cli(["--config", str(REPO / f"configs/{name}.yaml")], run=False)
+    assert type(parsed.datamodule).__name__ == task_name and parsed.datamodule.splits == {}
+    assert parsed.model.policy is None and parsed.model.hparams.model == "GSAI-ML/LLaDA-8B-Instruct"
+    assert parsed.model.num_generations == generations and parsed.model.num_iterations == 8
+    assert parsed.model.objective.beta == beta and parsed.model.objective.eps_low == eps
+    assert parsed.model.evaluation.lengths == [128, 256, 512] and parsed.model.evaluation.block_length == 32
+    assert parsed.model.sampler.gen_length == 256
+
+
 def test_overrides_and_objective_swap_apply_without_loading_the_model():
     parsed = cli(["--config", str(REPO / "configs/demo.yaml"), "--model.model", "no/such/dir",
                 "--model.objective.init_args.beta", "0.05", "--model.objective.init_args.num_mc", "3"], run=False)
@@ -78,5 +96,5 @@ def test_two_step_fit_writes_summary(tiny_dir: Path, tmp_path: Path):
     assert {"prompt", "completion", "reward", "cell_accuracy", "step"} <= set(json.loads(lines[0]))
     metrics = (summary_file.parent / "metrics.csv").read_text().splitlines()[0]
     for key in ("reward", "kl", "clip_region", "ratio_mean", "advantage_abs", "completion_length",
-                "tokens_per_second", "reward/cell_accuracy"):
+                "tokens_per_second", "reward/cell_accuracy", "reward/timeouts", "reward/errors"):
         assert key in metrics.split(","), key

@@ -112,7 +112,7 @@ def test_cell_accuracy() -> None:
 
 @pytest.mark.parametrize("prompt_format", ["chat", "raw"])
 def test_reward_on_hand_made_completions(prompt_format: str) -> None:
-    task = Sudoku(prompt_format=prompt_format)
+    task = Sudoku(prompt_format=prompt_format, eval_parser="reward")
     half = SOLUTION[:8] + "0" * 8  # blanks 0, 2, 4, 5, 7 right; 9, 10, 12, 15 wrong -> 5 / 9
     completions = {
         f"<reasoning>\nok\n</reasoning>\n<answer>\n{SOLUTION}\n</answer>": 1.0,
@@ -233,3 +233,40 @@ def test_csv_missing_column(tmp_path: Path) -> None:
     path.write_text("quizzes,solutions\n0000341221434321,1234341221434321\n")
     with pytest.raises(ValueError, match="Puzzle"):
         Sudoku(train_file=str(path)).setup("fit")
+
+
+# ----------------------------------------------------------------- d1's evaluation parser
+def test_d1_eval_parser_by_hand() -> None:
+    from espo.tasks.sudoku import parse_eval_answer
+
+    s = SOLUTION
+    assert parse_eval_answer(f"<answer>\n```\n{s[:8]}\n{s[8:]}\n```\n</answer>") == s  # fenced digits
+    assert parse_eval_answer(f"<answer>\n{s[:4]} {s[4:]}\n</answer>") == s  # whitespace removed only
+    assert parse_eval_answer(f"<answer>[{s}]</answer>") == f"[{s}]"  # brackets kept, unlike the reward
+    assert parse_eval_answer(f"<answer></answer> {s}") == s  # the text after </answer>
+    assert parse_eval_answer(f"I think {s} is it") == s  # any 16-digit word
+    assert parse_eval_answer("no answer here") is None
+    task = Sudoku()  # chat format, d1 parser
+    assert task.score(f"<answer>\n{s[:4]} {s[4:]}\n</answer>", EXAMPLE) == 1.0
+    assert task.score(f"<answer>[{s}]</answer>", EXAMPLE) < 1.0  # shifted by the bracket
+    assert task.score(f"The grid: {s}", EXAMPLE) == 1.0  # the reward would give 0 without tags
+    weird = ["<answer>" * 100_000, "</answer>" * 100_000, "<answer>```" * 50_000, "1" * 1_000_000, "\ud800"]
+    assert all(0.0 <= task.score(w, EXAMPLE) <= 1.0 for w in weird)
+
+
+def test_d1_test_subsample_of_the_papers_file() -> None:
+    task = Sudoku(test_file=str(TEST_CSV), test_subsample=256)
+    task.setup("test")
+    rows = task.splits["test"]
+    assert len(rows) == 256 and len({r["puzzle"] for r in rows}) == 256
+    assert all(r["puzzle"].count("0") == 8 for r in rows)
+
+
+def test_held_out_rows_leave_the_training_split() -> None:
+    full = Sudoku(train_file=str(TEST_CSV))
+    cut = Sudoku(train_file=str(TEST_CSV), held_out=100)
+    full.setup("fit")
+    cut.setup("fit")
+    assert len(full.splits["train"]) == 500 and len(cut.splits["train"]) == 400
+    kept = {cut.splits["train"][i]["puzzle"] for i in range(400)}
+    assert kept < {full.splits["train"][i]["puzzle"] for i in range(500)}

@@ -5,6 +5,11 @@ named by its full ``class_path`` (``my_lab.tasks.MyTask``).
 """
 
 from espo.tasks.base import Task
+from espo.tasks.code import Code
+from espo.tasks.countdown import Countdown
+from espo.tasks.gsm8k import GSM8K
+from espo.tasks.math500 import MATH500
+from espo.tasks.pool import RewardPool
 from espo.tasks.sudoku import Sudoku
 
-__all__ = ["Sudoku", "Task"]
+__all__ = ["GSM8K", "MATH500", "Code", "Countdown", "RewardPool", "Sudoku", "Task"]

@@ -42,6 +42,9 @@ def collate_examples(batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
 class Task(LightningDataModule, ABC):
     """Base class of every task.
 
+    ``required_fields`` names the keys every loaded example must have; ``setup`` checks each row and fails
+    with the split, row number and missing keys instead of a ``KeyError`` deep inside a training step.
+
     Args:
         protocol: Which paper's prompts and reward semantics to use: ``"d1"`` or ``"espo"``.
         batch_size: Prompts per training step (each is sampled ``num_generations`` times by the module).
@@ -49,6 +52,8 @@ class Task(LightningDataModule, ABC):
         seed: Seed of the shuffling order (an explicit generator; the global RNG is not used).
         num_workers: DataLoader workers.
     """
+
+    required_fields: tuple[str, ...] = ()
 
     def __init__(
         self,
@@ -87,6 +92,23 @@ class Task(LightningDataModule, ABC):
     def score(self, completion: str, example: dict[str, Any]) -> float:
         """The evaluation metric of one completion, in [0, 1]."""
 
+    def eval_prompt(self, example: dict[str, Any]) -> Prompt:
+        """The evaluation prompt (d1 evaluates with other prompts than it trains with); default ``prompt``."""
+        return self.prompt(example)
+
+    def eval_prefill(self) -> str:
+        """Text appended after the rendered evaluation prompt (d1's ``<reasoning>``); default none."""
+        return ""
+
+    def scores(self, completions: list[str], examples: list[dict[str, Any]]) -> list[float]:
+        """``score`` over a batch (tasks with slow metrics override it to use their process pool)."""
+        return [float(self.score(c, e)) for c, e in zip(completions, examples, strict=True)]
+
+    def reward_stats(self) -> dict[str, float]:
+        """Cumulative reward-execution counters (``reward/timeouts``, ``reward/errors``) for logging."""
+        pool = getattr(self, "pool", None)
+        return {f"reward/{k}": v for k, v in pool.stats().items()} if pool is not None else {}
+
     def target(self, example: dict[str, Any]) -> str:
         """A reference completion, for supervised warm starts (optional)."""
         raise NotImplementedError(f"{type(self).__name__} has no reference completions for SFT.")
@@ -101,9 +123,19 @@ class Task(LightningDataModule, ABC):
 
     def setup(self, stage: str | None = None) -> None:
         if stage in (None, "fit") and "train" not in self.splits:
-            self.splits["train"] = self.load_split("train")
+            self.splits["train"] = self._checked("train", self.load_split("train"))
         if stage in (None, "test", "validate", "predict") and "test" not in self.splits:
-            self.splits["test"] = self.load_split("test")
+            self.splits["test"] = self._checked("test", self.load_split("test"))
+
+    def _checked(self, split: str, rows: Sequence[dict[str, Any]]) -> Sequence[dict[str, Any]]:
+        """Checks that every row has ``required_fields`` (lazy generated splits are skipped)."""
+        if self.required_fields and isinstance(rows, list):
+            for number, row in enumerate(rows):
+                missing = [f for f in self.required_fields if f not in row]
+                if missing:
+                    raise ValueError(f"{type(self).__name__} {split} split, row {number}: missing field(s) "
+                                     f"{missing}; every row needs {list(self.required_fields)}, got {sorted(row)}.")
+        return rows
 
     def train_dataloader(self) -> DataLoader:
         data = self.splits["train"]

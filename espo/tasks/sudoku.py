@@ -7,14 +7,15 @@ the worked example ``0401002010030310`` -> ``2431312412434312``); it is not a ve
 
 from __future__ import annotations
 
-import csv
 import re
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any, Literal
 
 from espo.tasks.base import Prompt, Task
-from espo.tasks.sudoku_gen import MAX_BLANKS, puzzle_at
+from espo.tasks.data import subsample
+from espo.tasks.pool import RewardPool
+from espo.tasks.sudoku_data import GeneratedPuzzles, PuzzlePairs, load_csv
+from espo.tasks.sudoku_gen import MAX_BLANKS
 
 _RULES = (
     "Please solve the following 4x4 Sudoku puzzle. The puzzle is given as a 16-character string read from "
@@ -103,67 +104,43 @@ def cell_accuracy(answer: str | None, puzzle: str, solution: str) -> float:
     return sum(answer[i] == solution[i] for i in blanks) / len(blanks)
 
 
-class _GeneratedPuzzles(Sequence):
-    """A lazy split of generated puzzles: item ``i`` is computed on access from ``(seed, stream, i)``."""
-
-    def __init__(self, size: int, seed: int, stream: str, min_blanks: int, max_blanks: int) -> None:
-        self.size, self.seed, self.stream = size, seed, stream
-        self.min_blanks, self.max_blanks = min_blanks, max_blanks
-
-    def __len__(self) -> int:
-        return self.size
-
-    def __getitem__(self, index: int) -> dict[str, str]:  # type: ignore[override]
-        if not isinstance(index, int):
-            raise TypeError(f"Generated puzzle splits are indexed by int, got {type(index).__name__}.")
-        if index < 0:
-            index += self.size
-        if not 0 <= index < self.size:
-            raise IndexError(index)
-        return puzzle_at(self.seed, index, self.min_blanks, self.max_blanks, stream=self.stream)
+_EVAL_PATTERNS = (
+    re.compile(r"<answer>.*?```\s*([\d\s]+)```", re.DOTALL),
+    re.compile(r"<answer>(.*?)(?:<\|eot_id\|>|<\|endoftext\|>|</answer>)", re.DOTALL),
+    re.compile(r"</answer>\s*(.*?)(?:<\|eot_id\|>|<\|endoftext\|>|$)", re.DOTALL),
+    re.compile(r".*?(\d{16})\s*</answer>", re.DOTALL),
+    re.compile(r"\b(\d{16})\b", re.DOTALL),
+)
+_WHITESPACE = re.compile(r"\s")
 
 
-class _PuzzlePairs(Sequence):
-    """Examples backed by two lists of strings (a 1M-row CSV as dicts would cost several times the memory)."""
+def parse_eval_answer(text: str) -> str | None:
+    """d1's (and ESPO's) Sudoku evaluation parser: the first of five patterns with a non-empty group.
 
-    def __init__(self, puzzles: list[str], solutions: list[str]) -> None:
-        self.puzzles, self.solutions = puzzles, solutions
+    The patterns, in order: a fenced digit block after ``<answer>``; ``<answer>`` up to an end token or
+    ``</answer>``; the text after ``</answer>``; 16 digits before ``</answer>``; any 16-digit word. Only
+    whitespace is removed (other characters stay and simply do not match the solution). The first two
+    patterns only ever match from the first ``<answer>`` and the fourth only from the start, so they are
+    run from there: the same result as ``re.search``, without its quadratic rescans on adversarial text.
+    """
+    if not isinstance(text, str):
+        return None
+    text = text[:50_000]
+    first_open = text.find(_OPEN)
+    for number, pattern in enumerate(_EVAL_PATTERNS):
+        if number in (0, 1):
+            match = pattern.match(text, first_open) if first_open != -1 else None
+        elif number == 3:
+            match = pattern.match(text) if _CLOSE in text else None
+        else:
+            match = pattern.search(text)
+        if match and match.group(1).strip():
+            return _WHITESPACE.sub("", match.group(1).strip())
+    return None
 
-    def __len__(self) -> int:
-        return len(self.puzzles)
 
-    def __getitem__(self, index: int) -> dict[str, str]:  # type: ignore[override]
-        return {"puzzle": self.puzzles[index], "solution": self.solutions[index]}
-
-
-_PUZZLE_RE = re.compile(r"[0-4]{16}")
-_SOLUTION_RE = re.compile(r"[1-4]{16}")
-
-
-def load_csv(path: str | Path) -> _PuzzlePairs:
-    """Reads and validates a ``Puzzle,Solution`` CSV (the d1 data format)."""
-    puzzles: list[str] = []
-    solutions: list[str] = []
-    with open(path, newline="", encoding="utf-8") as handle:
-        reader = csv.DictReader(handle)
-        missing = {"Puzzle", "Solution"} - set(reader.fieldnames or ())
-        if missing:
-            raise ValueError(f"{path}: missing column(s) {sorted(missing)}; "
-                             "expected a header 'Puzzle,Solution'.")
-        for row_number, row in enumerate(reader, start=1):
-            where = f"{path}, row {row_number} (line {reader.line_num})"
-            puzzle, solution = (row["Puzzle"] or "").strip(), (row["Solution"] or "").strip()
-            if not _PUZZLE_RE.fullmatch(puzzle):
-                raise ValueError(f"{where}: puzzle {puzzle!r} is not 16 digits 0-4.")
-            if not _SOLUTION_RE.fullmatch(solution):
-                raise ValueError(f"{where}: solution {solution!r} is not 16 digits 1-4.")
-            if any(p != "0" and p != s for p, s in zip(puzzle, solution, strict=True)):
-                raise ValueError(f"{where}: solution {solution} contradicts the givens of puzzle {puzzle}.")
-            puzzles.append(puzzle)
-            solutions.append(solution)
-    if not puzzles:
-        raise ValueError(f"{path}: no puzzles.")
-    return _PuzzlePairs(puzzles, solutions)
+def _reward(text: str, allow_raw: bool, puzzle: str, solution: str) -> float:
+    return cell_accuracy(parse_answer(text, allow_raw), puzzle, solution)
 
 
 class Sudoku(Task):
@@ -181,12 +158,19 @@ class Sudoku(Task):
         min_blanks: Fewest blank cells of a generated puzzle.
         max_blanks: Most blank cells of a generated puzzle (at most 12 for a unique solution).
         num_test: Size of the generated test split.
+        held_out: Rows of ``train_file`` kept out of training after a seeded shuffle (d1: the last 500 of the
+            1M-puzzle CSV shuffled with seed 42); 0 keeps every row.
+        test_subsample: Evaluate on this many puzzles of ``test_file``, drawn as d1's evaluator does (256 of the
+            500 with NumPy seed 42); None: all of them.
+        eval_parser: ``"d1"``: grade evaluations with d1's lenient five-pattern parser (both papers' metric);
+            ``"reward"``: with the training reward's parse.
         batch_size: Prompts per training step.
         eval_batch_size: Prompts per evaluation batch.
         seed: Seed of the shuffling order and of the generated training puzzles.
         num_workers: DataLoader workers.
     """
 
+    required_fields = ("puzzle", "solution")
     # A fixed seed so generated test sets are identical across runs with different training seeds.
     TEST_SEED = 0
 
@@ -200,6 +184,9 @@ class Sudoku(Task):
         min_blanks: int = 6,
         max_blanks: int = 10,
         num_test: int = 256,
+        held_out: int = 0,
+        test_subsample: int | None = None,
+        eval_parser: Literal["d1", "reward"] = "d1",
         batch_size: int = 4,
         eval_batch_size: int = 8,
         seed: int = 42,
@@ -221,15 +208,27 @@ class Sudoku(Task):
         self.min_blanks = min_blanks
         self.max_blanks = max_blanks
         self.num_test = num_test
+        self.held_out = held_out
+        self.test_subsample = test_subsample
+        self.eval_parser = eval_parser
+        # Inline: the parse is linear, so a deadline buys nothing; the pool still counts any exception.
+        self.pool = RewardPool(workers=0)
 
     def load_split(self, split: Literal["train", "test"]) -> Sequence[dict[str, Any]]:
         path = self.train_file if split == "train" else self.test_file
         if path is not None:
-            return load_csv(path)
+            rows = load_csv(path)
+            if split == "train" and self.held_out:
+                import numpy as np
+
+                # The order of datasets.Dataset.shuffle(seed), without building a million dicts.
+                keep = np.random.default_rng(self.seed).permutation(len(rows))[: -self.held_out]
+                return PuzzlePairs([rows.puzzles[i] for i in keep], [rows.solutions[i] for i in keep])
+            return subsample(rows, self.test_subsample) if split == "test" and self.test_subsample else rows
         blanks = (self.min_blanks, self.max_blanks)
         if split == "train":
-            return _GeneratedPuzzles(self.num_train, self.seed, "sudoku-train", *blanks)
-        return _GeneratedPuzzles(self.num_test, self.TEST_SEED, "sudoku-test", *blanks)
+            return GeneratedPuzzles(self.num_train, self.seed, "sudoku-train", *blanks)
+        return GeneratedPuzzles(self.num_test, self.TEST_SEED, "sudoku-test", *blanks)
 
     def prompt(self, example: dict[str, Any]) -> Prompt:
         puzzle = example["puzzle"]
@@ -240,6 +239,16 @@ class Sudoku(Task):
         else:
             content = f"{D1_SYSTEM_PROMPT}\n\nSolve the following Sudoku puzzle: {puzzle}\n"
         return [{"role": "user", "content": content}]
+
+    def eval_prompt(self, example: dict[str, Any]) -> Prompt:
+        if self.prompt_format == "raw" or self.protocol == "d1":
+            return self.prompt(example)
+        # ESPO's evaluator words the request as d1 does ("Solve ..."), unlike its training prompt ("Now, solve").
+        return [{"role": "user", "content": f"{ESPO_SYSTEM_PROMPT}\n\nSolve the following Sudoku puzzle: "
+                                            f"{example['puzzle']}\n"}]
+
+    def eval_prefill(self) -> str:
+        return "" if self.prompt_format == "raw" else "<reasoning>"
 
     def target(self, example: dict[str, Any]) -> str:
         solution = example["solution"]
@@ -255,18 +264,20 @@ class Sudoku(Task):
         self, completions: list[str], examples: list[dict[str, Any]]
     ) -> dict[str, list[float]]:
         allow_raw = self.prompt_format == "raw"
-        return {"cell_accuracy": [
-            cell_accuracy(parse_answer(text, allow_raw), ex["puzzle"], ex["solution"])
-            for text, ex in zip(completions, examples, strict=True)
-        ]}
+        items = [(text, allow_raw, ex["puzzle"], ex["solution"])
+                 for text, ex in zip(completions, examples, strict=True)]
+        return {"cell_accuracy": [float(v) for v in self.pool.map(_reward, items)]}
 
     def score(self, completion: str, example: dict[str, Any]) -> float:
-        """Cell accuracy of one completion, the same parse as the training reward.
+        """Cell accuracy of one completion.
 
-        d1 and ESPO grade evaluations with a different, more lenient parser (five regex fallbacks, whitespace
-        stripped only); that parser comes in a later issue. Their metric is micro-averaged over blank cells,
-        which equals the mean of this score when every test puzzle has the same number of blanks (d1's set
-        has 8 each).
+        With ``eval_parser="d1"`` (and the chat format) the answer is read by :func:`parse_eval_answer`, as d1
+        and ESPO grade evaluations; otherwise with the training reward's parse. The papers' metric is
+        micro-averaged over blank cells, which equals the mean of this score when every test puzzle has the
+        same number of blanks (d1's set has 8 each).
         """
-        return cell_accuracy(parse_answer(completion, self.prompt_format == "raw"), example["puzzle"],
-                             example["solution"])
+        if self.eval_parser == "d1" and self.prompt_format == "chat":
+            answer = parse_eval_answer(completion)
+        else:
+            answer = parse_answer(completion, self.prompt_format == "raw")
+        return cell_accuracy(answer, example["puzzle"], example["solution"])

@@ -1,0 +1,246 @@
+"""``RewardPool``: runs reward functions in worker processes with a hard deadline per item.
+
+A reward function is untrusted in practice: ``math-verify`` can hang in sympy on an adversarial expression,
+a parser can blow up on a 10 MB completion, a C extension can crash. None of that may stop training. The
+pool gives each item its own deadline from the moment a worker starts it; a worker past its deadline is
+killed (SIGKILL) and replaced, a worker that dies is replaced, and in both cases the item scores the
+``fallback`` value (0) and a counter goes up (``timeouts``, ``errors``). An exception raised by the
+function is an error too. The task exposes the counters and the module logs them as ``reward/timeouts``
+and ``reward/errors``.
+
+Workers are forked by default (``start_method="fork"``, as PyTorch's DataLoader workers): a replacement
+costs milliseconds and inherits the imported modules; the child only runs pure-Python reward code, never
+CUDA. ``"forkserver"`` or ``"spawn"`` start clean interpreters instead (the reward's module is imported
+before a worker reports ready, so imports never eat an item's deadline). Functions must be picklable,
+i.e. defined at module level. ``workers=0`` runs everything inline in the calling process
+(exceptions are still caught and counted, but nothing can interrupt a hang): that is for rewards that are
+cheap and linear by construction, such as Sudoku's cell count.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from multiprocessing.connection import Connection, wait
+from typing import Any
+
+
+def _worker(conn: Connection, memory_mb: int | None, preload: str | None) -> None:
+    """Worker loop: import ``preload``, say ready, then answer ``(fn, args)`` with ``("ok", value)`` or
+    ``("error", message)``. The import happens before the ready message so it never eats an item's deadline."""
+    if memory_mb:
+        import resource
+
+        # Headroom over what the worker already maps: a forked child of a CUDA trainer inherits a huge
+        # virtual address space, and an absolute limit below it would make every allocation fail.
+        try:
+            with open("/proc/self/statm") as fh:
+                mapped = int(fh.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+        except (OSError, ValueError):
+            mapped = 0
+        limit = mapped + memory_mb * 2**20
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    if preload:
+        import importlib
+
+        try:
+            importlib.import_module(preload)
+        except Exception:  # noqa: BLE001 - the job itself will report the failure
+            pass
+    conn.send(("ready", None))
+    while True:
+        try:
+            job = conn.recv()
+        except EOFError:
+            return
+        if job is None:
+            return
+        fn, args = job
+        try:
+            conn.send(("ok", fn(*args)))
+        except BaseException as exc:  # noqa: BLE001 - the whole point is that nothing escapes
+            conn.send(("error", "".join(traceback.format_exception_only(type(exc), exc)).strip()))
+
+
+class _Slot:
+    """One worker process, whether it is ready, and the item it is working on."""
+
+    def __init__(self, ctx: Any, memory_mb: int | None, preload: str | None) -> None:
+        self.conn, child = ctx.Pipe()
+        self.process = ctx.Process(target=_worker, args=(child, memory_mb, preload), daemon=True)
+        self.process.start()
+        child.close()
+        self.ready = False
+        self.item: int | None = None
+        self.started = time.monotonic()
+
+    def kill(self) -> None:
+        if self.process.is_alive():
+            self.process.kill()
+        self.process.join(timeout=5)
+        self.conn.close()
+
+
+class RewardPool:
+    """A process pool that maps a reward function over items with a hard per-item deadline.
+
+    Args:
+        workers: Worker processes; 0 runs inline in the caller (no deadline, exceptions still caught).
+        timeout: Seconds one item may take once a worker has started it.
+        memory_mb: Address space each worker may add to what it maps at start, in MiB (None: no limit).
+        fallback: The value of an item that timed out or failed.
+        start_method: ``"fork"`` (fast, the default where available), ``"forkserver"`` or ``"spawn"``.
+    """
+
+    def __init__(self, workers: int = 2, timeout: float = 10.0, memory_mb: int | None = 4096,
+                 fallback: float = 0.0, start_method: str | None = None) -> None:
+        if workers < 0 or timeout <= 0:
+            raise ValueError("workers must be >= 0 and timeout positive.")
+        self.workers, self.timeout, self.memory_mb, self.fallback = workers, timeout, memory_mb, fallback
+        methods = mp.get_all_start_methods()
+        self.start_method = start_method or ("fork" if "fork" in methods else "spawn")
+        if self.start_method not in methods:
+            raise ValueError(f"start_method {self.start_method!r} is not available here: {methods}.")
+        self._slots: list[_Slot] = []
+        self._preload: str | None = None
+        self.startup_timeout = max(120.0, timeout)
+        self.timeouts = 0
+        self.errors = 0
+        self.last_error: str | None = None
+
+    # ------------------------------------------------------------------ public
+    def map(self, fn: Callable[..., Any], items: Sequence[tuple]) -> list[Any]:
+        """``[fn(*item) for item in items]``, with ``fallback`` for every item that timed out or failed."""
+        if not items:
+            return []
+        if self.workers == 0:
+            return [self._inline(fn, args) for args in items]
+        return self._parallel(fn, list(items))
+
+    def stats(self) -> dict[str, float]:
+        """Cumulative counters, for logging."""
+        return {"timeouts": float(self.timeouts), "errors": float(self.errors)}
+
+    def close(self) -> None:
+        """Stops the workers (they are daemons, so this also happens at interpreter exit)."""
+        for slot in self._slots:
+            try:
+                slot.conn.send(None)
+            except (OSError, ValueError):
+                pass
+            slot.kill()
+        self._slots = []
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Tasks are deep-copied and pickled by Lightning (hyper-parameters, DDP spawn): workers stay behind.
+        state = self.__dict__.copy()
+        state["_slots"] = []
+        return state
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001 - interpreter shutdown
+            pass
+
+    # ------------------------------------------------------------------ internals
+    def _inline(self, fn: Callable[..., Any], args: tuple) -> Any:
+        try:
+            return fn(*args)
+        except Exception as exc:  # noqa: BLE001
+            self._error(f"{type(exc).__name__}: {exc}")
+            return self.fallback
+
+    def _error(self, message: str) -> None:
+        self.errors += 1
+        self.last_error = message[:500]
+
+    def _new_slot(self) -> _Slot:
+        ctx = mp.get_context(self.start_method)
+        if self.start_method == "forkserver" and self._preload:
+            # Takes effect when the server starts: it imports the reward module once, every fork inherits it.
+            ctx.set_forkserver_preload([self._preload])
+        return _Slot(ctx, self.memory_mb, self._preload)
+
+    def _ensure_workers(self, count: int) -> None:
+        alive = [s for s in self._slots if s.process.is_alive()]
+        for slot in self._slots:
+            if slot not in alive:
+                slot.kill()
+        self._slots = alive
+        while len(self._slots) < count:
+            self._slots.append(self._new_slot())
+
+    def _parallel(self, fn: Callable[..., Any], items: list[tuple]) -> list[Any]:
+        if self._preload != fn.__module__:
+            self.close()  # workers preloaded for another function: start fresh ones
+            self._preload = fn.__module__
+        results: list[Any] = [self.fallback] * len(items)
+        pending = list(range(len(items)))[::-1]  # pop() from the end keeps the original order
+        self._ensure_workers(min(self.workers, len(items)))
+        startup_failures = 0
+        while pending or any(s.item is not None for s in self._slots):
+            if startup_failures > 3 * self.workers:
+                for index in pending:  # workers cannot even start (memory limit too low?): fail, never hang
+                    self._error(f"no worker could start for item {index}")
+                break
+            for slot in list(self._slots):
+                if slot.ready and slot.item is None and pending:
+                    index = pending.pop()
+                    try:
+                        slot.conn.send((fn, items[index]))
+                    except (OSError, ValueError, TypeError, AttributeError) as exc:
+                        # Unpicklable arguments or a dead pipe: this item fails, the pool carries on.
+                        self._error(f"could not send item {index}: {exc}")
+                        self._replace(slot)
+                        continue
+                    slot.item, slot.started = index, time.monotonic()
+            watched = {s.conn: s for s in self._slots if not s.ready or s.item is not None}
+            if not watched:
+                continue
+            limits = [s.started + (self.timeout if s.ready else self.startup_timeout) for s in watched.values()]
+            for conn in wait(list(watched), timeout=max(0.0, min(limits) - time.monotonic())):
+                slot = watched[conn]
+                try:
+                    status, value = conn.recv()
+                except (EOFError, OSError):
+                    if slot.item is None:
+                        startup_failures += 1
+                    else:
+                        self._error(f"worker died on item {slot.item} (exit code {slot.process.exitcode})")
+                    self._replace(slot)
+                    continue
+                if status == "ready":
+                    slot.ready = True
+                    continue
+                if status == "ok":
+                    results[slot.item] = value
+                else:
+                    self._error(value)
+                slot.item = None
+            now = time.monotonic()
+            for slot in list(self._slots):
+                if slot.item is not None and now - slot.started >= self.timeout:
+                    self.timeouts += 1
+                    self._replace(slot)
+                elif not slot.ready and now - slot.started >= self.startup_timeout:
+                    startup_failures += 1
+                    self._replace(slot)
+        return results
+
+    def _replace(self, slot: _Slot) -> None:
+        slot.kill()
+        self._slots.remove(slot)
+        self._slots.append(self._new_slot())
+
+
+def default_workers() -> int:
+    """Half the CPUs the process may use, at least 1 and at most 8."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:
+        cpus = os.cpu_count() or 1
+    return max(1, min(8, cpus // 2))

@@ -1,0 +1,54 @@
+"""``espo test``: multi-length generation on the tiny model over a local slice, table, JSONL and metric."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from espo.cli import main
+from espo.evaluation import Evaluation
+from espo.tasks import Sudoku
+
+REPO = Path(__file__).resolve().parents[1]
+TEST_CSV = REPO.parent / "shared" / "data" / "sudoku_4x4_test.csv"
+
+
+@pytest.fixture(autouse=True)
+def _argv(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("sys.argv", ["espo"])
+
+
+def test_schedule_follows_the_d1_protocol():
+    evaluation = Evaluation([128, 256, 512], block_length=32, steps_ratio=0.5)
+    assert [evaluation.schedule(n) for n in (128, 256, 512)] == [(64, 32), (128, 32), (256, 32)]
+    assert Evaluation([20], block_length=32).schedule(20) == (10, 20)  # block capped at the length
+    with pytest.raises(ValueError):
+        Evaluation([48], block_length=32).schedule(48)
+    with pytest.raises(ValueError):
+        Evaluation([0])
+
+
+@pytest.mark.slow
+def test_espo_test_on_the_tiny_checkpoint(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
+    main(["test", "--config", str(REPO / "configs/demo.yaml"),
+          "--model.model", str(REPO / "checkpoints/tiny-sudoku-sft"),
+          "--data.init_args.test_file", str(TEST_CSV), "--data.init_args.test_subsample", "2",
+          "--data.init_args.eval_batch_size", "2", "--model.eval_lengths", "[10, 20]",
+          "--model.eval_block_length", "10", "--trainer.logger.init_args.save_dir", str(tmp_path)])
+    out = capsys.readouterr().out
+    assert "espo test: Sudoku" in out and "score" in out
+    [folder] = tmp_path.glob("demo/version_*")
+    rows = [json.loads(line) for line in (folder / "test_generations.jsonl").read_text().splitlines()]
+    assert len(rows) == 2 * 2 and {r["length"] for r in rows} == {10, 20}
+    assert {r["steps"] for r in rows if r["length"] == 20} == {10}  # steps = length / 2
+    task = Sudoku(prompt_format="raw")
+    for row in rows:  # every recorded score is the task's metric of the recorded completion
+        assert row["score"] == task.score(row["completion"], row["example"])
+    results = json.loads((folder / "test_results.json").read_text())
+    for length in (10, 20):
+        scores = [r["score"] for r in rows if r["length"] == length]
+        assert results[str(length)]["score"] == pytest.approx(sum(scores) / len(scores))
+        assert results[str(length)]["count"] == 2
+    assert results["task"] == "Sudoku" and results["protocol"] == "d1"

@@ -1,0 +1,76 @@
+"""RewardPool: results in order; a hang, a crash or an exception scores the fallback, is counted, never raises."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+
+from espo.tasks.pool import RewardPool
+
+
+def square(x: int) -> int:
+    return x * x
+
+
+def misbehave(kind: str) -> float:
+    if kind == "hang":
+        time.sleep(60)
+    if kind == "crash":
+        os._exit(3)  # a segfaulting C extension looks the same from outside
+    if kind == "raise":
+        raise RuntimeError("parser exploded")
+    return 1.0
+
+
+@pytest.fixture(scope="module")
+def pool():
+    pool = RewardPool(workers=2, timeout=1.0, memory_mb=None)
+    yield pool
+    pool.close()
+
+
+def test_results_keep_the_order_of_the_items(pool: RewardPool):
+    assert pool.map(square, [(i,) for i in range(10)]) == [i * i for i in range(10)]
+    assert pool.map(square, []) == []
+
+
+def test_hang_crash_and_exception_score_zero_and_are_counted(pool: RewardPool):
+    before = pool.stats()
+    start = time.monotonic()
+    kinds = ["ok", "hang", "ok", "crash", "raise", "ok"]
+    assert pool.map(misbehave, [(k,) for k in kinds]) == [1.0, 0.0, 1.0, 0.0, 0.0, 1.0]
+    assert time.monotonic() - start < 10  # the hang is cut at its 1 s deadline, not waited out
+    after = pool.stats()
+    assert after["timeouts"] - before["timeouts"] == 1
+    assert after["errors"] - before["errors"] == 2
+    assert "parser exploded" in pool.last_error or "exit code" in pool.last_error
+    # The pool still works with fresh workers afterwards.
+    assert pool.map(square, [(3,), (4,)]) == [9, 16]
+
+
+def test_inline_mode_catches_exceptions_and_counts_them():
+    pool = RewardPool(workers=0)
+    assert pool.map(misbehave, [("ok",), ("raise",)]) == [1.0, 0.0]
+    assert pool.stats() == {"timeouts": 0.0, "errors": 1.0}
+
+
+def test_pool_survives_pickling_without_its_workers(pool: RewardPool):
+    import pickle
+
+    copy = pickle.loads(pickle.dumps(pool))
+    assert copy._slots == [] and copy.timeout == pool.timeout
+    assert copy.map(square, [(5,)]) == [25]
+    copy.close()
+
+
+def allocate(megabytes: int) -> int:
+    return len(bytearray(megabytes * 2**20))
+
+
+def test_memory_limit_is_headroom_over_the_inherited_address_space():
+    pool = RewardPool(workers=1, timeout=10.0, memory_mb=256)
+    assert pool.map(allocate, [(16,), (2048,), (16,)]) == [16 * 2**20, 0.0, 16 * 2**20]
+    assert pool.errors == 1 and "MemoryError" in pool.last_error
+    pool.close()

@@ -1,0 +1,114 @@
+"""The code sandbox: honest programs pass, hostile ones are contained, score 0 and leave the host unharmed."""
+
+from __future__ import annotations
+
+import socket
+import time
+from pathlib import Path
+
+import pytest
+
+from espo.tasks import Code
+from espo.tasks.sandbox import capabilities, run_tests
+
+FAST = {"timeout": 6.0, "per_test_timeout": 1.5, "cpu_seconds": 2, "memory_mb": 256, "max_processes": 16}
+
+
+def _sandbox_processes() -> int:
+    """Processes running the sandbox runner (forked children keep its command line)."""
+    count = 0
+    for proc in Path("/proc").iterdir():
+        try:
+            count += proc.name.isdigit() and b"sandbox_runner.py" in (proc / "cmdline").read_bytes()
+        except OSError:
+            pass
+    return count
+
+
+def test_honest_program_passes_with_partial_credit():
+    result = run_tests("def add(a, b):\n    return a + b\n",
+                       ["assert add(1, 2) == 3", "assert add(2, 2) == 5", "assert add(-1, 1) == 0"], **FAST)
+    assert result.passed == [True, False, True]
+    assert result.pass_rate == pytest.approx(2 / 3)
+    assert not result.timed_out and result.error is None
+
+
+def test_exiting_early_is_not_a_pass():
+    # The reference's exit-status check counts sys.exit(0) as a pass; here a test must run to its end.
+    for code in ("import sys\nsys.exit(0)", "import os\nos._exit(0)"):
+        assert run_tests(code, ["assert False"], **FAST).passed == [False]
+
+
+def test_infinite_loop_is_killed_at_its_deadline():
+    start = time.monotonic()
+    result = run_tests("def f():\n    while True:\n        pass\n", ["f()", "assert 1 == 1"], **FAST)
+    assert result.passed == [False, True]  # the loop fails its test only
+    assert time.monotonic() - start < FAST["timeout"]
+
+
+@pytest.mark.slow
+def test_fork_bomb_is_contained_and_cleaned_up():
+    code = ("import os\ndef f():\n    while True:\n        try:\n            os.fork()\n"
+            "        except OSError:\n            pass\n")
+    result = run_tests(code, ["f()"], **FAST)
+    assert result.passed == [False]
+    time.sleep(0.5)
+    assert _sandbox_processes() == 0  # nothing left behind
+
+
+def test_memory_hog_fails_its_test():
+    result = run_tests("x = bytearray(8 * 1024 ** 3)", ["assert len(x) > 0"], **FAST)
+    assert result.passed == [False]
+
+
+def test_network_is_unreachable():
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(8)
+    port = server.getsockname()[1]
+    code = (f"import socket\ndef leak():\n    s = socket.create_connection(('127.0.0.1', {port}), timeout=1)\n"
+            "    s.sendall(b'secret')\n    return True\n")
+    result = run_tests(code, ["assert leak()"], **FAST)
+    server.setblocking(False)
+    with pytest.raises(BlockingIOError):  # a completed handshake would wait in the backlog
+        server.accept()
+    server.close()
+    assert result.passed == [False]
+
+
+def test_writes_outside_the_temporary_directory_are_refused(tmp_path: Path):
+    target = tmp_path / "pwned.txt"
+    tmp_path.chmod(0o777)  # even a world-writable host directory stays out of reach
+    code = f"def write():\n    open({str(target)!r}, 'w').write('x')\n    return True\n"
+    result = run_tests(code, ["assert write()", "open('inside.txt', 'w').write('ok')"], **FAST)
+    assert result.passed == [False, True]  # writing in its own directory is fine
+    assert not target.exists()
+
+
+def test_capabilities_are_reported():
+    caps = capabilities()
+    assert caps["works"] is True
+    assert {"network_namespace", "landlock_abi"} <= set(caps) or "namespaces_error" in caps
+
+
+@pytest.mark.slow
+def test_code_task_rewards_and_metric():
+    task = Code(protocol="espo", reward_workers=2, timeout=6.0, per_test_timeout=1.0)
+    example = {"prompt": "Write add(a, b).", "tests": ["assert add(1, 2) == 3", "assert add(0, 0) == 0"]}
+    good = "Sure.\n```python\ndef add(a, b):\n    return a + b\n```\n"
+    half = "```python\ndef add(a, b):\n    return 3\n```"
+    syntax = "```python\ndef add(a, b) return a + b\n```\n"
+    trailing = good + "Hope this helps!"
+    loop = "```python\ndef add(a, b):\n    while True:\n        pass\n```\n"
+    texts = [good, half, syntax, trailing, loop, "", "\x00\ud800" * 10]
+    parts = task.reward_components(texts, [example] * len(texts))
+    assert parts["format"] == [1.0, 1.0, 0.5, 0.0, 1.0, 0.0, 0.0]
+    assert parts["tests"] == [1.0, 0.5, 0.0, 0.0, 0.0, 0.0, 0.0]
+    assert task.reward(texts[:2], [example] * 2) == [2.0, 1.5]
+    assert task.scores([good, half, trailing], [example] * 3) == [1.0, 0.0, 1.0]  # metric: all tests pass
+
+    d1 = Code(protocol="d1", reward_workers=1, timeout=6.0, per_test_timeout=1.5)
+    tagged = "<reasoning>\nadd\n</reasoning>\n<answer>\n```python\ndef add(a, b):\n    return a + b\n```\n</answer>"
+    assert d1.reward_components([tagged, good], [example] * 2) == {"answer_format": [0.5, 0.0], "tests": [1.0, 1.0]}
+    prompt = task.prompt(example)
+    assert prompt[0]["role"] == "system" and prompt[1]["content"].endswith("Test cases: assert add(1, 2) == 3")
