@@ -20,11 +20,13 @@ import torch
 from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from rich.console import Console
 
 from espo.models import DiffusionLM, load_model
 from espo.objectives import Objective, Rollout
 from espo.rng import make_generator
 from espo.sampling import Sampler
+from espo.sizes import EffectiveSizes, effective_sizes
 from espo.tasks.base import Prompt, Task
 from espo.tokens import completion_mask, encode_prompts, encode_targets
 
@@ -53,6 +55,8 @@ class DiffusionRL(LightningModule):
         max_prompt_length: Prompts longer than this are left-truncated (counted and logged).
         sft_sample_every: With an SFT objective, sample and score every this many steps (0: never).
         export_dir: Write the trained policy here as a model directory when training ends.
+        max_consecutive_skips: Stop the run with an error after this many optimiser steps in a row were
+            skipped for a non-finite loss or gradient (0 or None: never stop).
     """
 
     def __init__(
@@ -72,6 +76,7 @@ class DiffusionRL(LightningModule):
         max_prompt_length: int | None = None,
         sft_sample_every: int = 10,
         export_dir: str | None = None,
+        max_consecutive_skips: int | None = 10,
     ) -> None:
         super().__init__()
         if num_generations < 1 or num_iterations < 1:
@@ -89,6 +94,9 @@ class DiffusionRL(LightningModule):
         self.micro_batch_size, self.rollout_batch_size = micro_batch_size, rollout_batch_size
         self.max_grad_norm, self.dtype_name, self.seed = max_grad_norm, dtype, seed
         self.max_prompt_length, self.sft_sample_every, self.export_dir = max_prompt_length, sft_sample_every, export_dir
+        self.max_consecutive_skips = max_consecutive_skips
+        self.consecutive_skips = 0
+        self.sizes: EffectiveSizes | None = None
         self.automatic_optimization = False
         self.policy: DiffusionLM | None = None
         self._reference: list[DiffusionLM] = []  # a list keeps the frozen copy out of state_dict/optimiser
@@ -123,16 +131,19 @@ class DiffusionRL(LightningModule):
         return {"optimizer": optimizer,
                 "lr_scheduler": {"scheduler": self.scheduler_factory(optimizer), "interval": "step"}}
 
+    def setup(self, stage: str) -> None:
+        # Runs after the task's setup and before configure_model: inconsistent batch knobs fail before the
+        # model loads.
+        if stage == "fit":
+            self.sizes = effective_sizes(
+                self._task().batch_size, self.num_generations, self.num_iterations, self.micro_batch_size,
+                self.rollout_batch_size, self.sampler.gen_length, self.trainer.world_size)
+
     def on_fit_start(self) -> None:
         if self.reference is not None:
             self.reference.to(self.device)
-        task = self._task()
-        n = task.batch_size * self.num_generations
-        micro = self.micro_batch_size or n
-        rank_zero_info(
-            f"espo: {task.batch_size} prompts x {self.num_generations} generations = {n} completions per step; "
-            f"{-(-n // micro)} micro-batches of <= {micro}; {self.num_iterations} optimiser step(s) per rollout; "
-            f"completion canvas {self.sampler.gen_length} tokens.")
+        if self.sizes is not None and self.trainer.is_global_zero:
+            Console().print(self.sizes.table())
 
     def _task(self) -> Task:
         task = self.trainer.datamodule
@@ -215,27 +226,42 @@ class DiffusionRL(LightningModule):
         params = [p for p in self.policy.parameters() if p.requires_grad]
         totals: dict[str, float] = {}
         for j in range(self.num_iterations):
+            finite = True
             for mb in rollout.split(micro):
                 loss, parts = self.objective.loss(self.policy, mb, j)
+                finite = finite and bool(torch.isfinite(loss.detach()))
                 self.manual_backward(loss * (len(mb) / len(rollout)))
                 for key, value in {"loss": loss.detach(), **parts}.items():
                     totals[key] = totals.get(key, 0.0) + float(value) * len(mb) / len(rollout) / self.num_iterations
             norm = torch.nn.utils.clip_grad_norm_(params, self.max_grad_norm or float("inf"))
-            if torch.isfinite(norm):
+            if finite and torch.isfinite(norm):
                 totals["grad_norm"] = totals.get("grad_norm", 0.0) + float(norm) / self.num_iterations
+                self.consecutive_skips = 0
             else:
                 # One bad micro-batch must not turn every weight into NaN. Dropping the gradients makes the
                 # step a no-op that still counts, so max_steps, schedules and checkpoints keep their cadence.
                 optimizer.zero_grad(set_to_none=True)
                 self.skipped_updates += 1
-                totals["skipped_updates"] = float(self.skipped_updates)
+                self.consecutive_skips += 1
+                self._stop_if_stuck(step)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             if scheduler is not None:
                 scheduler.step()
+        totals["skipped_updates"] = float(self.skipped_updates)
         totals["time/prepare"] = prepared - start
         totals["time/update"] = time.perf_counter() - prepared
         return totals
+
+    def _stop_if_stuck(self, step: int) -> None:
+        limit = self.max_consecutive_skips
+        if limit and self.consecutive_skips >= limit:
+            raise RuntimeError(
+                f"espo: {self.consecutive_skips} optimiser steps in a row had a non-finite loss or gradient "
+                f"(at rollout step {step}; {self.skipped_updates} skipped in all), so training stops "
+                f"(model.max_consecutive_skips={limit}). The weights are unchanged since the first of them. "
+                "Usual causes: a learning rate too high, bf16 overflow (try trainer.precision bf16-mixed), "
+                "non-finite rewards from the task.")
 
     def _reward_metrics(self, rewards: torch.Tensor, components: dict[str, list[float]],
                         completion: torch.Tensor, seconds: float) -> dict[str, float]:
@@ -266,9 +292,16 @@ class DiffusionRL(LightningModule):
             rank_zero_info(f"espo: exported the policy to {path}")
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["espo"] = {"rollout_step": self.rollout_step, "reward_history": self.reward_history}
+        checkpoint["espo"] = {"rollout_step": self.rollout_step, "reward_history": self.reward_history,
+                              "skipped_updates": self.skipped_updates, "model": str(self.model_source)}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         state = checkpoint.get("espo", {})
         self.rollout_step = state.get("rollout_step", 0)
         self.reward_history = [tuple(x) for x in state.get("reward_history", [])]
+        self.skipped_updates = state.get("skipped_updates", 0)
+        saved = state.get("model")
+        if saved is not None and saved != str(self.model_source):
+            # The reference policy (and LoRA's base) is rebuilt from model.model, not stored in the checkpoint.
+            rank_zero_warn(f"Resuming a run that started from {saved!r} with model.model={self.model_source!r}: "
+                           "the reference policy now comes from the latter.")
