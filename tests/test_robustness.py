@@ -26,11 +26,15 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 # ------------------------------------------------------------------ resumable prompt order
-def consume(loader: Any, count: int) -> list[list[str]]:
-    """Takes ``count`` batches as Lightning does: one batch fetched ahead, counted when handed on."""
+def consume(loader: Any, count: int, epoch: int = 0) -> list[list[str]]:
+    """Takes ``count`` batches as Lightning does: one batch fetched ahead, counted when handed on; a distributed
+    sampler gets ``set_epoch`` after ``iter``, as Lightning's fit loop does."""
     out: list[list[str]] = []
     while len(out) < count:
         iterator = iter(loader)
+        if hasattr(loader.sampler, "set_epoch"):
+            loader.sampler.set_epoch(epoch)
+        epoch += 1
         pending = next(iterator, None)
         while pending is not None and len(out) < count:
             ahead = next(iterator, None)
@@ -57,6 +61,34 @@ def test_loader_resumes_with_the_same_next_batch_at_every_position():
         second = sudoku_loader()
         second.load_state_dict(torch.load(io.BytesIO(buffer.getvalue()), weights_only=True))
         assert done + consume(second, 9 - k) == straight, f"resumed after {k} batches"
+
+
+def distributed_loader(rank: int) -> Any:
+    """The loader as Lightning rebuilds it for data parallelism (a DistributedSampler for 2 processes)."""
+    from lightning.fabric.utilities.data import _replace_dunder_methods
+    from lightning.pytorch.trainer.states import RunningStage
+    from lightning.pytorch.utilities.data import _update_dataloader
+    from torch.utils.data import BatchSampler, DataLoader, DistributedSampler
+
+    task = Sudoku(prompt_format="raw", num_train=13, batch_size=2, seed=5)  # 3 batches per rank and epoch
+    task.setup("fit")
+    with _replace_dunder_methods(DataLoader, "dataset"), _replace_dunder_methods(BatchSampler):
+        loader = task.train_dataloader()
+    sampler = DistributedSampler(loader.dataset, num_replicas=2, rank=rank, shuffle=True, seed=0, drop_last=True)
+    rebuilt = _update_dataloader(loader, sampler, mode=RunningStage.TRAINING)
+    assert type(rebuilt) is type(loader) and rebuilt.cursor is loader.cursor  # the task still counts for it
+    return rebuilt
+
+
+def test_loader_resumes_under_a_distributed_sampler():
+    straight = [consume(distributed_loader(rank), 9) for rank in (0, 1)]
+    assert straight[0][:3] != straight[0][3:6] and straight[0] != straight[1]
+    for k in (2, 3, 4):
+        first = distributed_loader(0)
+        done = consume(first, k)
+        second = distributed_loader(0)
+        second.load_state_dict(first.state_dict())
+        assert done + consume(second, 9 - k, epoch=k // 3) == straight[0], f"resumed after {k} batches"
 
 
 # ------------------------------------------------------------------ dataset columns
@@ -213,3 +245,16 @@ def test_equal_rewards_give_zero_advantages_and_a_finite_step_with_std_scaling(t
     for line in ("prompts per step", "8 = 2 prompts x 4 generations", "micro-batches per optimiser step",
                  "2 of 4 rows", "optimiser steps per rollout step", "tokens per completion canvas"):
         assert line in out, line
+
+
+def test_resuming_with_another_model_source_warns_about_the_reference():
+    module = DiffusionRL("models/b", ESPO(), LLaDASampler(gen_length=8, block_length=8, steps=4))
+    state: dict[str, Any] = {}
+    module.skipped_updates, module.rollout_step = 2, 7
+    module.on_save_checkpoint(state)
+    fresh = DiffusionRL("models/b", ESPO(), LLaDASampler(gen_length=8, block_length=8, steps=4))
+    fresh.on_load_checkpoint(state)
+    assert (fresh.skipped_updates, fresh.rollout_step) == (2, 7)
+    other = DiffusionRL("models/c", ESPO(), LLaDASampler(gen_length=8, block_length=8, steps=4))
+    with pytest.warns(UserWarning, match=r"started from 'models/b' with model.model='models/c': the reference"):
+        other.on_load_checkpoint(state)

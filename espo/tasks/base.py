@@ -52,8 +52,8 @@ class Task(LightningDataModule, ABC):
         num_workers: DataLoader workers.
     """
 
-    # Fields every example must have; ``setup`` checks each loaded row (a generated split, which declares
-    # ``generated = True``, only its first) and names the row and the field that is missing.
+    # Fields every example must have; ``setup`` checks each loaded row and names the row and the field that is
+    # missing. A split whose rows are all built by the same code (``uniform_rows = True``) has its first checked.
     required_fields: tuple[str, ...] = ()
 
     def __init__(
@@ -150,7 +150,7 @@ class Task(LightningDataModule, ABC):
                 raise ValueError(f"{name}: the {split} data has no column(s) {missing} (columns: {list(columns)}); "
                                  f"{name} needs {needed}.")
             return
-        for index in range(1 if getattr(rows, "generated", False) else len(rows)):
+        for index in range(min(1, len(rows)) if getattr(rows, "uniform_rows", False) else len(rows)):
             row = rows[index]
             if not isinstance(row, Mapping):
                 raise ValueError(f"{name}: {split} row {index} is a {type(row).__name__}, not a dict with "

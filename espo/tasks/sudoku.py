@@ -106,7 +106,7 @@ def cell_accuracy(answer: str | None, puzzle: str, solution: str) -> float:
 class _GeneratedPuzzles(Sequence):
     """A lazy split of generated puzzles: item ``i`` is computed on access from ``(seed, stream, i)``."""
 
-    generated = True  # Task.check_fields inspects only the first row (the rest come from the same code)
+    uniform_rows = True  # Task.check_fields inspects only the first row (the rest come from the same code)
 
     def __init__(self, size: int, seed: int, stream: str, min_blanks: int, max_blanks: int) -> None:
         self.size, self.seed, self.stream = size, seed, stream
@@ -127,6 +127,8 @@ class _GeneratedPuzzles(Sequence):
 
 class _PuzzlePairs(Sequence):
     """Examples backed by two lists of strings (a 1M-row CSV as dicts would cost several times the memory)."""
+
+    uniform_rows = True  # every row is the same two-key dict, validated by load_csv
 
     def __init__(self, puzzles: list[str], solutions: list[str]) -> None:
         self.puzzles, self.solutions = puzzles, solutions
