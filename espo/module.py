@@ -96,6 +96,7 @@ class DiffusionRL(LightningModule):
         self.max_prompt_length, self.sft_sample_every, self.export_dir = max_prompt_length, sft_sample_every, export_dir
         self.max_consecutive_skips = max_consecutive_skips
         self.consecutive_skips = 0
+        self._updates_in_step: int | None = None  # optimiser steps taken in the rollout step under way
         self.sizes: EffectiveSizes | None = None
         self.automatic_optimization = False
         self.policy: DiffusionLM | None = None
@@ -178,6 +179,7 @@ class DiffusionRL(LightningModule):
     # ------------------------------------------------------------------ the step
     def training_step(self, batch: list[dict[str, Any]], batch_idx: int) -> None:
         task, step, g = self._task(), self.rollout_step, self.num_generations
+        self._updates_in_step = 0  # not None while the step runs: see on_save_checkpoint
         self.policy.eval()  # dropout stays off during RL: rollouts, old/ref and current passes agree
         examples = [ex for ex in batch for _ in range(g)]
         prompt_ids, prompt_mask = self._encode([task.prompt(ex) for ex in batch])
@@ -215,6 +217,7 @@ class DiffusionRL(LightningModule):
         if "reward" in metrics:
             self.log("reward", metrics.pop("reward"), prog_bar=True, on_step=True)
         self.log_dict({k: float(v) for k, v in metrics.items()}, on_step=True, prog_bar=False)
+        self._updates_in_step = None
 
     def _update(self, rollout: Rollout, step: int) -> dict[str, float]:
         micro = self.micro_batch_size or len(rollout)
@@ -248,6 +251,7 @@ class DiffusionRL(LightningModule):
             optimizer.zero_grad(set_to_none=True)
             if scheduler is not None:
                 scheduler.step()
+            self._updates_in_step += 1
         totals["skipped_updates"] = float(self.skipped_updates)
         totals["time/prepare"] = prepared - start
         totals["time/update"] = time.perf_counter() - prepared
@@ -293,13 +297,26 @@ class DiffusionRL(LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["espo"] = {"rollout_step": self.rollout_step, "reward_history": self.reward_history,
-                              "skipped_updates": self.skipped_updates, "model": str(self.model_source)}
+                              "skipped_updates": self.skipped_updates, "model": str(self.model_source),
+                              "updates_in_failed_step": self._updates_in_step}
+        if self._updates_in_step is not None:
+            # Saved after an exception inside training_step (RunCheckpoint.on_exception). The prompt loader
+            # counted this step's batch when it was handed over; uncount it, so a resumed run retries that batch
+            # with this step's random streams (rollout_step has not advanced).
+            loop = checkpoint.get("loops", {}).get("fit_loop", {}).get("state_dict", {})
+            for state in loop.get("combined_loader", []):
+                if isinstance(state, dict) and "consumed" in state:
+                    state["consumed"] = max(0, state["consumed"] - 1)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         state = checkpoint.get("espo", {})
         self.rollout_step = state.get("rollout_step", 0)
         self.reward_history = [tuple(x) for x in state.get("reward_history", [])]
         self.skipped_updates = state.get("skipped_updates", 0)
+        if state.get("updates_in_failed_step"):
+            rank_zero_warn(f"Resuming from a checkpoint saved when rollout step {self.rollout_step} failed after "
+                           f"{state['updates_in_failed_step']} of its {self.num_iterations} optimiser steps: the "
+                           "step is retried on weights that already include those updates.")
         saved = state.get("model")
         if saved is not None and saved != str(self.model_source):
             # The reference policy (and LoRA's base) is rebuilt from model.model, not stored in the checkpoint.

@@ -171,10 +171,11 @@ class Constant(Rows):
 
 
 def fit(module: DiffusionRL, task: Task, steps: int, root: Path, **kwargs: Any) -> pl.Trainer:
+    ckpt_path = kwargs.pop("ckpt_path", None)
     options = {"enable_checkpointing": False, **kwargs}
     trainer = pl.Trainer(accelerator="cpu", devices=1, max_steps=steps, logger=False, enable_progress_bar=False,
                          enable_model_summary=False, default_root_dir=root, **options)
-    trainer.fit(module, datamodule=task)
+    trainer.fit(module, datamodule=task, ckpt_path=ckpt_path)
     return trainer
 
 
@@ -258,3 +259,41 @@ def test_resuming_with_another_model_source_warns_about_the_reference():
     other = DiffusionRL("models/c", ESPO(), LLaDASampler(gen_length=8, block_length=8, steps=4))
     with pytest.warns(UserWarning, match=r"started from 'models/b' with model.model='models/c': the reference"):
         other.on_load_checkpoint(state)
+
+
+class Sevens(Rows):
+    """A reward that varies for a random model; it raises at rollout step ``fail_at`` when that is set."""
+
+    fail_at: int | None = None
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__([{"puzzle": f"{i:03d}", "solution": ""} for i in range(6)], **kwargs)
+
+    def reward_components(self, completions: list[str], examples: list[dict[str, Any]]) -> dict[str, list[float]]:
+        if self.fail_at is not None and self.trainer.lightning_module.rollout_step == self.fail_at:
+            raise ConnectionError("the reward server went away")
+        return {"sevens": [c.count("7") / max(len(c), 1) for c in completions]}
+
+
+def test_exception_checkpoint_retries_the_failed_step(tiny_dir: Path, tmp_path: Path):
+    def run(steps: int, task: Task, **kwargs: Any) -> tuple[DiffusionRL, list[float]]:
+        module = DiffusionRL(str(tiny_dir), ESPO(beta=0.01, num_mc=1),
+                             LLaDASampler(gen_length=8, block_length=4, steps=4, temperature=1.0), num_generations=2,
+                             seed=4, optimizer=lambda p: torch.optim.AdamW(p, lr=1e-2))
+        losses: list[float] = []
+        record = pl.Callback()
+        record.on_train_batch_end = lambda trainer, *_: losses.append(float(trainer.callback_metrics["loss"]))
+        checkpoint = RunCheckpoint(dirpath=str(tmp_path / "ckpt"), every_n_train_steps=0)
+        fit(module, task, steps, tmp_path, callbacks=[checkpoint, record], enable_checkpointing=True, **kwargs)
+        return module, losses
+
+    _, straight = run(5, Sevens(batch_size=2))  # 3 batches per epoch: step 4 is in the second epoch
+    failing = Sevens(batch_size=2)
+    failing.fail_at = 3
+    with pytest.raises(ConnectionError):
+        run(5, failing)
+    saved = torch.load(tmp_path / "ckpt" / "on_exception.ckpt", weights_only=False)
+    assert saved["global_step"] == 3 and saved["espo"]["updates_in_failed_step"] == 0
+    module, resumed = run(5, Sevens(batch_size=2), ckpt_path=str(tmp_path / "ckpt" / "on_exception.ckpt"))
+    assert module.rollout_step == 5 and len(resumed) == 2
+    assert resumed == pytest.approx(straight[3:], rel=1e-5, abs=1e-7)
