@@ -34,10 +34,12 @@ class LoaderCursor:
     def __init__(self) -> None:
         self.epoch_start_state: torch.Tensor | None = None  # generator state before the epoch's first draw
         self.consumed = 0  # batches of the current epoch handed to training_step
-        self.resume_state: torch.Tensor | None = None  # set by load_state_dict, used by the next epoch
-        self.resume_skip = 0
+        # (generator state, batches to skip) from load_state_dict. Kept until a batch is consumed: Lightning may
+        # start an iterator (and prefetch from it) and then start another before training begins.
+        self.resume: tuple[torch.Tensor | None, int] | None = None
 
     def consumed_one(self) -> None:
+        self.resume = None
         self.consumed += 1
 
 
@@ -59,26 +61,26 @@ class ResumableLoader(DataLoader):
         return {"epoch_start_state": None if state is None else state.clone(), "consumed": self.cursor.consumed}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.cursor.resume_state = state.get("epoch_start_state")
-        self.cursor.resume_skip = int(state.get("consumed", 0))
+        start = state.get("epoch_start_state")
+        if start is None and self.generator is not None:  # saved before the first epoch began
+            start = self.generator.get_state()
+        self.cursor.resume = (start, int(state.get("consumed", 0)))
 
     def __iter__(self) -> Iterator[Any]:
         # A generator function: nothing runs until the first batch is requested, so Lightning's
         # ``set_epoch`` on a distributed sampler (called after ``iter``) is in place when the order is drawn.
         cursor = self.cursor
-        skip, cursor.resume_skip = cursor.resume_skip, 0
-        if cursor.resume_state is not None and self.generator is not None:
-            self.generator.set_state(cursor.resume_state)
-        cursor.resume_state = None
+        state, skip = cursor.resume if cursor.resume is not None else (None, 0)
+        if state is not None and self.generator is not None:
+            self.generator.set_state(state)
         iterator = self._start_epoch()
         if skip:
+            # Lightning takes exactly len(self) batches from an epoch (it never asks for one more), so an epoch
+            # that was complete when saved is replayed by that many, then the next one begins.
+            self._advance(iterator, min(skip, len(self)))
             if skip >= len(self):
-                # Saved after the epoch's last batch: finish it as the uninterrupted run did (the sampler
-                # exhausted, every draw made), then begin the next epoch.
-                self._advance(iterator, None)
                 iterator = self._start_epoch()
             else:
-                self._advance(iterator, skip)
                 cursor.consumed = skip
         yield from iterator
 
@@ -87,15 +89,11 @@ class ResumableLoader(DataLoader):
         self.cursor.consumed = 0
         return super().__iter__()
 
-    def _advance(self, iterator: Iterator[Any], batches: int | None) -> None:
-        """Moves ``iterator`` on by ``batches`` (None: to its end), drawing indices only where possible."""
+    def _advance(self, iterator: Iterator[Any], batches: int) -> None:
+        """Moves ``iterator`` on by ``batches``, drawing indices only where possible."""
         # A single-process iterator asks its sampler for indices lazily, so advancing the sampler skips
         # batches without loading them; worker processes have already been handed indices.
         source = getattr(iterator, "_sampler_iter", None) if self.num_workers == 0 else None
         source = iterator if source is None else source
-        if batches is None:
-            for _ in source:
-                pass
-        else:
-            for _ in range(batches):
-                next(source)
+        for _ in range(batches):
+            next(source)
