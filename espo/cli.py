@@ -11,14 +11,17 @@ values with OmegaConf (``${model.num_generations}``). Every run gets a ``summary
 
 from __future__ import annotations
 
+import re
 import warnings
-from typing import Any
+from typing import Any, NoReturn
 
+from lightning.pytorch import Trainer
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 import espo.objectives  # noqa: F401 - registers the built-in objectives for short class names
 import espo.sampling  # noqa: F401
 import espo.tasks  # noqa: F401
+from espo.checkpointing import RunCheckpoint
 from espo.module import DiffusionRL
 from espo.sampling.callback import CompletionLogger
 from espo.summary import RunSummary
@@ -28,12 +31,45 @@ from espo.tasks.base import Task
 warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)", category=Warning)
 
 
+# Keys whose value names a class: the package of its built-in classes and their base class.
+_CLASS_KEYS = {"model.objective": (espo.objectives, espo.objectives.Objective),
+               "model.sampler": (espo.sampling, espo.sampling.Sampler), "data": (espo.tasks, Task)}
+_KEY = re.compile(r'Parser key "([\w.]+)"')
+_UNKNOWN_NAME = re.compile(r"Expected a dot import path string: (\S+)")
+
+
+class EspoArgumentParser(LightningArgumentParser):
+    """Adds the known class names to jsonargparse's error for an unknown objective, sampler or task."""
+
+    def error(self, message: str, ex: Exception | None = None) -> NoReturn:
+        key, name = _KEY.search(message), _UNKNOWN_NAME.search(message)
+        if key and name and key.group(1) in _CLASS_KEYS:
+            key, name = key.group(1), name.group(1)
+            package, base = _CLASS_KEYS[key]
+            known = sorted(n for n in getattr(package, "__all__", ())
+                           if isinstance(getattr(package, n), type) and issubclass(getattr(package, n), base)
+                           and getattr(package, n) is not base)
+            message = (f"{key}: unknown class {name!r}. Built-in names: {', '.join(known)}; a class of your own "
+                       f"is named by its full class_path (my_package.module.MyClass).\n\n{message}")
+        super().error(message, ex)
+
+
 class EspoCLI(LightningCLI):
-    """LightningCLI with espo's always-on callbacks (run summary, completion log)."""
+    """LightningCLI with espo's always-on callbacks (run summary, completion log, checkpoints)."""
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_lightning_class_args(RunSummary, "summary")
         parser.add_lightning_class_args(CompletionLogger, "completions")
+        parser.add_lightning_class_args(RunCheckpoint, "checkpoint")
+
+    def instantiate_trainer(self, **kwargs: Any) -> Trainer:
+        # As LightningCLI's, except that trainer.enable_checkpointing: false drops the checkpoint callback
+        # (Lightning refuses a ModelCheckpoint then) instead of failing.
+        config = {**self._get(self.config_init, "trainer", default={}), **kwargs}
+        keys = self._parser(self.subcommand).callback_keys
+        if config.get("enable_checkpointing") is False:
+            keys = [key for key in keys if key != "checkpoint"]
+        return self._instantiate_trainer(config, [self._get(self.config_init, key) for key in keys])
 
 
 def cli(args: list[str] | dict[str, Any] | None = None, run: bool = True) -> EspoCLI:
@@ -47,6 +83,7 @@ def cli(args: list[str] | dict[str, Any] | None = None, run: bool = True) -> Esp
         DiffusionRL,
         Task,
         subclass_mode_data=True,
+        parser_class=EspoArgumentParser,
         auto_configure_optimizers=False,
         parser_kwargs={"parser_mode": "omegaconf"},
         save_config_kwargs={"overwrite": True},

@@ -20,6 +20,7 @@ import torch
 from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from rich.console import Console
 
 from espo.evaluation import Evaluation
 from espo.models import DiffusionLM, load_model
@@ -30,6 +31,7 @@ from espo.models.quant import quantize_4bit
 from espo.objectives import Objective, Rollout
 from espo.rng import make_generator
 from espo.sampling import Sampler
+from espo.sizes import EffectiveSizes, effective_sizes
 from espo.tasks.base import Prompt, Task
 from espo.tokens import completion_mask, encode_prompts, encode_targets
 
@@ -69,6 +71,8 @@ class DiffusionRL(LightningModule):
         eval_steps_ratio: Denoising steps per generated token in evaluation (d1: 0.5, i.e. steps = length / 2).
         eval_temperature: Sampling temperature in evaluation (d1: 0, greedy).
         eval_file: JSONL file (in the run's log directory) receiving every test generation with its score.
+        max_consecutive_skips: Stop the run with an error after this many optimiser steps in a row were
+            skipped for a non-finite loss or gradient (0 or None: never stop).
     """
 
     def __init__(
@@ -96,6 +100,7 @@ class DiffusionRL(LightningModule):
         eval_steps_ratio: float = 0.5,
         eval_temperature: float = 0.0,
         eval_file: str = "test_generations.jsonl",
+        max_consecutive_skips: int | None = 10,
     ) -> None:
         super().__init__()
         if num_generations < 1 or num_iterations < 1:
@@ -118,6 +123,10 @@ class DiffusionRL(LightningModule):
         if export_adapter and lora is None:
             raise ValueError("export_adapter needs lora: there is no adapter to export.")
         self.lora, self.load_in_4bit, self.export_adapter = lora, load_in_4bit, export_adapter
+        self.max_consecutive_skips = max_consecutive_skips
+        self.consecutive_skips = 0
+        self._updates_in_step: int | None = None  # optimiser steps taken in the rollout step under way
+        self.sizes: EffectiveSizes | None = None
         self.automatic_optimization = False
         self.policy: DiffusionLM | None = None
         self._reference: list[DiffusionLM] = []  # a list keeps the frozen copy out of state_dict/optimiser
@@ -164,16 +173,19 @@ class DiffusionRL(LightningModule):
         return {"optimizer": optimizer,
                 "lr_scheduler": {"scheduler": self.scheduler_factory(optimizer), "interval": "step"}}
 
+    def setup(self, stage: str) -> None:
+        # Runs after the task's setup and before configure_model: inconsistent batch knobs fail before the
+        # model loads.
+        if stage == "fit":
+            self.sizes = effective_sizes(
+                self._task().batch_size, self.num_generations, self.num_iterations, self.micro_batch_size,
+                self.rollout_batch_size, self.sampler.gen_length, self.trainer.world_size)
+
     def on_fit_start(self) -> None:
         if self.reference is not None:
             self.reference.to(self.device)
-        task = self._task()
-        n = task.batch_size * self.num_generations
-        micro = self.micro_batch_size or n
-        rank_zero_info(
-            f"espo: {task.batch_size} prompts x {self.num_generations} generations = {n} completions per step; "
-            f"{-(-n // micro)} micro-batches of <= {micro}; {self.num_iterations} optimiser step(s) per rollout; "
-            f"completion canvas {self.sampler.gen_length} tokens.")
+        if self.sizes is not None and self.trainer.is_global_zero:
+            Console().print(self.sizes.table())
 
     def _task(self) -> Task:
         task = self.trainer.datamodule
@@ -208,6 +220,7 @@ class DiffusionRL(LightningModule):
     # ------------------------------------------------------------------ the step
     def training_step(self, batch: list[dict[str, Any]], batch_idx: int) -> None:
         task, step, g = self._task(), self.rollout_step, self.num_generations
+        self._updates_in_step = 0  # not None while the step runs: see on_save_checkpoint
         self.policy.eval()  # dropout stays off during RL: rollouts, old/ref and current passes agree
         examples = [ex for ex in batch for _ in range(g)]
         prompt_ids, prompt_mask = self._encode([task.prompt(ex) for ex in batch])
@@ -246,6 +259,7 @@ class DiffusionRL(LightningModule):
         if "reward" in metrics:
             self.log("reward", metrics.pop("reward"), prog_bar=True, on_step=True)
         self.log_dict({k: float(v) for k, v in metrics.items()}, on_step=True, prog_bar=False)
+        self._updates_in_step = None
 
     def _update(self, rollout: Rollout, step: int) -> dict[str, float]:
         micro = self.micro_batch_size or len(rollout)
@@ -257,27 +271,43 @@ class DiffusionRL(LightningModule):
         params = [p for p in self.policy.parameters() if p.requires_grad]
         totals: dict[str, float] = {}
         for j in range(self.num_iterations):
+            finite = True
             for mb in rollout.split(micro):
                 loss, parts = self.objective.loss(self.policy, mb, j)
+                finite = finite and bool(torch.isfinite(loss.detach()))
                 self.manual_backward(loss * (len(mb) / len(rollout)))
                 for key, value in {"loss": loss.detach(), **parts}.items():
                     totals[key] = totals.get(key, 0.0) + float(value) * len(mb) / len(rollout) / self.num_iterations
             norm = torch.nn.utils.clip_grad_norm_(params, self.max_grad_norm or float("inf"))
-            if torch.isfinite(norm):
+            if finite and torch.isfinite(norm):
                 totals["grad_norm"] = totals.get("grad_norm", 0.0) + float(norm) / self.num_iterations
+                self.consecutive_skips = 0
             else:
                 # One bad micro-batch must not turn every weight into NaN. Dropping the gradients makes the
                 # step a no-op that still counts, so max_steps, schedules and checkpoints keep their cadence.
                 optimizer.zero_grad(set_to_none=True)
                 self.skipped_updates += 1
-                totals["skipped_updates"] = float(self.skipped_updates)
+                self.consecutive_skips += 1
+                self._stop_if_stuck(step)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             if scheduler is not None:
                 scheduler.step()
+            self._updates_in_step += 1
+        totals["skipped_updates"] = float(self.skipped_updates)
         totals["time/prepare"] = prepared - start
         totals["time/update"] = time.perf_counter() - prepared
         return totals
+
+    def _stop_if_stuck(self, step: int) -> None:
+        limit = self.max_consecutive_skips
+        if limit and self.consecutive_skips >= limit:
+            raise RuntimeError(
+                f"espo: {self.consecutive_skips} optimiser steps in a row had a non-finite loss or gradient "
+                f"(at rollout step {step}; {self.skipped_updates} skipped in all), so training stops "
+                f"(model.max_consecutive_skips={limit}). The weights are unchanged since the first of them. "
+                "Usual causes: a learning rate too high, bf16 overflow (try trainer.precision bf16-mixed), "
+                "non-finite rewards from the task.")
 
     def _reward_metrics(self, rewards: torch.Tensor, components: dict[str, list[float]],
                         completion: torch.Tensor, seconds: float) -> dict[str, float]:
@@ -319,9 +349,29 @@ class DiffusionRL(LightningModule):
             rank_zero_info(f"espo: exported the policy to {path}")
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["espo"] = {"rollout_step": self.rollout_step, "reward_history": self.reward_history}
+        checkpoint["espo"] = {"rollout_step": self.rollout_step, "reward_history": self.reward_history,
+                              "skipped_updates": self.skipped_updates, "model": str(self.model_source),
+                              "updates_in_failed_step": self._updates_in_step}
+        if self._updates_in_step is not None:
+            # Saved after an exception inside training_step (RunCheckpoint.on_exception). The prompt loader
+            # counted this step's batch when it was handed over; uncount it, so a resumed run retries that batch
+            # with this step's random streams (rollout_step has not advanced).
+            loop = checkpoint.get("loops", {}).get("fit_loop", {}).get("state_dict", {})
+            for state in loop.get("combined_loader", []):
+                if isinstance(state, dict) and "consumed" in state:
+                    state["consumed"] = max(0, state["consumed"] - 1)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         state = checkpoint.get("espo", {})
         self.rollout_step = state.get("rollout_step", 0)
         self.reward_history = [tuple(x) for x in state.get("reward_history", [])]
+        self.skipped_updates = state.get("skipped_updates", 0)
+        if state.get("updates_in_failed_step"):
+            rank_zero_warn(f"Resuming from a checkpoint saved when rollout step {self.rollout_step} failed after "
+                           f"{state['updates_in_failed_step']} of its {self.num_iterations} optimiser steps: the "
+                           "step is retried on weights that already include those updates.")
+        saved = state.get("model")
+        if saved is not None and saved != str(self.model_source):
+            # The reference policy (and LoRA's base) is rebuilt from model.model, not stored in the checkpoint.
+            rank_zero_warn(f"Resuming a run that started from {saved!r} with model.model={self.model_source!r}: "
+                           "the reference policy now comes from the latter.")

@@ -197,7 +197,7 @@ def test_missing_fields_fail_with_a_clear_message(tmp_path: Path):
     path = tmp_path / "bad.jsonl"
     path.write_text('{"question": "q", "answer": "1"}\n{"question": "q2"}\n')
     task = GSM8K(train_source=str(path), reward_workers=0)
-    with pytest.raises(ValueError, match=r"train split, row 1: missing field\(s\) \['answer'\]"):
+    with pytest.raises(ValueError, match=r"train row 1 has no field\(s\) \['answer'\]"):
         task.setup("fit")
 
 

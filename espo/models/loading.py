@@ -72,6 +72,21 @@ def _local_dir(path_or_id: str | os.PathLike) -> Path:
         raise FileNotFoundError(f"Could not get {text!r} from the Hugging Face hub:{hint} {err}") from err
 
 
+def check_model_dir(directory: Path) -> None:
+    """Fails fast, naming everything that is missing, when ``directory`` is not a loadable model directory."""
+    problems = []
+    if not (directory / "config.json").is_file():
+        problems.append("no config.json")
+    if not any((directory / name).is_file() for name in ("model.safetensors", "model.safetensors.index.json")):
+        other = sorted(p.name for p in directory.glob("*.bin")) + sorted(p.name for p in directory.glob("*.pt"))
+        problems.append("no weights (model.safetensors or model.safetensors.index.json)"
+                        + (f"; found {other[:3]}: convert them to safetensors" if other else ""))
+    if problems:
+        present = sorted(p.name for p in directory.iterdir())[:10]
+        raise FileNotFoundError(f"{directory} is not a model directory: {' and '.join(problems)} "
+                                f"(it holds {present or 'nothing'}).")
+
+
 def _weight_files(directory: Path) -> list[Path]:
     index = directory / "model.safetensors.index.json"
     if index.is_file():
@@ -145,12 +160,19 @@ def load_tokenizer(directory: Path, *, trust_remote_code: bool = False) -> Any:
 
 
 def _special_ids(config: dict, tokenizer: Any, directory: Path) -> tuple[int, list[int]]:
-    mask = config.get("mask_token_id")
+    tokenizer_mask = getattr(tokenizer, "mask_token_id", None)
+    mask = config.get("mask_token_id", tokenizer_mask)
     if mask is None:
-        mask = getattr(tokenizer, "mask_token_id", None)
-    if mask is None:
-        raise ValueError(f"{directory}: no mask token id in config.json (mask_token_id) or the tokenizer "
-                         "(mask_token); pass it in config.json.")
+        raise ValueError(f"{directory}: no mask token: config.json has no mask_token_id and the tokenizer no "
+                         "mask_token. A masked-diffusion model needs one; add \"mask_token_id\" to config.json.")
+    if tokenizer_mask is not None and tokenizer_mask != mask:
+        raise ValueError(f"{directory}: config.json says mask_token_id {mask}, the tokenizer's mask_token has id "
+                         f"{tokenizer_mask}.")
+    vocab = config.get("embedding_size") or config.get("vocab_size")
+    size = len(tokenizer) if hasattr(tokenizer, "__len__") else None
+    if (vocab is not None and not 0 <= mask < vocab) or (size is not None and not 0 <= mask < size):
+        raise ValueError(f"{directory}: mask token id {mask} is outside the vocabulary (model {vocab}, "
+                         f"tokenizer {size} tokens).")
     eos = config.get("eos_token_id")
     if eos is None:
         eos = getattr(tokenizer, "eos_token_id", None)
@@ -196,6 +218,7 @@ def load_model(
         A ``DiffusionLM`` in eval mode; ``source_dir`` records where it came from (exports copy its extras).
     """
     directory = _local_dir(path_or_id)
+    check_model_dir(directory)
     config_file = directory / "config.json"
     if not config_file.is_file():
         raise FileNotFoundError(f"{directory} has no config.json: not a model directory.")

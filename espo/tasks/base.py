@@ -11,12 +11,14 @@ Subclass it and implement ``load_split``, ``prompt``, ``reward_components`` and 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 import torch
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, Dataset
+
+from espo.tasks.loader import LoaderCursor, ResumableLoader
 
 Prompt = str | list[dict[str, str]]
 
@@ -53,6 +55,8 @@ class Task(LightningDataModule, ABC):
         num_workers: DataLoader workers.
     """
 
+    # Fields every example must have; ``setup`` checks each loaded row and names the row and the field that is
+    # missing. A split whose rows are all built by the same code (``uniform_rows = True``) has its first checked.
     required_fields: tuple[str, ...] = ()
 
     def __init__(
@@ -123,31 +127,55 @@ class Task(LightningDataModule, ABC):
 
     def setup(self, stage: str | None = None) -> None:
         if stage in (None, "fit") and "train" not in self.splits:
-            self.splits["train"] = self._checked("train", self.load_split("train"))
+            self.splits["train"] = self.load_split("train")
+            self.check_fields(self.splits["train"], "train")
         if stage in (None, "test", "validate", "predict") and "test" not in self.splits:
-            self.splits["test"] = self._checked("test", self.load_split("test"))
-
-    def _checked(self, split: str, rows: Sequence[dict[str, Any]]) -> Sequence[dict[str, Any]]:
-        """Checks that every row has ``required_fields`` (lazy generated splits are skipped)."""
-        if self.required_fields and isinstance(rows, list):
-            for number, row in enumerate(rows):
-                missing = [f for f in self.required_fields if f not in row]
-                if missing:
-                    raise ValueError(f"{type(self).__name__} {split} split, row {number}: missing field(s) "
-                                     f"{missing}; every row needs {list(self.required_fields)}, got {sorted(row)}.")
-        return rows
+            self.splits["test"] = self.load_split("test")
+            self.check_fields(self.splits["test"], "test")
 
     def train_dataloader(self) -> DataLoader:
         data = self.splits["train"]
         if len(data) < self.batch_size:
             raise ValueError(f"{type(self).__name__}: {len(data)} training examples, fewer than "
                              f"batch_size={self.batch_size}.")
-        return DataLoader(
+        if getattr(self, "_train_cursor", None) is None:
+            self._train_cursor = LoaderCursor()
+        # Resumable: a checkpoint records the position in the shuffled order (see espo.tasks.loader).
+        return ResumableLoader(
             ExampleDataset(data), batch_size=self.batch_size, shuffle=True, drop_last=True,
             generator=torch.Generator().manual_seed(self.seed), collate_fn=collate_examples,
-            num_workers=self.num_workers,
+            num_workers=self.num_workers, cursor=self._train_cursor,
         )
 
     def test_dataloader(self) -> DataLoader:
         return DataLoader(ExampleDataset(self.splits["test"]), batch_size=self.eval_batch_size,
                           collate_fn=collate_examples, num_workers=self.num_workers)
+
+    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        # Called for the batch training_step is about to get (not the one Lightning prefetched).
+        trainer = self.trainer
+        if trainer is not None and trainer.training and getattr(self, "_train_cursor", None) is not None:
+            self._train_cursor.consumed_one()
+        return batch
+
+    def check_fields(self, rows: Sequence[dict[str, Any]], split: str) -> None:
+        """Raises a ValueError naming the first row that lacks one of ``required_fields``."""
+        if not self.required_fields:
+            return
+        name, needed = type(self).__name__, list(self.required_fields)
+        columns = getattr(rows, "column_names", None)  # a datasets.Dataset: one check covers every row
+        if columns is not None:
+            missing = [f for f in needed if f not in columns]
+            if missing:
+                raise ValueError(f"{name}: the {split} data has no column(s) {missing} (columns: {list(columns)}); "
+                                 f"{name} needs {needed}.")
+            return
+        for index in range(min(1, len(rows)) if getattr(rows, "uniform_rows", False) else len(rows)):
+            row = rows[index]
+            if not isinstance(row, Mapping):
+                raise ValueError(f"{name}: {split} row {index} is a {type(row).__name__}, not a dict with "
+                                 f"fields {needed}.")
+            missing = [f for f in needed if f not in row]
+            if missing:
+                raise ValueError(f"{name}: {split} row {index} has no field(s) {missing} (it has {sorted(row)}); "
+                                 f"every row needs {needed}.")

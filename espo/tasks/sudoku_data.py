@@ -13,6 +13,8 @@ from espo.tasks.sudoku_gen import puzzle_at
 class GeneratedPuzzles(Sequence):
     """A lazy split of generated puzzles: item ``i`` is computed on access from ``(seed, stream, i)``."""
 
+    uniform_rows = True  # Task.check_fields inspects only the first row (the rest come from the same code)
+
     def __init__(self, size: int, seed: int, stream: str, min_blanks: int, max_blanks: int) -> None:
         self.size, self.seed, self.stream = size, seed, stream
         self.min_blanks, self.max_blanks = min_blanks, max_blanks
@@ -32,6 +34,8 @@ class GeneratedPuzzles(Sequence):
 
 class PuzzlePairs(Sequence):
     """Examples backed by two lists of strings (a 1M-row CSV as dicts would cost several times the memory)."""
+
+    uniform_rows = True  # every row is the same two-key dict, validated by load_csv
 
     def __init__(self, puzzles: list[str], solutions: list[str]) -> None:
         self.puzzles, self.solutions = puzzles, solutions
