@@ -188,7 +188,7 @@ def test_clear_errors(dream_dir: Path, tmp_path: Path):
     no_weights = tmp_path / "no_weights"
     no_weights.mkdir()
     shutil.copy(dream_dir / "config.json", no_weights)
-    with pytest.raises(FileNotFoundError, match="No weights"):
+    with pytest.raises(FileNotFoundError, match="(?i)no weights"):
         load_model(no_weights)
 
     wrong = copy_of(dream_dir, tmp_path / "wrong")
@@ -220,7 +220,7 @@ def test_missing_special_ids_and_unknown_families_fail_clearly(dream_dir: Path, 
         data = json.loads((no_mask / name).read_text())
         data.pop("mask_token_id", None), data.pop("mask_token", None)
         (no_mask / name).write_text(json.dumps(data))
-    with pytest.raises(ValueError, match="no mask token id"):
+    with pytest.raises(ValueError, match="no mask token"):
         load_model(no_mask)
 
     other = copy_of(dream_dir, tmp_path / "other")

@@ -143,9 +143,13 @@ def test_model_directory_without_config_or_weights(tiny_dir: Path, tmp_path: Pat
             load_model(broken)
     empty = tmp_path / "empty"
     empty.mkdir()
-    (empty / "pytorch_model.bin").write_bytes(b"")
-    with pytest.raises(FileNotFoundError, match=r"no config\.json and no weights .*found \['pytorch_model\.bin'\]"):
+    with pytest.raises(FileNotFoundError, match=r"no config\.json and no weights .*holds nothing"):
         load_model(empty)
+    # A native family with only PyTorch-pickle weights is told to convert them (the generic path reads them).
+    pickled = shutil.copytree(tiny_dir, tmp_path / "pickled")
+    (pickled / "model.safetensors").rename(pickled / "pytorch_model.bin")
+    with pytest.raises(FileNotFoundError, match=r"found \['pytorch_model\.bin'\].*convert"):
+        load_model(pickled)
 
 
 def test_tokenizer_without_mask_token(tiny_dir: Path, tmp_path: Path):

@@ -77,10 +77,11 @@ def check_model_dir(directory: Path) -> None:
     problems = []
     if not (directory / "config.json").is_file():
         problems.append("no config.json")
-    if not any((directory / name).is_file() for name in ("model.safetensors", "model.safetensors.index.json")):
-        other = sorted(p.name for p in directory.glob("*.bin")) + sorted(p.name for p in directory.glob("*.pt"))
-        problems.append("no weights (model.safetensors or model.safetensors.index.json)"
-                        + (f"; found {other[:3]}: convert them to safetensors" if other else ""))
+    # *.bin counts here because the generic (remote-code) path can read it; native families need safetensors
+    # and say so in ``_weight_files``.
+    weights = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+    if not any((directory / name).is_file() for name in weights):
+        problems.append("no weights (model.safetensors or model.safetensors.index.json)")
     if problems:
         present = sorted(p.name for p in directory.iterdir())[:10]
         raise FileNotFoundError(f"{directory} is not a model directory: {' and '.join(problems)} "
@@ -100,8 +101,10 @@ def _weight_files(directory: Path) -> list[Path]:
     single = directory / "model.safetensors"
     if single.is_file():
         return [single]
+    other = sorted(p.name for p in directory.glob("*.bin"))[:3]
     raise FileNotFoundError(
-        f"No weights in {directory}: expected model.safetensors or model.safetensors.index.json.")
+        f"No weights in {directory}: expected model.safetensors or model.safetensors.index.json"
+        + (f" (found {other}: native families read safetensors only; convert them)." if other else "."))
 
 
 def load_weights(network: torch.nn.Module, files: list[Path], dtype: torch.dtype, device: torch.device) -> None:
@@ -219,10 +222,7 @@ def load_model(
     """
     directory = _local_dir(path_or_id)
     check_model_dir(directory)
-    config_file = directory / "config.json"
-    if not config_file.is_file():
-        raise FileNotFoundError(f"{directory} has no config.json: not a model directory.")
-    raw = json.loads(config_file.read_text())
+    raw = json.loads((directory / "config.json").read_text())
     kind = family_of(raw, family)
     saved = raw.get("torch_dtype", raw.get("dtype"))  # transformers 5 writes "dtype"
     target = resolve_dtype(dtype) or (torch.float32 if saved == "float32" else torch.bfloat16)
