@@ -20,11 +20,20 @@ import torch
 from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from torch.distributed.tensor import DTensor
 
 from espo.models import DiffusionLM, load_model
 from espo.objectives import Objective, Rollout
 from espo.rng import make_generator
 from espo.sampling import Sampler
+from espo.scale import (
+    apply_activation_checkpointing,
+    check_optimizer,
+    full_state_dict,
+    gathered,
+    release,
+    shard_model,
+)
 from espo.tasks.base import Prompt, Task
 from espo.tokens import completion_mask, encode_prompts, encode_targets
 
@@ -53,6 +62,13 @@ class DiffusionRL(LightningModule):
         max_prompt_length: Prompts longer than this are left-truncated (counted and logged).
         sft_sample_every: With an SFT objective, sample and score every this many steps (0: never).
         export_dir: Write the trained policy here as a model directory when training ends.
+        activation_checkpointing: Recompute each transformer block's activations in the backward instead of
+            storing them (less memory, about one more forward of compute); with or without FSDP2.
+        fsdp_param_dtype: Under ``ModelParallelStrategy`` (FSDP2), all-gather and compute in this dtype
+            (``bfloat16``) while the sharded master weights keep ``dtype`` and gradients are reduced in
+            float32. None: compute in the parameter dtype.
+        fsdp_gather_rollout: Under FSDP2, unshard the policy once for the whole rollout (one full copy of
+            the weights per rank while sampling) instead of all-gathering every block at every denoising step.
     """
 
     def __init__(
@@ -72,6 +88,9 @@ class DiffusionRL(LightningModule):
         max_prompt_length: int | None = None,
         sft_sample_every: int = 10,
         export_dir: str | None = None,
+        activation_checkpointing: bool = False,
+        fsdp_param_dtype: str | None = None,
+        fsdp_gather_rollout: bool = True,
     ) -> None:
         super().__init__()
         if num_generations < 1 or num_iterations < 1:
@@ -89,6 +108,8 @@ class DiffusionRL(LightningModule):
         self.micro_batch_size, self.rollout_batch_size = micro_batch_size, rollout_batch_size
         self.max_grad_norm, self.dtype_name, self.seed = max_grad_norm, dtype, seed
         self.max_prompt_length, self.sft_sample_every, self.export_dir = max_prompt_length, sft_sample_every, export_dir
+        self.activation_checkpointing, self.fsdp_param_dtype = activation_checkpointing, fsdp_param_dtype
+        self.fsdp_gather_rollout = fsdp_gather_rollout
         self.automatic_optimization = False
         self.policy: DiffusionLM | None = None
         self._reference: list[DiffusionLM] = []  # a list keeps the frozen copy out of state_dict/optimiser
@@ -102,10 +123,11 @@ class DiffusionRL(LightningModule):
         if self.policy is not None:
             return
         self.policy = load_model(self.model_source, dtype=self.dtype_name)
-        if self.objective.uses_reference:
+        if self.objective.uses_reference and self._data_parallel_mesh() is None:
             # Full fine-tuning: the reference is the frozen starting point (reloaded, hence identical, on resume).
             reference = copy.deepcopy(self.policy).requires_grad_(False).eval()
             self._reference = [reference]
+        self._configure_scale()
 
     @property
     def reference(self) -> DiffusionLM | None:
@@ -118,6 +140,7 @@ class DiffusionRL(LightningModule):
             rank_zero_warn(f"Training {', '.join(low)} parameters without float32 master weights: small updates "
                            "round away. Prefer model.dtype float32 with trainer.precision bf16-mixed.")
         optimizer = self.optimizer_factory(params)
+        check_optimizer(optimizer, params)
         if self.scheduler_factory is None:
             return optimizer
         return {"optimizer": optimizer,
@@ -152,6 +175,11 @@ class DiffusionRL(LightningModule):
                ) -> torch.Tensor:
         """Completions for prompt rows [N, P] -> full sequences [N, P + L], in chunks of rollout_batch_size."""
         chunk = self.rollout_batch_size or prompt_ids.shape[0]
+        with gathered(self.policy if self.fsdp_gather_rollout else None):
+            return self._sample_chunks(prompt_ids, attention_mask, generator, chunk)
+
+    def _sample_chunks(self, prompt_ids: torch.Tensor, attention_mask: torch.Tensor, generator: torch.Generator,
+                       chunk: int) -> torch.Tensor:
         return torch.cat([
             self.sampler.sample(self.policy, prompt_ids[i:i + chunk], attention_mask=attention_mask[i:i + chunk],
                                 generator=generator)
@@ -210,6 +238,7 @@ class DiffusionRL(LightningModule):
         start = time.perf_counter()
         self.objective.prepare(self.policy, self.reference, rollout, num_iterations=self.num_iterations,
                                micro_batch_size=micro, generator=make_generator(self.seed, "prepare", step))
+        release(self.reference)  # a sharded reference's root is gathered by its passes and has no backward
         prepared = time.perf_counter()
         optimizer, scheduler = self.optimizers(), self.lr_schedulers()
         params = [p for p in self.policy.parameters() if p.requires_grad]
@@ -221,6 +250,8 @@ class DiffusionRL(LightningModule):
                 for key, value in {"loss": loss.detach(), **parts}.items():
                     totals[key] = totals.get(key, 0.0) + float(value) * len(mb) / len(rollout) / self.num_iterations
             norm = torch.nn.utils.clip_grad_norm_(params, self.max_grad_norm or float("inf"))
+            if isinstance(norm, DTensor):  # sharded gradients: the norm is a reduced DTensor
+                norm = norm.full_tensor()
             if torch.isfinite(norm):
                 totals["grad_norm"] = totals.get("grad_norm", 0.0) + float(norm) / self.num_iterations
             else:
@@ -261,7 +292,9 @@ class DiffusionRL(LightningModule):
 
     # ------------------------------------------------------------------ persistence
     def on_train_end(self) -> None:
-        if self.export_dir and self.trainer.is_global_zero:
+        if self.export_dir and self._data_parallel_mesh() is not None:
+            self._export_sharded()
+        elif self.export_dir and self.trainer.is_global_zero:
             path = self.policy.save_pretrained(self.export_dir)
             rank_zero_info(f"espo: exported the policy to {path}")
 
@@ -272,3 +305,28 @@ class DiffusionRL(LightningModule):
         state = checkpoint.get("espo", {})
         self.rollout_step = state.get("rollout_step", 0)
         self.reward_history = [tuple(x) for x in state.get("reward_history", [])]
+
+    # ------------------------------------------------------------------ scale (FSDP2, activation checkpointing)
+    def _data_parallel_mesh(self) -> Any:
+        """The FSDP2 mesh under ``ModelParallelStrategy`` (None otherwise)."""
+        mesh = self._device_mesh
+        return None if mesh is None else mesh["data_parallel"]
+
+    def _configure_scale(self) -> None:
+        if self.activation_checkpointing:
+            apply_activation_checkpointing(self.policy)
+        mesh = self._data_parallel_mesh()
+        if mesh is None:
+            return
+        shard_model(self.policy, mesh, param_dtype=self.fsdp_param_dtype)
+        if self.objective.uses_reference and not self._reference:
+            # Reloaded after the policy is sharded rather than deep-copied before: one full copy of the
+            # weights in host memory at a time. It is the same starting point, sharded the same way.
+            reference = load_model(self.model_source, dtype=self.dtype_name).requires_grad_(False).eval()
+            self._reference = [shard_model(reference, mesh, param_dtype=self.fsdp_param_dtype)]
+
+    def _export_sharded(self) -> None:
+        state = full_state_dict(self.policy.network)  # a collective: every rank gathers, rank 0 receives
+        if self.trainer.is_global_zero:
+            path = self.policy.save_pretrained(self.export_dir, state_dict=state)
+            rank_zero_info(f"espo: exported the policy to {path}")
