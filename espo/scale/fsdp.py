@@ -103,7 +103,7 @@ def gathered(model: nn.Module | None) -> Iterator[None]:
     if not modules:
         yield
         return
-    blocks = modules[:-1] if modules[0] is model else modules  # modules() lists the root first
+    blocks = [m for m in modules if m is not model]  # the root's own setting is left alone
     for m in blocks:
         m.set_reshard_after_forward(False, recurse=False)
     handles = [m.unshard(async_op=True) for m in modules]
