@@ -241,7 +241,9 @@ class DiffusionRL(LightningModule):
         release(self.reference)  # a sharded reference's root is gathered by its passes and has no backward
         prepared = time.perf_counter()
         optimizer, scheduler = self.optimizers(), self.lr_schedulers()
-        params = [p for p in self.policy.parameters() if p.requires_grad]
+        # The optimiser's own tensors: under FSDP2 a module may hold its unsharded parameters at this point,
+        # while gradients land on the sharded ones.
+        params = [p for group in optimizer.param_groups for p in group["params"]]
         totals: dict[str, float] = {}
         for j in range(self.num_iterations):
             for mb in rollout.split(micro):

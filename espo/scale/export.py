@@ -12,6 +12,7 @@ Lightning ``.ckpt`` file (``save_distributed_checkpoint: false``, or a single-de
 from __future__ import annotations
 
 import argparse
+import warnings
 from pathlib import Path
 
 import torch
@@ -55,7 +56,9 @@ def load_checkpoint_policy(checkpoint: str | Path, model: str | None = None, dty
         from torch.distributed.checkpoint import load as dcp_load
 
         # DCP fills the given tensors in place; without a process group it reads every shard itself.
-        dcp_load({"state_dict": {POLICY_PREFIX + k: v for k, v in expected.items()}}, checkpoint_id=str(path))
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*assuming the intent is to load in a single process")
+            dcp_load({"state_dict": {POLICY_PREFIX + k: v for k, v in expected.items()}}, checkpoint_id=str(path))
     else:
         state = _policy_state(meta["state_dict"])
         missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
