@@ -175,16 +175,12 @@ class DiffusionRL(LightningModule):
                ) -> torch.Tensor:
         """Completions for prompt rows [N, P] -> full sequences [N, P + L], in chunks of rollout_batch_size."""
         chunk = self.rollout_batch_size or prompt_ids.shape[0]
-        with gathered(self.policy if self.fsdp_gather_rollout else None):
-            return self._sample_chunks(prompt_ids, attention_mask, generator, chunk)
-
-    def _sample_chunks(self, prompt_ids: torch.Tensor, attention_mask: torch.Tensor, generator: torch.Generator,
-                       chunk: int) -> torch.Tensor:
-        return torch.cat([
-            self.sampler.sample(self.policy, prompt_ids[i:i + chunk], attention_mask=attention_mask[i:i + chunk],
-                                generator=generator)
-            for i in range(0, prompt_ids.shape[0], chunk)
-        ])
+        with gathered(self.policy if self.fsdp_gather_rollout else None):  # FSDP2: one all-gather per rollout
+            return torch.cat([
+                self.sampler.sample(self.policy, prompt_ids[i:i + chunk], attention_mask=attention_mask[i:i + chunk],
+                                    generator=generator)
+                for i in range(0, prompt_ids.shape[0], chunk)
+            ])
 
     def decode(self, completion_ids: torch.Tensor) -> list[str]:
         """Completion texts, each cut at its first EOS."""
@@ -312,7 +308,13 @@ class DiffusionRL(LightningModule):
     def _data_parallel_mesh(self) -> Any:
         """The FSDP2 mesh under ``ModelParallelStrategy`` (None otherwise)."""
         mesh = self._device_mesh
-        return None if mesh is None else mesh["data_parallel"]
+        if mesh is None:
+            return None
+        if "tensor_parallel" in (mesh.mesh_dim_names or ()) and mesh["tensor_parallel"].size() > 1:
+            # ModelParallelStrategy() defaults to tensor_parallel_size = devices; espo shards data-parallel only.
+            raise ValueError("espo applies no tensor parallelism: set ModelParallelStrategy(data_parallel_size="
+                             "<devices x num_nodes>, tensor_parallel_size=1) (see configs/scale/).")
+        return mesh["data_parallel"]
 
     def _configure_scale(self) -> None:
         if self.activation_checkpointing:

@@ -239,3 +239,21 @@ def test_scale_snippets_parse_on_top_of_a_recipe(snippet: Path, capsys: pytest.C
     assert strategy["tensor_parallel_size"] == 1
     assert model["activation_checkpointing"] is True and model["fsdp_param_dtype"] == "bfloat16"
     assert model["model"] == "checkpoints/tiny-sudoku-sft"  # the recipe's own settings survive
+
+
+class _Mesh2D:
+    """Stands in for ModelParallelStrategy's default mesh on 4 devices: data_parallel 1 x tensor_parallel 4."""
+
+    mesh_dim_names = ("data_parallel", "tensor_parallel")
+
+    def __getitem__(self, name: str):
+        size = {"data_parallel": 1, "tensor_parallel": 4}[name]
+        return type("Dim", (), {"size": lambda self: size})()
+
+
+def test_a_tensor_parallel_mesh_is_refused(tiny_dir: Path):
+    module = DiffusionRL(str(tiny_dir), ESPO(), LLaDASampler(gen_length=8, block_length=8, steps=8),
+                         num_generations=2)
+    module._device_mesh = _Mesh2D()
+    with pytest.raises(ValueError, match="tensor_parallel_size=1"):
+        module.configure_model()
