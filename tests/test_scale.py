@@ -207,6 +207,8 @@ def test_adamw8bit_is_selectable_from_the_command_line(monkeypatch: pytest.Monke
     assert isinstance(optimizer, bnb.optim.AdamW8bit) and optimizer.defaults["lr"] == 3e-4
 
 
+# espo checkpoints after its own optimiser steps on purpose; Lightning warns about that under manual optimisation.
+@pytest.mark.filterwarnings("ignore:Using ModelCheckpoint with manual optimization")
 def test_checkpoint_file_exports_as_a_model_directory(tiny_dir: Path, tmp_path: Path):
     sampler = LLaDASampler(gen_length=20, block_length=20, steps=4)
     module = DiffusionRL(str(tiny_dir), MaskedSFT(), sampler, num_generations=1, sft_sample_every=0,
