@@ -21,6 +21,7 @@ from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from rich.console import Console
+from torch.distributed.tensor import DTensor
 
 from espo.evaluation import Evaluation
 from espo.models import DiffusionLM, load_model
@@ -31,6 +32,14 @@ from espo.models.quant import quantize_4bit
 from espo.objectives import Objective, Rollout
 from espo.rng import make_generator
 from espo.sampling import Sampler
+from espo.scale import (
+    apply_activation_checkpointing,
+    check_optimizer,
+    full_state_dict,
+    gathered,
+    release,
+    shard_model,
+)
 from espo.sizes import EffectiveSizes, effective_sizes
 from espo.tasks.base import Prompt, Task
 from espo.tokens import completion_mask, encode_prompts, encode_targets
@@ -73,6 +82,13 @@ class DiffusionRL(LightningModule):
         eval_file: JSONL file (in the run's log directory) receiving every test generation with its score.
         max_consecutive_skips: Stop the run with an error after this many optimiser steps in a row were
             skipped for a non-finite loss or gradient (0 or None: never stop).
+        activation_checkpointing: Recompute each transformer block's activations in the backward instead of
+            storing them (less memory, about one more forward of compute); with or without FSDP2.
+        fsdp_param_dtype: Under ``ModelParallelStrategy`` (FSDP2), all-gather and compute in this dtype
+            (``bfloat16``) while the sharded master weights keep ``dtype`` and gradients are reduced in
+            float32. None: compute in the parameter dtype.
+        fsdp_gather_rollout: Under FSDP2, unshard the policy once for the whole rollout (one full copy of
+            the weights per rank while sampling) instead of all-gathering every block at every denoising step.
     """
 
     def __init__(
@@ -101,6 +117,9 @@ class DiffusionRL(LightningModule):
         eval_temperature: float = 0.0,
         eval_file: str = "test_generations.jsonl",
         max_consecutive_skips: int | None = 10,
+        activation_checkpointing: bool = False,
+        fsdp_param_dtype: str | None = None,
+        fsdp_gather_rollout: bool = True,
     ) -> None:
         super().__init__()
         if num_generations < 1 or num_iterations < 1:
@@ -127,6 +146,8 @@ class DiffusionRL(LightningModule):
         self.consecutive_skips = 0
         self._updates_in_step: int | None = None  # optimiser steps taken in the rollout step under way
         self.sizes: EffectiveSizes | None = None
+        self.activation_checkpointing, self.fsdp_param_dtype = activation_checkpointing, fsdp_param_dtype
+        self.fsdp_gather_rollout = fsdp_gather_rollout
         self.automatic_optimization = False
         self.policy: DiffusionLM | None = None
         self._reference: list[DiffusionLM] = []  # a list keeps the frozen copy out of state_dict/optimiser
@@ -142,13 +163,17 @@ class DiffusionRL(LightningModule):
             return
         self.policy = load_model(self.model_source, dtype=self.dtype_name)
         self._configure_lora()
-        wants_reference = self.objective.uses_reference and not (self._trainer is not None and self._trainer.testing)
-        if wants_reference and self.lora is not None:
+        if self._needs_reference() and self.lora is not None:
             self._reference = [AdapterDisabled(self.policy)]  # the base: adapter off, no second copy
-        elif wants_reference:
+        elif self._needs_reference() and self._data_parallel_mesh() is None:
             # Full fine-tuning: the reference is the frozen starting point (reloaded, hence identical, on resume).
             reference = copy.deepcopy(self.policy).requires_grad_(False).eval()
             self._reference = [reference]
+        self._configure_scale()
+
+    def _needs_reference(self) -> bool:
+        """A reference policy is built for objectives with a KL term, and not for ``espo test``."""
+        return self.objective.uses_reference and not (self._trainer is not None and self._trainer.testing)
 
     def _configure_lora(self) -> None:
         """4-bit NF4 base, then LoRA adapters (the QLoRA order); the base is frozen."""
@@ -168,6 +193,7 @@ class DiffusionRL(LightningModule):
             rank_zero_warn(f"Training {', '.join(low)} parameters without float32 master weights: small updates "
                            "round away. Prefer model.dtype float32 with trainer.precision bf16-mixed.")
         optimizer = self.optimizer_factory(params)
+        check_optimizer(optimizer, params)
         if self.scheduler_factory is None:
             return optimizer
         return {"optimizer": optimizer,
@@ -205,11 +231,12 @@ class DiffusionRL(LightningModule):
                ) -> torch.Tensor:
         """Completions for prompt rows [N, P] -> full sequences [N, P + L], in chunks of rollout_batch_size."""
         chunk = self.rollout_batch_size or prompt_ids.shape[0]
-        return torch.cat([
-            self.sampler.sample(self.policy, prompt_ids[i:i + chunk], attention_mask=attention_mask[i:i + chunk],
-                                generator=generator)
-            for i in range(0, prompt_ids.shape[0], chunk)
-        ])
+        with gathered(self.policy if self.fsdp_gather_rollout else None):  # FSDP2: one all-gather per rollout
+            return torch.cat([
+                self.sampler.sample(self.policy, prompt_ids[i:i + chunk], attention_mask=attention_mask[i:i + chunk],
+                                    generator=generator)
+                for i in range(0, prompt_ids.shape[0], chunk)
+            ])
 
     def decode(self, completion_ids: torch.Tensor) -> list[str]:
         """Completion texts, each cut at its first EOS."""
@@ -266,9 +293,12 @@ class DiffusionRL(LightningModule):
         start = time.perf_counter()
         self.objective.prepare(self.policy, self.reference, rollout, num_iterations=self.num_iterations,
                                micro_batch_size=micro, generator=make_generator(self.seed, "prepare", step))
+        release(self.reference)  # a sharded reference's root is gathered by its passes and has no backward
         prepared = time.perf_counter()
         optimizer, scheduler = self.optimizers(), self.lr_schedulers()
-        params = [p for p in self.policy.parameters() if p.requires_grad]
+        # The optimiser's own tensors: under FSDP2 a module may hold its unsharded parameters at this point,
+        # while gradients land on the sharded ones.
+        params = [p for group in optimizer.param_groups for p in group["params"]]
         totals: dict[str, float] = {}
         for j in range(self.num_iterations):
             finite = True
@@ -279,6 +309,8 @@ class DiffusionRL(LightningModule):
                 for key, value in {"loss": loss.detach(), **parts}.items():
                     totals[key] = totals.get(key, 0.0) + float(value) * len(mb) / len(rollout) / self.num_iterations
             norm = torch.nn.utils.clip_grad_norm_(params, self.max_grad_norm or float("inf"))
+            if isinstance(norm, DTensor):  # sharded gradients: the norm is a reduced DTensor
+                norm = norm.full_tensor()
             if finite and torch.isfinite(norm):
                 totals["grad_norm"] = totals.get("grad_norm", 0.0) + float(norm) / self.num_iterations
                 self.consecutive_skips = 0
@@ -344,7 +376,9 @@ class DiffusionRL(LightningModule):
 
     # ------------------------------------------------------------------ persistence
     def on_train_end(self) -> None:
-        if self.export_dir and self.trainer.is_global_zero:
+        if self.export_dir and self._data_parallel_mesh() is not None:
+            self._export_sharded()
+        elif self.export_dir and self.trainer.is_global_zero:
             path = export_pretrained(self.policy, self.export_dir, adapter_only=self.export_adapter)
             rank_zero_info(f"espo: exported the policy to {path}")
 
@@ -375,3 +409,34 @@ class DiffusionRL(LightningModule):
             # The reference policy (and LoRA's base) is rebuilt from model.model, not stored in the checkpoint.
             rank_zero_warn(f"Resuming a run that started from {saved!r} with model.model={self.model_source!r}: "
                            "the reference policy now comes from the latter.")
+
+    # ------------------------------------------------------------------ scale (FSDP2, activation checkpointing)
+    def _data_parallel_mesh(self) -> Any:
+        """The FSDP2 mesh under ``ModelParallelStrategy`` (None otherwise)."""
+        mesh = self._device_mesh
+        if mesh is None:
+            return None
+        if "tensor_parallel" in (mesh.mesh_dim_names or ()) and mesh["tensor_parallel"].size() > 1:
+            # ModelParallelStrategy() defaults to tensor_parallel_size = devices; espo shards data-parallel only.
+            raise ValueError("espo applies no tensor parallelism: set ModelParallelStrategy(data_parallel_size="
+                             "<devices x num_nodes>, tensor_parallel_size=1) (see configs/scale/).")
+        return mesh["data_parallel"]
+
+    def _configure_scale(self) -> None:
+        if self.activation_checkpointing:
+            apply_activation_checkpointing(self.policy)
+        mesh = self._data_parallel_mesh()
+        if mesh is None:
+            return
+        shard_model(self.policy, mesh, param_dtype=self.fsdp_param_dtype)
+        if self._needs_reference() and not self._reference:
+            # Reloaded after the policy is sharded rather than deep-copied before: one full copy of the
+            # weights in host memory at a time. It is the same starting point, sharded the same way.
+            reference = load_model(self.model_source, dtype=self.dtype_name).requires_grad_(False).eval()
+            self._reference = [shard_model(reference, mesh, param_dtype=self.fsdp_param_dtype)]
+
+    def _export_sharded(self) -> None:
+        state = full_state_dict(self.policy.network)  # a collective: every rank gathers, rank 0 receives
+        if self.trainer.is_global_zero:
+            path = self.policy.save_pretrained(self.export_dir, state_dict=state)
+            rank_zero_info(f"espo: exported the policy to {path}")

@@ -40,6 +40,7 @@ class RunSummary(Callback):
         self._start = time.perf_counter()
 
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        directory = run_dir(trainer)  # on every rank: trainer.log_dir broadcasts under distributed strategies
         if not trainer.is_global_zero:
             return
         history = [r for _, r in getattr(pl_module, "reward_history", [])]
@@ -54,7 +55,7 @@ class RunSummary(Callback):
             "objective": type(getattr(pl_module, "objective", None)).__name__,
             "seed": getattr(pl_module, "seed", None),
         }
-        path = run_dir(trainer) / self.filename
+        path = directory / self.filename
         path.write_text(json.dumps(summary, indent=2) + "\n")
         table = Table(title="espo run summary")
         table.add_column("")

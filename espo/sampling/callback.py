@@ -42,13 +42,16 @@ class CompletionLogger(Callback):
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
         samples: list[dict[str, Any]] = getattr(pl_module, "last_samples", [])
-        if not samples or not trainer.is_global_zero:
+        if not samples:
             return
         step = samples[0]["step"]
         if step == self._logged_step or step % self.every_n_steps:
             return
         self._logged_step = step
-        with (run_dir(trainer) / self.filename).open("a", encoding="utf-8") as fh:
+        directory = run_dir(trainer)  # on every rank: trainer.log_dir broadcasts under distributed strategies
+        if not trainer.is_global_zero:
+            return
+        with (directory / self.filename).open("a", encoding="utf-8") as fh:
             for row in samples:
                 fh.write(json.dumps(row, ensure_ascii=False) + "\n")
         if self.num_rows:

@@ -1,0 +1,18 @@
+"""Scale: FSDP2 sharding, activation checkpointing, checkpoint export (see docs/scale.md)."""
+
+from espo.scale.activation_checkpointing import apply_activation_checkpointing
+from espo.scale.export import export_checkpoint, load_checkpoint_policy
+from espo.scale.fsdp import (
+    check_optimizer,
+    full_state_dict,
+    gathered,
+    is_sharded,
+    mixed_precision,
+    release,
+    shard_model,
+)
+
+__all__ = [
+    "apply_activation_checkpointing", "check_optimizer", "export_checkpoint", "full_state_dict", "gathered",
+    "is_sharded", "load_checkpoint_policy", "mixed_precision", "release", "shard_model",
+]
