@@ -42,6 +42,8 @@ class StepContext:
             the selected positions (flat index = row * L + column), calling the model once for the rows
             that have a selected position; nothing when none is selected.
         threshold: Parallel decoding's confidence τ, or None for the rule's own schedule.
+        vocab: ``vocab()`` is the logits' width (learnt from the first logits; costs one model call if asked
+            before any).
     """
 
     masked: torch.Tensor
@@ -50,13 +52,11 @@ class StepContext:
     generator: torch.Generator | None
     logits_at: LogitsAt
     threshold: float | None
+    vocab: Callable[[], int]
 
 
 class Rule(ABC):
     """One decoding algorithm: per step, which masked positions to commit and their tokens."""
-
-    #: Vocabulary size, learnt from the first logits (fixed-shape noise is drawn even in steps without a call).
-    vocab: int | None = None
 
     def begin_block(self, masked: torch.Tensor, steps: int) -> None:  # noqa: B027 - optional hook
         """Called once per block with its masks [B, L] before the first step."""
@@ -123,6 +123,17 @@ class _Model:
             return logits
         un = self.model.lm_head(uncond) if self.split else uncond
         return un + (self.cfg_scale + 1) * (logits - un)
+
+
+def _vocab(model: _Model, canvas: torch.Tensor, start: int, end: int, block: int) -> Callable[[], int]:
+    def vocab() -> int:
+        if model.vocab is None:  # one position of one row through the model, once per sampling call
+            cond, uncond = model.block(canvas, torch.zeros(1, dtype=torch.long, device=canvas.device), start,
+                                       end, block)
+            model.head(cond[:, 0], None if uncond is None else uncond[:, 0])
+        return model.vocab
+
+    return vocab
 
 
 def _logits_at(model: _Model, canvas: torch.Tensor, start: int, end: int, block: int) -> LogitsAt:
@@ -206,20 +217,22 @@ def denoise(
         current = canvas[:, start:end]  # [B, L] (a view: writes go to the canvas)
         rule.begin_block(current == mask_id, steps_per_block)
         logits_at = _logits_at(calls, canvas, start, end, block)
-        step = 0
+        vocab = _vocab(calls, canvas, start, end, block)
+        step, complete = 0, False
         while True:
             if early_exit:
                 done = finished_rows(completion, mask_id, eos)  # [B]
                 completion[done[:, None] & (completion == mask_id)] = int(eos[0])  # LLaDA's EOS padding
-                if not bool((completion == mask_id).any()):
-                    return canvas
+                complete = not bool((completion == mask_id).any())
             masked = current == mask_id  # [B, L]
-            if (step >= steps_per_block) if threshold is None else not bool(masked.any()):
+            if complete or ((step >= steps_per_block) if threshold is None else not bool(masked.any())):
                 break
-            ctx = StepContext(masked, step, steps_per_block, generator, logits_at, threshold)
+            ctx = StepContext(masked, step, steps_per_block, generator, logits_at, threshold, vocab)
             commit, tokens = rule.step(ctx)
             current[commit] = tokens[commit]
             step += 1
         stats.per_block_steps.append(step)
         stats.steps += step
+        if complete:
+            break
     return canvas

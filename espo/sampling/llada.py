@@ -88,10 +88,9 @@ class LLaDARule(Rule):
         confidence = torch.full((batch, length), float("-inf"), dtype=torch.float64, device=device)  # [B, L]
         noise = None  # [B * L, V] float64 U[0, 1): one fixed-shape draw per step, as the reference draws
         for index, logits in ctx.logits_at(masked & (k > 0)[:, None]):  # index [c], logits [c, V]
-            self.vocab = logits.shape[-1]
             if self.temperature > 0:
                 if noise is None:
-                    noise = uniform((batch, length, self.vocab), ctx.generator, device).view(batch * length, -1)
+                    noise = uniform((batch, length, ctx.vocab()), ctx.generator, device).view(batch * length, -1)
                 scores = gumbel_(noise[index.to(noise.device)].to(logits.device))  # [c, V] float64 Gumbel
                 scores += logits.double() / self.temperature  # argmax(l / T + g) ~ softmax(l / T)
                 chosen = scores.argmax(dim=-1)  # [c]
@@ -103,8 +102,8 @@ class LLaDARule(Rule):
                 probs = torch.softmax(logits.float(), dim=-1)  # [c, V]; untempered, as in LLaDA
                 confidence.view(-1)[index] = probs.gather(-1, chosen[:, None]).squeeze(-1).double().to(device)
                 del probs
-        if self.temperature > 0 and noise is None and self.vocab is not None:
-            uniform((batch, length, self.vocab), ctx.generator, device)  # keep the stream: nobody commits
+        if self.temperature > 0 and noise is None:
+            uniform((batch, length, ctx.vocab()), ctx.generator, device)  # keep the stream: nobody commits
         if self.remasking == "random":
             confidence = uniform((batch, length), ctx.generator, device)  # [B, L]
         confidence = confidence.masked_fill(~masked, float("-inf"))
