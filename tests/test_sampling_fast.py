@@ -212,3 +212,22 @@ def test_sampler_yaml_options(model):
     ids, attn = prompts(model)
     out = sampler.sample(model, ids, attention_mask=attn)
     assert out.shape == (3, ids.shape[1] + 8) and not (out == model.mask_token_id).any()
+
+
+def test_samplers_configurable_from_the_command_line(monkeypatch: pytest.MonkeyPatch):
+    from pathlib import Path
+
+    from espo.cli import cli
+    from espo.sampling import DreamSampler
+
+    monkeypatch.setattr("sys.argv", ["espo"])
+    demo = str(Path(__file__).resolve().parents[1] / "configs/demo.yaml")
+    parsed = cli(["--config", demo, "--model.model", "no/such/dir", "--model.sampler.init_args.threshold", "0.9",
+                  "--model.sampler.init_args.early_exit", "true"], run=False)
+    assert isinstance(parsed.model.sampler, LLaDASampler)
+    assert parsed.model.sampler.threshold == 0.9 and parsed.model.sampler.early_exit
+    parsed = cli(["--config", demo, "--model.model", "no/such/dir", "--model.sampler", "DreamSampler",
+                  "--model.sampler.init_args.gen_length", "20", "--model.sampler.init_args.steps", "10",
+                  "--model.sampler.init_args.alg", "topk_margin"], run=False)
+    assert isinstance(parsed.model.sampler, DreamSampler)
+    assert parsed.model.sampler.alg == "topk_margin" and parsed.model.sampler.gen_length == 20
