@@ -231,3 +231,23 @@ def test_samplers_configurable_from_the_command_line(monkeypatch: pytest.MonkeyP
                   "--model.sampler.init_args.alg", "topk_margin"], run=False)
     assert isinstance(parsed.model.sampler, DreamSampler)
     assert parsed.model.sampler.alg == "topk_margin" and parsed.model.sampler.gen_length == 20
+
+
+def test_early_exit_with_prefix_cache_and_cfg(model):
+    """Rows leaving the batch mid-block take their cached keys/values with them; the text is unchanged."""
+    import copy
+
+    eos = model.eos_token_ids[0]
+    biased = copy.deepcopy(model)
+    with torch.no_grad():  # EOS is likely but not certain, so rows end at different steps
+        biased.network.model.transformer.ff_out.weight[eos] += 0.6 * biased.network.model.transformer.ff_out.weight[
+            eos].sign()
+    ids, attn = prompts(model)
+    kwargs = dict(steps=12, gen_length=24, block_length=8, attention_mask=attn, prefix_cache=True, cfg_scale=0.5)
+    want = generate(biased, ids, **kwargs)
+    stats = Stats()
+    got = generate(biased, ids, early_exit=True, stats=stats, **kwargs)
+    keep = completion_mask(want[:, ids.shape[1]:], [eos], include_eos=True)
+    assert torch.equal(got[:, ids.shape[1]:][keep], want[:, ids.shape[1]:][keep])
+    assert (got[:, ids.shape[1]:][~keep] == eos).all()
+    assert stats.row_forwards < 12 * 3, "some row should have left the batch early"
