@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from types import SimpleNamespace
-from typing import Any
 
 import pytest
 import torch
 
 from espo.models import tiny_model
 from espo.sampling import LLaDASampler, Sampler, generate
+from espo.sampling.reference import reference_llada
 
 TEXTS = ["2+2=", "hello wor", "abc"]
 
@@ -36,65 +36,7 @@ def equal_length(model) -> torch.Tensor:
     return torch.tensor([model.tokenizer(t)["input_ids"][:5] for t in ["hello", "world", "12345"]])
 
 
-def reference_generate(
-    model: Any,
-    prompt: torch.Tensor,
-    *,
-    steps: int,
-    gen_length: int,
-    block_length: int,
-    mask_id: int,
-    temperature: float = 0.0,
-    remasking: str = "low_confidence",
-    attention_mask: torch.Tensor | None = None,
-    generator: torch.Generator | None = None,
-) -> torch.Tensor:
-    """LLaDA's generate.py as written: full logits, per-row topk, exp(l) / (-log u)^T candidates.
-
-    Noise is drawn for the current block's columns only (the draw order of the vectorised sampler), so
-    tempered runs compare too; the formula itself is LLaDA's.
-    """
-    batch, prompt_len = prompt.shape
-    x = torch.full((batch, prompt_len + gen_length), mask_id, dtype=torch.long)
-    x[:, :prompt_len] = prompt
-    if attention_mask is not None:
-        ones = torch.ones(batch, gen_length, dtype=attention_mask.dtype)
-        attention_mask = torch.cat([attention_mask, ones], dim=1)
-    num_blocks = gen_length // block_length
-    steps_per_block = steps // num_blocks
-    for b in range(num_blocks):
-        start, end = prompt_len + b * block_length, prompt_len + (b + 1) * block_length
-        block_masked = (x[:, start:end] == mask_id).sum(dim=1)
-        num_transfer = torch.zeros(batch, steps_per_block, dtype=torch.long)
-        num_transfer += (block_masked // steps_per_block)[:, None]
-        for row in range(batch):
-            num_transfer[row, : int(block_masked[row] % steps_per_block)] += 1
-        for s in range(steps_per_block):
-            mask_index = x == mask_id
-            out = model(x) if attention_mask is None else model(x, attention_mask=attention_mask)
-            logits = out if isinstance(out, torch.Tensor) else out.logits
-            if temperature > 0:
-                shape = (batch, block_length, logits.shape[-1])
-                u = torch.rand(shape, generator=generator, dtype=torch.float64)
-                noise = torch.ones_like(logits, dtype=torch.float64)  # outside the block: never selected
-                noise[:, start:end] = (-torch.log(u)) ** temperature
-                x0 = (logits.double().exp() / noise).argmax(dim=-1)
-            else:
-                x0 = logits.argmax(dim=-1)
-            if remasking == "low_confidence":
-                p = torch.softmax(logits.float(), dim=-1)
-                x0_p = torch.gather(p, -1, x0[..., None]).squeeze(-1).double()
-            else:
-                x0_p = torch.zeros(x.shape, dtype=torch.float64)
-                draws = torch.rand((batch, block_length), generator=generator, dtype=torch.float64)
-                x0_p[:, start:end] = draws
-            x0_p[:, end:] = float("-inf")
-            x0 = torch.where(mask_index, x0, x)
-            confidence = torch.where(mask_index, x0_p, torch.tensor(float("-inf"), dtype=torch.float64))
-            for row in range(batch):
-                _, picked = torch.topk(confidence[row], k=int(num_transfer[row, s]))
-                x[row, picked] = x0[row, picked]
-    return x
+reference_generate = reference_llada
 
 
 CONFIGS = [  # (gen_length, block_length, steps): 1, 2 and 4 blocks; one token or two tokens per step

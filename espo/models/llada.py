@@ -129,6 +129,33 @@ def apply_rope(t: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     return (t32 * cos + rotated * sin).to(t.dtype)
 
 
+class LayerKV:
+    """One block's prefix key/value cache for sampling (see ``LLaDAModelLM.hidden_states_cached``).
+
+    Args:
+        keep: Record mode: store the post-RoPE keys/values of the first ``keep`` positions of this call.
+            None: reuse mode: prepend the stored keys/values to this call's.
+    """
+
+    def __init__(self, keep: int | None = None) -> None:
+        self.keep = keep
+        self.k: torch.Tensor | None = None  # [B, Hkv, P, D]
+        self.v: torch.Tensor | None = None
+
+    def update(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.keep is not None:
+            self.k, self.v = k[:, :, : self.keep].clone(), v[:, :, : self.keep].clone()
+            return k, v
+        if self.k is None:
+            return k, v
+        return torch.cat([self.k, k], dim=2), torch.cat([self.v, v], dim=2)
+
+    def select(self, rows: torch.Tensor) -> None:
+        """Keeps the cached batch rows ``rows`` (rows that stopped decoding leave the batch)."""
+        if self.k is not None:
+            self.k, self.v = self.k[rows], self.v[rows]
+
+
 class LLaDABlock(nn.Module):
     """One pre-norm block: bidirectional attention, then a SwiGLU feed-forward (``ff_proj`` is the gate)."""
 
@@ -146,7 +173,8 @@ class LLaDABlock(nn.Module):
         self.ff_out = nn.Linear(cfg.mlp_hidden_size, cfg.d_model, bias=False)
 
     def forward(
-        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, attn_mask: torch.Tensor | None
+        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, attn_mask: torch.Tensor | None,
+        kv: LayerKV | None = None,
     ) -> torch.Tensor:
         b, t, _ = x.shape
         h = self.attn_norm(x)
@@ -154,6 +182,8 @@ class LLaDABlock(nn.Module):
         k = self.k_proj(h).view(b, t, self.kv_heads, self.head_dim).transpose(1, 2)  # [B, Hkv, T, D]
         v = self.v_proj(h).view(b, t, self.kv_heads, self.head_dim).transpose(1, 2)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if kv is not None:  # sampling's prefix cache: record the first positions' keys/values, or reuse them
+            k, v = kv.update(k, v)
         if self.kv_heads != self.n_heads:
             group = self.n_heads // self.kv_heads
             k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
@@ -240,6 +270,39 @@ class LLaDAModelLM(nn.Module):
             mask = attention_mask.bool()[:, None, None, :]  # [B, 1, 1, T] over keys
         for block in tr.blocks:
             x = block(x, cos, sin, mask)
+        return tr.ln_f(x)
+
+    def hidden_states_cached(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        cache: list[LayerKV],
+        offset: int = 0,
+    ) -> torch.Tensor:
+        """``hidden_states`` for positions ``offset..`` only, attending to a cached prefix (sampling).
+
+        With ``LayerKV(keep=P)`` entries and ``offset=0`` this is exactly ``hidden_states`` and records the
+        keys/values of positions ``< P``; with recorded entries and ``offset=P`` only the suffix is computed,
+        its queries attending to the recorded prefix keys/values plus its own (Fast-dLLM's prefix cache).
+
+        Args:
+            input_ids: Token ids [B, T - offset] of positions ``offset..T-1``.
+            attention_mask: Optional [B, T] padding mask over all T key positions.
+            cache: One ``LayerKV`` per block.
+            offset: Position of ``input_ids[:, 0]`` (the cached prefix length).
+
+        Returns:
+            Final-norm hidden states [B, T - offset, d_model].
+        """
+        tr = self.model.transformer
+        x = tr.wte(input_ids)
+        cos, sin = self._tables(offset + input_ids.shape[1], input_ids.device)
+        cos, sin = cos[offset:], sin[offset:]
+        mask = None
+        if attention_mask is not None and not bool(attention_mask.all()):
+            mask = attention_mask.bool()[:, None, None, :]  # [B, 1, 1, T] over keys
+        for block, kv in zip(tr.blocks, cache, strict=True):
+            x = block(x, cos, sin, mask, kv)
         return tr.ln_f(x)
 
     def lm_head(self, hidden: torch.Tensor) -> torch.Tensor:

@@ -1,5 +1,8 @@
-"""Samplers: LLaDA's block-wise masked-diffusion ``generate`` and config-level sampler classes."""
+"""Samplers: LLaDA's block-wise remasking, Dream's algorithms, parallel decoding, prefix cache, early exit."""
 
-from espo.sampling.llada import LLaDASampler, Sampler, generate
+from espo.sampling.base import Sampler
+from espo.sampling.dream import DreamSampler, dream_generate
+from espo.sampling.engine import Stats
+from espo.sampling.llada import LLaDASampler, generate
 
-__all__ = ["LLaDASampler", "Sampler", "generate"]
+__all__ = ["DreamSampler", "LLaDASampler", "Sampler", "Stats", "dream_generate", "generate"]

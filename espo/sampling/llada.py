@@ -2,53 +2,46 @@
 
 The semantics are those of LLaDA's reference ``generate.py``: the completion is a canvas of ``[MASK]``
 tokens unmasked block by block, left to right; inside a block each step proposes a token for every masked
-position and commits the most confident ones, on a fixed per-row schedule. Two things differ in how, not
-in what:
+position and commits the most confident ones, on a fixed per-row schedule. Classifier-free guidance
+(``cfg_scale``) runs the canvas with the prompt masked as a second batch half. Things that differ in how,
+not in what:
 
-* Logits are computed only for the current block's columns. Positions outside the block can never be
-  committed in that step (the reference sets their confidence to -inf), so this is exact, and the full
-  ``[B, T, V]`` logits tensor is never built for a ``DiffusionLM``.
+* Logits are computed only where a token can be committed this step: the current block's masked columns
+  of the rows that commit something (the reference sets every other confidence to -inf), in chunks, so
+  neither ``[B, T, V]`` nor ``[B, L, V]`` float32 logits exist for a ``DiffusionLM``.
 * The per-row top-k is a stable descending sort plus ``rank < k_row`` over the whole batch, and every
   random draw comes from an explicit ``torch.Generator``; the global RNG is never touched.
+
+Opt-in extras (off by default, which reproduces the reference exactly): ``threshold`` (parallel decoding),
+``prefix_cache`` and ``early_exit``; see ``docs/sampling.md``.
 """
 
 from __future__ import annotations
 
-from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 import torch
 
-from espo.models.wrapper import logits_at, mask_token_of
+from espo.models.wrapper import mask_token_of
+from espo.sampling.base import (
+    Sampler,
+    check_blocks,
+    check_common,
+    gumbel_,
+    rank_commit,
+    threshold_commit,
+    uniform,
+)
+from espo.sampling.engine import Rule, Stats, StepContext, denoise
 
 Remasking = Literal["low_confidence", "random"]
 _REMASKING = ("low_confidence", "random")
 
-
-def _check_config(
-    gen_length: int, block_length: int, steps: int, temperature: float, remasking: str
-) -> int:
-    """Validates a sampling configuration and returns the number of blocks."""
-    if gen_length <= 0 or block_length <= 0 or steps <= 0:
-        raise ValueError(
-            f"gen_length, block_length and steps must be positive; got {gen_length}, {block_length}, {steps}."
-        )
-    if gen_length % block_length != 0:
-        raise ValueError(f"block_length ({block_length}) must divide gen_length ({gen_length}).")
-    num_blocks = gen_length // block_length
-    if steps < num_blocks:
-        raise ValueError(f"steps ({steps}) must be at least the number of blocks ({num_blocks}).")
-    if steps % num_blocks != 0:
-        raise ValueError(f"steps ({steps}) must be divisible by the number of blocks ({num_blocks}).")
-    if remasking not in _REMASKING:
-        raise ValueError(f"remasking must be one of {_REMASKING}; got {remasking!r}.")
-    if not temperature >= 0:  # also rejects NaN
-        raise ValueError(f"temperature must be >= 0; got {temperature}.")
-    return num_blocks
+__all__ = ["LLaDARule", "LLaDASampler", "Sampler", "generate", "transfer_schedule"]
 
 
-def _transfer_schedule(masked: torch.Tensor, steps_per_block: int) -> torch.Tensor:
+def transfer_schedule(masked: torch.Tensor, steps_per_block: int) -> torch.Tensor:
     """Tokens to commit per row and step: ``m // s`` plus one for the first ``m % s`` steps.
 
     Args:
@@ -64,9 +57,69 @@ def _transfer_schedule(masked: torch.Tensor, steps_per_block: int) -> torch.Tens
     return base[:, None] + (step[None, :] < remainder[:, None]).long()  # [B, S]
 
 
-def _uniform(shape: tuple[int, ...], generator: torch.Generator, device: torch.device) -> torch.Tensor:
-    """Float64 U[0, 1) draws made on the generator's own device, then moved to ``device``."""
-    return torch.rand(shape, generator=generator, device=generator.device, dtype=torch.float64).to(device)
+def eos_ids_of(model: Any, eos_ids: Sequence[int] | None) -> tuple[int, ...]:
+    """EOS ids: the explicit argument, else the model's ``eos_token_ids`` (empty if it has none)."""
+    if eos_ids is not None:
+        return tuple(int(i) for i in eos_ids)
+    return tuple(int(i) for i in getattr(model, "eos_token_ids", ()) or ())
+
+
+class LLaDARule(Rule):
+    """LLaDA's step: Gumbel-max candidates, then low-confidence or random remasking.
+
+    Args:
+        temperature: Gumbel temperature of the candidates; 0 is greedy.
+        remasking: ``"low_confidence"`` (untempered probability of the candidate) or ``"random"``.
+    """
+
+    def __init__(self, temperature: float, remasking: Remasking) -> None:
+        self.temperature, self.remasking = temperature, remasking
+        self.schedule: torch.Tensor | None = None
+
+    def begin_block(self, masked: torch.Tensor, steps: int) -> None:
+        self.schedule = transfer_schedule(masked.sum(dim=1), steps)  # [B, S]
+
+    def step(self, ctx: StepContext) -> tuple[torch.Tensor, torch.Tensor]:
+        masked = ctx.masked  # [B, L]
+        batch, length = masked.shape
+        device = masked.device
+        k = self.schedule[:, ctx.step] if ctx.threshold is None else masked.sum(1)  # [B]
+        candidates = torch.zeros((batch, length), dtype=torch.long, device=device)  # [B, L]
+        confidence = torch.full((batch, length), float("-inf"), dtype=torch.float64, device=device)  # [B, L]
+        noise = None  # [B * L, V] float64 U[0, 1): one fixed-shape draw per step, as the reference draws
+        for index, logits in ctx.logits_at(masked & (k > 0)[:, None]):  # index [c], logits [c, V]
+            if self.temperature > 0:
+                if noise is None:
+                    noise = uniform((batch, length, ctx.vocab()), ctx.generator, device).view(batch * length, -1)
+                scores = gumbel_(noise[index.to(noise.device)].to(logits.device))  # [c, V] float64 Gumbel
+                scores += logits.double() / self.temperature  # argmax(l / T + g) ~ softmax(l / T)
+                chosen = scores.argmax(dim=-1)  # [c]
+                del scores
+            else:
+                chosen = logits.argmax(dim=-1)  # [c]
+            candidates.view(-1)[index] = chosen.to(device)
+            if self.remasking == "low_confidence":
+                probs = torch.softmax(logits.float(), dim=-1)  # [c, V]; untempered, as in LLaDA
+                confidence.view(-1)[index] = probs.gather(-1, chosen[:, None]).squeeze(-1).double().to(device)
+                del probs
+        if self.temperature > 0 and noise is None:
+            uniform((batch, length, ctx.vocab()), ctx.generator, device)  # keep the stream: nobody commits
+        if self.remasking == "random":
+            confidence = uniform((batch, length), ctx.generator, device)  # [B, L]
+        confidence = confidence.masked_fill(~masked, float("-inf"))
+        if ctx.threshold is not None:
+            return threshold_commit(confidence, masked, ctx.threshold), candidates
+        return rank_commit(confidence, k, masked), candidates
+
+
+def _check(gen_length: int, block_length: int, steps: int, temperature: float, remasking: str,
+           threshold: float | None, cfg_scale: float) -> None:
+    check_blocks(gen_length, block_length, steps)
+    check_common(temperature, threshold, cfg_scale)
+    if remasking not in _REMASKING:
+        raise ValueError(f"remasking must be one of {_REMASKING}; got {remasking!r}.")
+    if threshold is not None and remasking != "low_confidence":
+        raise ValueError("threshold (parallel decoding) ranks by confidence: use remasking='low_confidence'.")
 
 
 @torch.no_grad()
@@ -82,6 +135,12 @@ def generate(
     mask_id: int | None = None,
     attention_mask: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
+    cfg_scale: float = 0.0,
+    threshold: float | None = None,
+    prefix_cache: bool = False,
+    early_exit: bool = False,
+    eos_ids: Sequence[int] | None = None,
+    stats: Stats | None = None,
 ) -> torch.Tensor:
     """Samples completions with LLaDA's block-wise low-confidence (or random) remasking.
 
@@ -105,6 +164,17 @@ def generate(
             completion and passed to the model at every step.
         generator: Source of all random draws; required when ``temperature > 0`` or
             ``remasking == "random"``. Noise is drawn on its device.
+        cfg_scale: Classifier-free guidance scale (LLaDA's ``cfg_scale``); 0 is off. Logits become
+            ``u + (s + 1)(c - u)`` with ``u`` the logits of the canvas whose prompt is all masks.
+        threshold: Parallel decoding (opt-in): instead of the schedule, commit every masked position of the
+            block whose confidence is above τ, and at least the most confident one; a block then ends when
+            it has no masks (``steps`` is only validated). τ >= 1 commits exactly one token per step.
+        prefix_cache: Opt-in Fast-dLLM prefix cache (see ``espo.sampling.cache``): approximate within a block.
+        early_exit: Opt-in: a row whose text is final (a committed EOS with no mask to its left) gets the rest
+            of its canvas set to the padding EOS and stops costing forward passes. The text through the first
+            EOS is exactly what it would be without; only the canvas after it is EOS padding.
+        eos_ids: EOS ids for ``early_exit`` (the first is the padding EOS); default: ``model.eos_token_ids``.
+        stats: Optional ``Stats`` that counts model calls, rows per call and steps.
 
     Returns:
         Long tensor [B, P + gen_length]: the prompt followed by the fully unmasked completion.
@@ -113,101 +183,19 @@ def generate(
         ValueError: On an invalid schedule, remasking rule, temperature, missing mask id or generator, or a
             prompt that already contains the mask id.
     """
-    num_blocks = _check_config(gen_length, block_length, steps, temperature, remasking)
+    _check(gen_length, block_length, steps, temperature, remasking, threshold, cfg_scale)
     mask_id = mask_token_of(model, mask_id)
     if (temperature > 0 or remasking == "random") and generator is None:
         raise ValueError(
             "Sampling with temperature > 0 or random remasking needs an explicit torch.Generator "
             "(generator=...); the global RNG is never used."
         )
-    if prompt_ids.dim() != 2:
-        raise ValueError(f"prompt_ids must be [B, P]; got shape {tuple(prompt_ids.shape)}.")
-    if bool((prompt_ids == mask_id).any()):
-        raise ValueError(f"The prompt contains the mask id {mask_id}; it would be overwritten by sampling.")
-    batch, prompt_len = prompt_ids.shape
-    device = prompt_ids.device
-
-    canvas = torch.full((batch, prompt_len + gen_length), mask_id, dtype=torch.long, device=device)  # [B, T]
-    canvas[:, :prompt_len] = prompt_ids
-    if attention_mask is not None:
-        if attention_mask.shape != prompt_ids.shape:
-            shapes = f"{tuple(attention_mask.shape)} vs {tuple(prompt_ids.shape)}"
-            raise ValueError(f"attention_mask must have the shape of prompt_ids; got {shapes}.")
-        ones = attention_mask.new_ones(batch, gen_length)
-        attention_mask = torch.cat([attention_mask.to(device), ones.to(device)], dim=1)  # [B, T]
-
-    steps_per_block = steps // num_blocks
-    rows = torch.arange(batch, device=device)[:, None]  # [B, 1]
-    for block in range(num_blocks):
-        start = prompt_len + block * block_length
-        end = start + block_length
-        in_block = torch.zeros_like(canvas, dtype=torch.bool)  # [B, T]
-        in_block[:, start:end] = True
-        schedule = _transfer_schedule((canvas[:, start:end] == mask_id).sum(dim=1), steps_per_block)  # [B, S]
-
-        for step in range(steps_per_block):
-            current = canvas[:, start:end]  # [B, L] (a view: writes below go to the canvas)
-            masked = current == mask_id  # [B, L]
-            logits = logits_at(model, canvas, in_block, attention_mask)  # [B * L, V], row-major
-            logits = logits.reshape(batch, block_length, -1)  # [B, L, V]
-
-            if temperature > 0:
-                # In place: at LLaDA's vocabulary each [B, L, V] float64 temporary is large.
-                scores = _uniform(tuple(logits.shape), generator, logits.device)  # [B, L, V] float64 u
-                scores.log_().neg_().log_().neg_()  # Gumbel g = -log(-log u)
-                scores += logits.double() / temperature  # not div_: .double() aliases float64 logits
-                candidates = scores.argmax(dim=-1)  # [B, L]
-                del scores
-            else:
-                candidates = logits.argmax(dim=-1)  # [B, L]
-            candidates = candidates.to(device)
-
-            if remasking == "low_confidence":
-                probs = torch.softmax(logits.float(), dim=-1)  # [B, L, V]; untempered, as in LLaDA
-                confidence = probs.gather(-1, candidates.to(probs.device)[..., None]).squeeze(-1).to(device)
-            else:
-                confidence = _uniform((batch, block_length), generator, device)  # [B, L]
-            confidence = confidence.masked_fill(~masked, float("-inf"))  # [B, L]
-
-            # Rank every position of its row by confidence (stable: ties go to the leftmost position), then
-            # commit the k_row best; `& masked` keeps committed tokens fixed even if k exceeded the masks.
-            order = confidence.argsort(dim=1, descending=True, stable=True)  # [B, L]
-            rank = torch.empty_like(order)
-            rank[rows, order] = torch.arange(block_length, device=device).expand(batch, -1)
-            commit = (rank < schedule[:, step : step + 1]) & masked  # [B, L]
-            current[commit] = candidates[commit]
-
-    return canvas
-
-
-class Sampler(ABC):
-    """A completion sampler a config can name: maps prompts to prompt ‖ completion."""
-
-    @property
-    @abstractmethod
-    def gen_length(self) -> int:
-        """Completion length in tokens."""
-
-    @abstractmethod
-    def sample(
-        self,
-        model: Callable[..., Any],
-        prompt_ids: torch.Tensor,
-        *,
-        attention_mask: torch.Tensor | None = None,
-        generator: torch.Generator | None = None,
-    ) -> torch.Tensor:
-        """Samples completions.
-
-        Args:
-            model: The model to sample from.
-            prompt_ids: Prompt token ids [B, P], left-padded.
-            attention_mask: Optional prompt padding mask [B, P] (1 = real token).
-            generator: Source of every random draw.
-
-        Returns:
-            Long tensor [B, P + gen_length].
-        """
+    return denoise(
+        model, prompt_ids, LLaDARule(temperature, remasking), gen_length=gen_length, block_length=block_length,
+        steps=steps, mask_id=mask_id, attention_mask=attention_mask, generator=generator, threshold=threshold,
+        prefix_cache=prefix_cache, early_exit=early_exit, eos_ids=eos_ids_of(model, eos_ids) if early_exit else (),
+        cfg_scale=cfg_scale, stats=stats,
+    )
 
 
 class LLaDASampler(Sampler):
@@ -220,6 +208,12 @@ class LLaDASampler(Sampler):
         temperature: Gumbel temperature of the candidate tokens; 0 is greedy.
         remasking: Which masked positions to commit first: ``"low_confidence"`` (most probable candidates)
             or ``"random"``.
+        cfg_scale: Classifier-free guidance scale; 0 is off.
+        threshold: Opt-in parallel decoding: commit every masked token of the block whose confidence is above
+            this τ (at least one per step); None keeps LLaDA's fixed schedule.
+        prefix_cache: Opt-in prefix key/value cache for finished blocks (approximate within a block).
+        early_exit: Opt-in: rows whose text is final stop costing forward passes; the rest of their canvas
+            becomes EOS padding.
     """
 
     def __init__(
@@ -229,13 +223,19 @@ class LLaDASampler(Sampler):
         steps: int = 128,
         temperature: float = 1.0,
         remasking: Remasking = "low_confidence",
+        cfg_scale: float = 0.0,
+        threshold: float | None = None,
+        prefix_cache: bool = False,
+        early_exit: bool = False,
     ) -> None:
-        _check_config(gen_length, block_length, steps, temperature, remasking)
+        _check(gen_length, block_length, steps, temperature, remasking, threshold, cfg_scale)
         self._gen_length = gen_length
         self.block_length = block_length
         self.steps = steps
         self.temperature = temperature
         self.remasking: Remasking = remasking
+        self.cfg_scale, self.threshold = cfg_scale, threshold
+        self.prefix_cache, self.early_exit = prefix_cache, early_exit
 
     @property
     def gen_length(self) -> int:
@@ -248,15 +248,23 @@ class LLaDASampler(Sampler):
         *,
         attention_mask: torch.Tensor | None = None,
         generator: torch.Generator | None = None,
+        stats: Stats | None = None,
     ) -> torch.Tensor:
         return generate(
             model, prompt_ids, steps=self.steps, gen_length=self._gen_length, block_length=self.block_length,
             temperature=self.temperature, remasking=self.remasking, mask_id=None,
-            attention_mask=attention_mask, generator=generator,
+            attention_mask=attention_mask, generator=generator, cfg_scale=self.cfg_scale,
+            threshold=self.threshold, prefix_cache=self.prefix_cache, early_exit=self.early_exit, stats=stats,
         )
 
     def __repr__(self) -> str:
+        extras = "".join(
+            f", {name}={value!r}" for name, value, default in (
+                ("cfg_scale", self.cfg_scale, 0.0), ("threshold", self.threshold, None),
+                ("prefix_cache", self.prefix_cache, False), ("early_exit", self.early_exit, False))
+            if value != default
+        )
         return (
             f"LLaDASampler(gen_length={self._gen_length}, block_length={self.block_length}, "
-            f"steps={self.steps}, temperature={self.temperature}, remasking={self.remasking!r})"
+            f"steps={self.steps}, temperature={self.temperature}, remasking={self.remasking!r}{extras})"
         )

@@ -1,0 +1,117 @@
+"""The ``Sampler`` interface configs name, and the helpers every decoding rule shares.
+
+Shared conventions: the completion canvas is unmasked block by block; every random draw comes from an
+explicit ``torch.Generator`` (the global RNG is never touched) with a fixed shape per step, so that rows that
+stop decoding early never shift another row's randomness.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+
+def check_blocks(gen_length: int, block_length: int, steps: int) -> int:
+    """Validates a block schedule and returns the number of blocks."""
+    if gen_length <= 0 or block_length <= 0 or steps <= 0:
+        raise ValueError(
+            f"gen_length, block_length and steps must be positive; got {gen_length}, {block_length}, {steps}."
+        )
+    if gen_length % block_length != 0:
+        raise ValueError(f"block_length ({block_length}) must divide gen_length ({gen_length}).")
+    num_blocks = gen_length // block_length
+    if steps < num_blocks:
+        raise ValueError(f"steps ({steps}) must be at least the number of blocks ({num_blocks}).")
+    if steps % num_blocks != 0:
+        raise ValueError(f"steps ({steps}) must be divisible by the number of blocks ({num_blocks}).")
+    return num_blocks
+
+
+def check_common(temperature: float, threshold: float | None, cfg_scale: float = 0.0) -> None:
+    """Validates the knobs every rule shares."""
+    if not temperature >= 0:  # also rejects NaN
+        raise ValueError(f"temperature must be >= 0; got {temperature}.")
+    if threshold is not None and not threshold == threshold:
+        raise ValueError("threshold must be a number or None.")
+    if not cfg_scale >= 0:
+        raise ValueError(f"cfg_scale must be >= 0; got {cfg_scale}.")
+
+
+def uniform(shape: tuple[int, ...], generator: torch.Generator, device: torch.device) -> torch.Tensor:
+    """Float64 U[0, 1) draws made on the generator's own device, then moved to ``device``."""
+    return torch.rand(shape, generator=generator, device=generator.device, dtype=torch.float64).to(device)
+
+
+def gumbel_(u: torch.Tensor) -> torch.Tensor:
+    """Turns U[0, 1) draws into Gumbel noise ``-log(-log u)`` in place."""
+    return u.log_().neg_().log_().neg_()
+
+
+def rank_commit(scores: torch.Tensor, k: torch.Tensor, masked: torch.Tensor) -> torch.Tensor:
+    """The ``k_row`` best-scoring masked positions of each row.
+
+    A stable descending sort ranks the positions (ties go to the leftmost), so this is a vectorised per-row
+    ``topk``; ``& masked`` keeps committed tokens fixed even if ``k`` exceeded the masks.
+
+    Args:
+        scores: [B, L], ``-inf`` where not masked.
+        k: Tokens to commit per row [B].
+        masked: Bool [B, L].
+
+    Returns:
+        Bool [B, L].
+    """
+    batch, length = scores.shape
+    order = scores.argsort(dim=1, descending=True, stable=True)  # [B, L]
+    rank = torch.empty_like(order)
+    rows = torch.arange(batch, device=scores.device)[:, None]  # [B, 1]
+    rank[rows, order] = torch.arange(length, device=scores.device).expand(batch, -1)
+    return (rank < k[:, None]) & masked  # [B, L]
+
+
+def threshold_commit(confidence: torch.Tensor, masked: torch.Tensor, threshold: float) -> torch.Tensor:
+    """Parallel decoding: every masked position with confidence above ``threshold``, and at least the best.
+
+    Args:
+        confidence: [B, L], ``-inf`` where not masked.
+        masked: Bool [B, L].
+        threshold: The confidence τ (units of the rule's confidence).
+
+    Returns:
+        Bool [B, L]; rows with masks commit at least one token.
+    """
+    best = rank_commit(confidence, torch.ones(len(confidence), dtype=torch.long, device=confidence.device), masked)
+    return best | ((confidence > threshold) & masked)
+
+
+class Sampler(ABC):
+    """A completion sampler a config can name: maps prompts to prompt ‖ completion."""
+
+    @property
+    @abstractmethod
+    def gen_length(self) -> int:
+        """Completion length in tokens."""
+
+    @abstractmethod
+    def sample(
+        self,
+        model: Callable[..., Any],
+        prompt_ids: torch.Tensor,
+        *,
+        attention_mask: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """Samples completions.
+
+        Args:
+            model: The model to sample from.
+            prompt_ids: Prompt token ids [B, P], left-padded.
+            attention_mask: Optional prompt padding mask [B, P] (1 = real token).
+            generator: Source of every random draw.
+
+        Returns:
+            Long tensor [B, P + gen_length].
+        """
