@@ -189,3 +189,13 @@ def test_spg_needs_a_divisible_block():
     with pytest.raises(ValueError, match="block_length"):
         SPG(block_length=3).prepare(None, None, batch, num_iterations=1, micro_batch_size=6,
                                     generator=torch.Generator())
+
+
+def test_batch_std_scope():
+    rewards = torch.tensor([1.0, 0.0, 0.0, 1.0, 1.0, 1.0])
+    adv = group_advantages(rewards, 3, baseline="mean", scale=True, std_scope="batch")
+    std = math.sqrt(4 / 15)  # unbiased std of all six rewards
+    assert torch.allclose(adv, torch.tensor([2 / 3, -1 / 3, -1 / 3, 0.0, 0.0, 0.0]) / (std + 1e-4))
+    assert DiffuGRPO(scale_rewards=True, std_scope="batch").advantages(rewards, 3).allclose(adv)
+    with pytest.raises(ValueError):
+        SPG(std_scope="global")

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from espo.objectives.advantages import Baseline
+from espo.objectives.advantages import Baseline, StdScope
 from espo.objectives.base import Model, Rollout
 from espo.objectives.coupled_pair import coupled_logps, sample_coupled_masks
 from espo.objectives.kl import KLEstimator
@@ -33,6 +33,7 @@ class CoupledGRPO(TokenPPO):
         baseline: ``"leave_one_out"`` (DiffuCoder, hard-coded there) or ``"mean"``.
         scale_rewards: Divide advantages by the group std (off in DiffuCoder's recipes).
         loss_reduction: ``"token"`` (the reference code) or ``"sequence"``.
+        std_scope: With ``scale_rewards``: per-group std (GRPO) or the whole batch's std.
     """
 
     def __init__(
@@ -48,8 +49,10 @@ class CoupledGRPO(TokenPPO):
         baseline: Baseline = "leave_one_out",
         scale_rewards: bool = False,
         loss_reduction: Reduction = "token",
+        std_scope: StdScope = "group",
     ) -> None:
-        super().__init__(beta, eps_low, eps_high, kl_estimator, kl_target, baseline, scale_rewards, loss_reduction)
+        super().__init__(beta, eps_low, eps_high, kl_estimator, kl_target, baseline, scale_rewards, loss_reduction,
+                         std_scope)
         if not 0 < t_min <= t_max < 1:
             raise ValueError(f"Need 0 < t_min <= t_max < 1, got {t_min}, {t_max}.")
         self.t_min, self.t_max, self.include_full_mask = t_min, t_max, include_full_mask

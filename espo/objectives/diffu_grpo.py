@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from espo.objectives.advantages import Baseline
+from espo.objectives.advantages import Baseline, StdScope
 from espo.objectives.base import Model, Rollout
 from espo.objectives.kl import KLEstimator
 from espo.objectives.mean_field import mean_field_logps, sample_prompt_masks
@@ -31,6 +31,7 @@ class DiffuGRPO(TokenPPO):
         scale_rewards: Divide advantages by the group std (d1 computes it but does not divide).
         loss_reduction: ``"token"`` (d1's code: token mean over the micro-batch) or ``"sequence"`` (the paper's
             per-sequence mean, then the batch mean).
+        std_scope: With ``scale_rewards``: per-group std (GRPO) or the whole batch's std.
     """
 
     def __init__(
@@ -45,8 +46,10 @@ class DiffuGRPO(TokenPPO):
         baseline: Baseline = "mean",
         scale_rewards: bool = False,
         loss_reduction: Reduction = "token",
+        std_scope: StdScope = "group",
     ) -> None:
-        super().__init__(beta, eps_low, eps_high, kl_estimator, kl_target, baseline, scale_rewards, loss_reduction)
+        super().__init__(beta, eps_low, eps_high, kl_estimator, kl_target, baseline, scale_rewards, loss_reduction,
+                         std_scope)
         if not 0 <= p_mask_prompt <= 1:
             raise ValueError(f"p_mask_prompt must lie in [0, 1], got {p_mask_prompt}.")
         self.p_mask_prompt, self.random_masking = p_mask_prompt, random_masking

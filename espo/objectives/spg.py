@@ -15,7 +15,7 @@ from typing import Literal
 
 import torch
 
-from espo.objectives.advantages import Baseline, group_advantages
+from espo.objectives.advantages import Baseline, StdScope, group_advantages
 from espo.objectives.base import Model, Objective, Rollout
 from espo.objectives.mean_field import token_logps
 from espo.objectives.spg_bounds import sample_block_masks, spg_bounds
@@ -37,6 +37,7 @@ class SPG(Objective):
         p_mask_clean: Masking probability of the clean prompt and earlier blocks (0.15).
         baseline: ``"mean"`` (SPG) or ``"leave_one_out"``.
         scale_rewards: Divide advantages by the group std (off in SPG).
+        std_scope: With ``scale_rewards``: per-group std or the whole batch's std.
     """
 
     def __init__(
@@ -51,6 +52,7 @@ class SPG(Objective):
         p_mask_clean: float = 0.15,
         baseline: Baseline = "mean",
         scale_rewards: bool = False,
+        std_scope: StdScope = "group",
     ) -> None:
         if negative_bound not in ("mix", "eubo", "elbo", "zero"):
             raise ValueError(f"negative_bound must be mix, eubo, elbo or zero, got {negative_bound!r}.")
@@ -61,9 +63,13 @@ class SPG(Objective):
         self.negative_bound, self.eubo_beta, self.mix_weight = negative_bound, eubo_beta, mix_weight
         self.block_length, self.num_t, self.t_min, self.t_max = block_length, num_t, t_min, t_max
         self.p_mask_clean, self.baseline, self.scale_rewards = p_mask_clean, baseline, scale_rewards
+        if std_scope not in ("group", "batch"):
+            raise ValueError(f"std_scope must be 'group' or 'batch', got {std_scope!r}.")
+        self.std_scope = std_scope
 
     def advantages(self, rewards: torch.Tensor, group_size: int) -> torch.Tensor:
-        return group_advantages(rewards, group_size, baseline=self.baseline, scale=self.scale_rewards)
+        return group_advantages(rewards, group_size, baseline=self.baseline, scale=self.scale_rewards,
+                                std_scope=self.std_scope)
 
     def prepare(
         self,

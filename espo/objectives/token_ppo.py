@@ -17,7 +17,7 @@ from typing import Literal
 
 import torch
 
-from espo.objectives.advantages import Baseline, group_advantages
+from espo.objectives.advantages import Baseline, StdScope, group_advantages
 from espo.objectives.base import Model, Objective, Rollout
 from espo.objectives.kl import KLEstimator, kl_estimate
 
@@ -89,7 +89,8 @@ class TokenPPO(Objective):
     """
 
     def __init__(self, beta: float, eps_low: float, eps_high: float | None, kl_estimator: KLEstimator,
-                 kl_target: KLTarget, baseline: Baseline, scale_rewards: bool, loss_reduction: Reduction) -> None:
+                 kl_target: KLTarget, baseline: Baseline, scale_rewards: bool, loss_reduction: Reduction,
+                 std_scope: StdScope = "group") -> None:
         if beta < 0 or eps_low < 0 or (eps_high is not None and eps_high < 0):
             raise ValueError("beta, eps_low and eps_high must be non-negative.")
         if kl_estimator not in ("k1", "k2", "k3"):
@@ -102,13 +103,17 @@ class TokenPPO(Objective):
         self.eps_high = eps_low if eps_high is None else eps_high
         self.kl_estimator, self.kl_target = kl_estimator, kl_target
         self.baseline, self.scale_rewards, self.loss_reduction = baseline, scale_rewards, loss_reduction
+        if std_scope not in ("group", "batch"):
+            raise ValueError(f"std_scope must be 'group' or 'batch', got {std_scope!r}.")
+        self.std_scope = std_scope
 
     @property
     def uses_reference(self) -> bool:
         return self.beta > 0 and self.kl_target == "reference"
 
     def advantages(self, rewards: torch.Tensor, group_size: int) -> torch.Tensor:
-        return group_advantages(rewards, group_size, baseline=self.baseline, scale=self.scale_rewards)
+        return group_advantages(rewards, group_size, baseline=self.baseline, scale=self.scale_rewards,
+                                std_scope=self.std_scope)
 
     @abstractmethod
     def _draw(self, rollout: Rollout, num_iterations: int, micro_batch_size: int,
