@@ -199,3 +199,13 @@ def test_batch_std_scope():
     assert DiffuGRPO(scale_rewards=True, std_scope="batch").advantages(rewards, 3).allclose(adv)
     with pytest.raises(ValueError):
         SPG(std_scope="global")
+
+
+@pytest.mark.parametrize("objective", [DiffuGRPO(beta=0.0), CoupledGRPO(beta=0.0)], ids=["diffu_grpo", "coupled"])
+def test_first_iteration_loss_is_the_token_mean_of_advantages(objective, small_model):
+    batch = rollout()  # advantages [2/3, -1/3, -1/3, -1/6, -1/6, 1/3]; counted tokens [2, 4, 4, 4, 4, 4]
+    objective.prepare(small_model, None, batch, num_iterations=1, micro_batch_size=6,
+                      generator=torch.Generator().manual_seed(0))
+    loss, m = objective.loss(small_model, batch, 0)
+    expected = -(2 / 3 * 2 - 1 / 3 * 4 - 1 / 3 * 4 - 1 / 6 * 4 - 1 / 6 * 4 + 1 / 3 * 4) / 22
+    assert loss.item() == pytest.approx(expected, abs=1e-6) and m["ratio_mean"].item() == 1.0
