@@ -89,6 +89,9 @@ class DiffusionRL(LightningModule):
             float32. None: compute in the parameter dtype.
         fsdp_gather_rollout: Under FSDP2, unshard the policy once for the whole rollout (one full copy of
             the weights per rank while sampling) instead of all-gathering every block at every denoising step.
+        filter_zero_std_groups: Drop prompt groups whose rewards are all equal before the update (they carry
+            no group-relative signal); the dropped fraction is logged as ``filtered_groups``. A rollout with
+            nothing left still counts its ``num_iterations`` optimiser steps, as no-op steps.
     """
 
     def __init__(
@@ -120,6 +123,7 @@ class DiffusionRL(LightningModule):
         activation_checkpointing: bool = False,
         fsdp_param_dtype: str | None = None,
         fsdp_gather_rollout: bool = True,
+        filter_zero_std_groups: bool = False,
     ) -> None:
         super().__init__()
         if num_generations < 1 or num_iterations < 1:
@@ -148,6 +152,7 @@ class DiffusionRL(LightningModule):
         self.sizes: EffectiveSizes | None = None
         self.activation_checkpointing, self.fsdp_param_dtype = activation_checkpointing, fsdp_param_dtype
         self.fsdp_gather_rollout = fsdp_gather_rollout
+        self.filter_zero_std_groups = filter_zero_std_groups
         self.automatic_optimization = False
         self.policy: DiffusionLM | None = None
         self._reference: list[DiffusionLM] = []  # a list keeps the frozen copy out of state_dict/optimiser
@@ -276,12 +281,19 @@ class DiffusionRL(LightningModule):
             completion = encode_targets(self.policy.tokenizer, [task.target(ex) for ex in examples],
                                         self.sampler.gen_length, self.policy.eos_token_ids[0]).to(self.device)
             rewards = advantages = torch.zeros(completion.shape[0])
+        if self.filter_zero_std_groups and self.objective.requires_rollouts:
+            keep = (rewards.view(-1, g).max(-1).values - rewards.view(-1, g).min(-1).values >= 1e-6)  # [B]
+            metrics["filtered_groups"] = 1.0 - float(keep.float().mean())
+            rows = keep.repeat_interleave(g)  # [B*G]
+            on_device = rows.to(self.device)
+            prompt_ids, prompt_mask, completion = prompt_ids[on_device], prompt_mask[on_device], completion[on_device]
+            rewards, advantages = rewards[rows], advantages[rows]
         rollout = Rollout(
             input_ids=torch.cat([prompt_ids, completion], dim=1), prompt_len=prompt_ids.shape[1],
             rewards=rewards.to(self.device), advantages=advantages.to(self.device), group_size=g,
             attention_mask=torch.cat([prompt_mask, torch.ones_like(completion)], dim=1),
             completion_mask=completion_mask(completion, self.policy.eos_token_ids, include_eos=True))
-        metrics.update(self._update(rollout, step))
+        metrics.update(self._update(rollout, step) if len(rollout) else self._noop_update())
         self.rollout_step += 1
         if "reward" in metrics:
             self.log("reward", metrics.pop("reward"), prog_bar=True, on_step=True)
@@ -340,6 +352,16 @@ class DiffusionRL(LightningModule):
                 f"(model.max_consecutive_skips={limit}). The weights are unchanged since the first of them. "
                 "Usual causes: a learning rate too high, bf16 overflow (try trainer.precision bf16-mixed), "
                 "non-finite rewards from the task.")
+
+    def _noop_update(self) -> dict[str, float]:
+        """Counts ``num_iterations`` optimiser steps without gradients (every group was filtered out)."""
+        optimizer, scheduler = self.optimizers(), self.lr_schedulers()
+        optimizer.zero_grad(set_to_none=True)
+        for _ in range(self.num_iterations):
+            optimizer.step()  # no parameter has a gradient: nothing moves, global_step advances
+            if scheduler is not None:
+                scheduler.step()
+        return {"time/prepare": 0.0, "time/update": 0.0}
 
     def _reward_metrics(self, rewards: torch.Tensor, components: dict[str, list[float]],
                         completion: torch.Tensor, seconds: float) -> dict[str, float]:

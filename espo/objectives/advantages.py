@@ -12,6 +12,7 @@ from typing import Literal
 import torch
 
 Baseline = Literal["leave_one_out", "mean"]
+StdScope = Literal["group", "batch"]
 
 
 def group_advantages(
@@ -21,6 +22,7 @@ def group_advantages(
     baseline: Baseline = "leave_one_out",
     scale: bool = False,
     eps: float = 1e-4,
+    std_scope: StdScope = "group",
 ) -> torch.Tensor:
     """Advantages [N] from rewards [N] in consecutive groups of ``group_size``.
 
@@ -31,6 +33,8 @@ def group_advantages(
             ``"mean"``: r_i - r̄.
         scale: Divide by the group's unbiased std + ``eps`` (off in every ESPO recipe).
         eps: Added to the std.
+        std_scope: With ``scale``: the std of each prompt group (GRPO) or of the whole batch of rewards
+            (batch-level normalisation, which keeps the relative scale of easy and hard prompts).
     """
     if rewards.dim() != 1 or rewards.numel() % group_size:
         raise ValueError(f"{rewards.numel()} rewards do not split into groups of {group_size}.")
@@ -42,7 +46,9 @@ def group_advantages(
         centred = centred * group_size / (group_size - 1)
     elif baseline != "mean":
         raise ValueError(f"Unknown baseline {baseline!r}.")
-    if scale:
+    if scale and std_scope == "batch":
+        centred = centred / (rewards.double().std() + eps) if rewards.numel() > 1 else centred
+    elif scale:
         std = grouped.std(-1, keepdim=True) if group_size > 1 else torch.zeros_like(grouped[:, :1])
         centred = centred / (std + eps)
     return centred.flatten().to(rewards.dtype)  # [N]

@@ -1,0 +1,198 @@
+"""Runs several objectives on one task with identical seeds, data order and budget, then tables and plots them.
+
+    python -m espo.compare --config configs/demo.yaml --objectives ESPO DiffuGRPO WD1 CoupledGRPO SPG \\
+        --max_steps 240 --seeds 0 --out results/compare
+
+For each objective and seed, the base config is copied with only ``model.objective`` replaced (and the run's
+seed, step budget and log directory set), written to ``<out>/configs/`` and run in this process through
+``espo.cli.cli``. An objective is named by class (its settings then come from
+``configs/objectives/<snake_name>.yaml`` when that file exists, else the class defaults) or by a YAML path
+(a full config or a bare ``class_path``/``init_args`` section). Replacing the whole section matters: swapping
+only the class on the command line would carry same-named settings (``beta``, ``eps_low``) over from the base
+config's objective.
+
+Writes ``results.md`` (mean training reward over the first and last fifth of the rollout steps, the change,
+seconds), ``results.json`` (every per-step reward) and ``reward_curves.png`` into ``--out``. The data seed
+stays the base config's, so every run sees the same prompts in the same order; ``--seeds`` sets the run seed
+(rollout noise, masks) and ``seed_everything``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import datetime
+import json
+import os
+import platform
+import re
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from espo.summary import fifths
+
+REPO_CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "objectives"
+
+
+def snake(name: str) -> str:
+    """``DiffuGRPO`` -> ``diffu_grpo``, ``WD1`` -> ``wd1`` (the file name of an objective's YAML)."""
+    return re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", name).lower()
+
+
+def objective_section(spec: str, objectives_dir: Path = REPO_CONFIGS) -> tuple[str, dict[str, Any]]:
+    """(label, ``model.objective`` section) for a class name or a YAML path."""
+    path = Path(spec)
+    if spec.endswith((".yaml", ".yml")):
+        loaded = yaml.safe_load(path.read_text())
+        section = loaded["model"]["objective"] if "model" in loaded else loaded
+        return path.stem, section
+    candidate = objectives_dir / f"{snake(spec)}.yaml"
+    if candidate.exists():
+        return spec, yaml.safe_load(candidate.read_text())["model"]["objective"]
+    return spec, {"class_path": spec}
+
+
+def run_config(base: dict[str, Any], section: dict[str, Any], label: str, seed: int, max_steps: int | None,
+               out: Path) -> dict[str, Any]:
+    """The base config with this run's objective, seed, budget and log directory."""
+    cfg = copy.deepcopy(base)
+    cfg["model"]["objective"] = copy.deepcopy(section)
+    cfg["model"]["seed"] = seed
+    cfg["seed_everything"] = seed
+    trainer = cfg.setdefault("trainer", {})
+    if max_steps is not None:
+        trainer["max_steps"] = max_steps
+    trainer["logger"] = {"class_path": "lightning.pytorch.loggers.CSVLogger",
+                         "init_args": {"save_dir": str(out / "runs"), "name": f"{label}_seed{seed}"}}
+    return cfg
+
+
+def run_one(cfg: dict[str, Any], path: Path, extra: list[str]) -> dict[str, Any]:
+    """Runs one config in this process; returns its per-step rewards, summary and wall time."""
+    from espo.cli import cli  # imported here so ``--help`` stays fast
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    start = time.perf_counter()
+    done = cli(["fit", "--config", str(path), *extra])
+    wall = time.perf_counter() - start
+    summary_file = Path(done.trainer.log_dir) / "summary.json"
+    summary = json.loads(summary_file.read_text()) if summary_file.exists() else {}
+    return {"rewards": [r for _, r in done.model.reward_history], "summary": summary, "wall_seconds": wall,
+            "config": str(path), "log_dir": str(done.trainer.log_dir)}
+
+
+def _fmt(x: float | None, digits: int = 3) -> str:
+    return "–" if x is None else f"{x:.{digits}f}"
+
+
+def write_table(results: dict[str, list[dict[str, Any]]], out: Path, command: str) -> str:
+    """``results.md``: one row per objective (mean over seeds), then one per run if there are several seeds."""
+    lines = ["# Objective comparison", "", f"Command: `{command}`", "",
+             f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores, {platform.platform()}, torch "
+             f"{_torch_version()}; {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC.", "",
+             "Reward: mean training reward per rollout step; first/last = mean over the first/last fifth of the "
+             "rollout steps. Seconds: the fit itself (summary.json), per rollout step in brackets.", "",
+             "| objective | seeds | rollout steps | reward first | reward last | change | seconds (per step) |",
+             "|---|---|---|---|---|---|---|"]
+    per_run = []
+    for label, runs in results.items():
+        firsts, lasts, secs, steps = [], [], [], []
+        for run in runs:
+            first, last = fifths(run["rewards"])
+            sec = run["summary"].get("seconds", run["wall_seconds"])
+            firsts.append(first)
+            lasts.append(last)
+            secs.append(sec)
+            steps.append(len(run["rewards"]))
+            per_run.append(f"| {label} | {run['seed']} | {len(run['rewards'])} | {_fmt(first)} | {_fmt(last)} | "
+                           f"{_fmt(last - first if first is not None else None, 3)} | {sec:.0f} |")
+        mean = lambda xs: sum(xs) / len(xs) if xs and None not in xs else None  # noqa: E731
+        f, la, s = mean(firsts), mean(lasts), mean(secs)
+        per_step = s / max(1, mean(steps))
+        change = None if f is None or la is None else la - f
+        lines.append(f"| {label} | {len(runs)} | {steps[0]} | {_fmt(f)} | {_fmt(la)} | "
+                     f"{'–' if change is None else f'{change:+.3f}'} | {s:.0f} ({per_step:.2f}) |")
+    if any(len(r) > 1 for r in results.values()):
+        lines += ["", "| objective | seed | rollout steps | reward first | reward last | change | seconds |",
+                  "|---|---|---|---|---|---|---|", *per_run]
+    text = "\n".join(lines) + "\n\n![reward curves](reward_curves.png)\n"
+    (out / "results.md").write_text(text)
+    return text
+
+
+def _torch_version() -> str:
+    import torch
+
+    return torch.__version__
+
+
+def plot(results: dict[str, list[dict[str, Any]]], path: Path, title: str) -> None:
+    """Reward per rollout step (faint) and its moving average (solid), one colour per objective."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 4.5), dpi=120)
+    for i, (label, runs) in enumerate(results.items()):
+        n = min(len(r["rewards"]) for r in runs)
+        if n == 0:
+            continue
+        mean = [sum(r["rewards"][k] for r in runs) / len(runs) for k in range(n)]
+        window = max(1, n // 10)
+        smooth = [sum(mean[max(0, k - window + 1):k + 1]) / len(mean[max(0, k - window + 1):k + 1]) for k in range(n)]
+        colour = f"C{i}"
+        ax.plot(range(n), mean, color=colour, alpha=0.2, linewidth=0.8)
+        ax.plot(range(n), smooth, color=colour, linewidth=2, label=f"{label} (moving average {window})")
+    ax.set_xlabel("rollout step")
+    ax.set_ylabel("mean training reward")
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> dict[str, list[dict[str, Any]]]:
+    """Entry point of ``python -m espo.compare``; extra ``--key value`` arguments go to every ``espo fit``."""
+    parser = argparse.ArgumentParser(prog="python -m espo.compare", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", required=True, help="Base config (task, model, sampler, budget).")
+    parser.add_argument("--objectives", nargs="+", required=True, help="Class names or YAML paths.")
+    parser.add_argument("--max_steps", type=int, default=None, help="trainer.max_steps (optimiser steps).")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="Run seeds.")
+    parser.add_argument("--out", default="results/compare", help="Output folder.")
+    parser.add_argument("--render_only", action="store_true",
+                        help="Rewrite results.md and the plot from an existing results.json (no training).")
+    parser.add_argument("--objectives_dir", default=str(REPO_CONFIGS), help="Where <snake_name>.yaml live.")
+    args, extra = parser.parse_known_args(argv)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    base = yaml.safe_load(Path(args.config).read_text())
+    command = "python -m espo.compare " + " ".join(argv if argv is not None else sys.argv[1:])
+    if args.render_only:
+        results = json.loads((out / "results.json").read_text())
+    else:
+        specs = [objective_section(spec, Path(args.objectives_dir)) for spec in args.objectives]
+        results = {label: [] for label, _ in specs}
+        for seed in args.seeds:  # seed-major: an interrupted run still holds complete seeds
+            for label, section in specs:
+                cfg = run_config(base, section, label, seed, args.max_steps, out)
+                run = run_one(cfg, out / "configs" / f"{label}_seed{seed}.yaml", extra)
+                results[label].append({"seed": seed, **run})
+                (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")  # partial results survive
+        results = {k: v for k, v in results.items() if v}
+    write_table(results, out, command)
+    steps = max((len(r["rewards"]) for runs in results.values() for r in runs), default=0)
+    plot(results, out / "reward_curves.png",
+         f"{Path(args.config).name}: {steps} rollout steps, seeds {' '.join(map(str, args.seeds))}")
+    return results
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,113 @@
+"""SPG, Sandwiched Policy Gradient (arXiv 2510.09541): lower bound for good samples, upper for bad ones.
+
+    J = Σ_i 1[A_i > 0] A_i · lower(o_i) + 1[A_i ≤ 0] A_i · upper(o_i),     A_i = r_i - mean_group(r)
+    loss = -Σ_i A_i · surrogate_i · |o_i| / Σ_i |o_i|        (|o_i| = tokens through the first EOS)
+
+on block-wise masks (``espo.objectives.spg_bounds``). No ratio, no clipping, no KL (β must be 0 in SPG), so
+there are no old or reference passes; masks are drawn per inner iteration. ``negative_bound`` picks the
+surrogate for A ≤ 0: ``"mix"`` (ω·EUBO + (1-ω)·ELBO, the paper's best), ``"eubo"``, ``"elbo"`` or ``"zero"``
+(the paper's positive-only ablation).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+
+from espo.objectives.advantages import Baseline, StdScope, group_advantages
+from espo.objectives.base import Model, Objective, Rollout
+from espo.objectives.mean_field import token_logps
+from espo.objectives.spg_bounds import sample_block_masks, spg_bounds
+
+NegativeBound = Literal["mix", "eubo", "elbo", "zero"]
+
+
+class SPG(Objective):
+    """SPG with the reference code's Sudoku/math settings.
+
+    Args:
+        negative_bound: Surrogate for A ≤ 0 (see the module docstring).
+        eubo_beta: β of the upper bound (1.5 GSM8K/MATH/Countdown-mix, 2.0 Countdown-EUBO, 1.0 Sudoku).
+        mix_weight: ω of the mixture (0.5).
+        block_length: Masking block size (the sampler's block length, 32, in the paper); must divide L.
+        num_t: Monte-Carlo draws per sequence and step (2); each costs one forward pass.
+        t_min: Lower end of the in-block mask fraction (0).
+        t_max: Upper end of the in-block mask fraction (1).
+        p_mask_clean: Masking probability of the clean prompt and earlier blocks (0.15).
+        baseline: ``"mean"`` (SPG) or ``"leave_one_out"``.
+        scale_rewards: Divide advantages by the group std (off in SPG).
+        std_scope: With ``scale_rewards``: per-group std or the whole batch's std.
+    """
+
+    def __init__(
+        self,
+        negative_bound: NegativeBound = "mix",
+        eubo_beta: float = 1.5,
+        mix_weight: float = 0.5,
+        block_length: int = 32,
+        num_t: int = 2,
+        t_min: float = 0.0,
+        t_max: float = 1.0,
+        p_mask_clean: float = 0.15,
+        baseline: Baseline = "mean",
+        scale_rewards: bool = False,
+        std_scope: StdScope = "group",
+    ) -> None:
+        if negative_bound not in ("mix", "eubo", "elbo", "zero"):
+            raise ValueError(f"negative_bound must be mix, eubo, elbo or zero, got {negative_bound!r}.")
+        if eubo_beta <= 0 or not 0 <= mix_weight <= 1 or block_length < 1 or num_t < 1:
+            raise ValueError("Need eubo_beta > 0, mix_weight in [0, 1], block_length >= 1 and num_t >= 1.")
+        if not 0 <= t_min <= t_max <= 1 or not 0 <= p_mask_clean <= 1:
+            raise ValueError("Need 0 <= t_min <= t_max <= 1 and p_mask_clean in [0, 1].")
+        self.negative_bound, self.eubo_beta, self.mix_weight = negative_bound, eubo_beta, mix_weight
+        self.block_length, self.num_t, self.t_min, self.t_max = block_length, num_t, t_min, t_max
+        self.p_mask_clean, self.baseline, self.scale_rewards = p_mask_clean, baseline, scale_rewards
+        if std_scope not in ("group", "batch"):
+            raise ValueError(f"std_scope must be 'group' or 'batch', got {std_scope!r}.")
+        self.std_scope = std_scope
+
+    def advantages(self, rewards: torch.Tensor, group_size: int) -> torch.Tensor:
+        return group_advantages(rewards, group_size, baseline=self.baseline, scale=self.scale_rewards,
+                                std_scope=self.std_scope)
+
+    def prepare(
+        self,
+        policy: Model,
+        reference: Model | None,
+        rollout: Rollout,
+        *,
+        num_iterations: int,
+        micro_batch_size: int,
+        generator: torch.Generator,
+    ) -> None:
+        mask = rollout.completion_mask
+        if mask is None:
+            mask = torch.ones(len(rollout), rollout.completion_len, dtype=torch.bool)
+        masks = torch.stack([
+            sample_block_masks(mask, rollout.prompt_len, block_length=self.block_length, num_t=self.num_t,
+                               generator=generator, t_min=self.t_min, t_max=self.t_max,
+                               p_mask_clean=self.p_mask_clean).transpose(0, 1)  # [N, m, T]
+            for _ in range(num_iterations)
+        ], dim=1)  # [N, μ, m, T]
+        rollout.extras["spg_masks"] = masks.to(rollout.input_ids.device)
+
+    def surrogate(self, lower: torch.Tensor, upper: torch.Tensor, advantages: torch.Tensor) -> torch.Tensor:
+        """Per-sequence log-likelihood surrogate [B]: lower where A > 0, the negative bound elsewhere."""
+        negative = {"mix": self.mix_weight * upper + (1 - self.mix_weight) * lower, "eubo": upper,
+                    "elbo": lower, "zero": torch.zeros_like(lower)}[self.negative_bound]
+        return torch.where(advantages > 0, lower, negative)
+
+    def loss(self, policy: Model, batch: Rollout, iteration: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        masks = batch.extras["spg_masks"][:, iteration].transpose(0, 1)  # [m, b, T]
+        cmask = batch.completion_mask
+        if cmask is None:
+            cmask = torch.ones(len(batch), batch.completion_len, dtype=torch.bool, device=batch.input_ids.device)
+        logp = token_logps(policy, batch.input_ids, batch.prompt_len, masks,
+                           attention_mask=batch.attention_mask)  # [m, b, L]
+        lower, upper = spg_bounds(logp, masks[..., batch.prompt_len:], cmask, eubo_beta=self.eubo_beta)  # [b]
+        surrogate = self.surrogate(lower, upper, batch.advantages)  # [b]
+        lengths = cmask.sum(-1).to(surrogate.dtype)  # [b]
+        loss = -(batch.advantages * surrogate * lengths).sum() / lengths.sum().clamp(min=1)
+        return loss, {"policy_loss": loss.detach(), "lower_bound": lower.detach().mean(),
+                      "upper_bound": upper.detach().mean()}

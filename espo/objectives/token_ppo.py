@@ -1,0 +1,167 @@
+"""Token-level clipped-ratio objectives (diffu-GRPO, coupled-GRPO): the shared loss and prepare/loss loop.
+
+With per-token log-likelihood estimates φ_θ, φ_old, φ_ref on the same masks:
+
+    ρ_ik = exp(φ_θ - φ_old),   ℓ_ik = -min(ρ_ik A_i, clip(ρ_ik, 1-ε_low, 1+ε_high) A_i) + β k(φ_θ - φ_ref)
+    loss = Σ_ik ℓ_ik m_ik / Σ_ik m_ik                     (``token``: the reference codes' micro-batch token mean)
+         = 1/B Σ_i Σ_k ℓ_ik m_ik / Σ_k m_ik                (``sequence``: the d1 paper's per-sequence mean)
+
+m is the completion mask (tokens through the first EOS). The KL target is the reference policy (the papers),
+the old policy (TraceRL-style; zero at the first inner iteration) or none.
+"""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+from typing import Literal
+
+import torch
+
+from espo.objectives.advantages import Baseline, StdScope, group_advantages
+from espo.objectives.base import Model, Objective, Rollout
+from espo.objectives.kl import KLEstimator, kl_estimate
+
+KLTarget = Literal["reference", "old", "none"]
+Reduction = Literal["token", "sequence"]
+
+
+def clipped_token_loss(
+    logps: torch.Tensor,
+    old_logps: torch.Tensor,
+    ref_logps: torch.Tensor | None,
+    advantages: torch.Tensor,
+    completion_mask: torch.Tensor,
+    *,
+    eps_low: float,
+    eps_high: float,
+    beta: float,
+    kl_estimator: KLEstimator = "k3",
+    reduction: Reduction = "token",
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The clipped token-ratio loss of one micro-batch (pure maths, hand-checkable).
+
+    Args:
+        logps: Current per-token estimates [B, L] (with grad).
+        old_logps: Behaviour-policy estimates on the same masks [B, L].
+        ref_logps: KL-target estimates on the same masks [B, L], or None (no KL term).
+        advantages: [B].
+        completion_mask: Bool [B, L], the tokens that count.
+        eps_low: Lower clip range.
+        eps_high: Upper clip range.
+        beta: KL coefficient.
+        kl_estimator: ``"k3"`` (d1, DiffuCoder), ``"k1"`` or ``"k2"``.
+        reduction: ``"token"`` or ``"sequence"`` (see the module docstring).
+    """
+    mask = completion_mask.to(logps.dtype)  # [B, L]
+
+    def reduce(x: torch.Tensor) -> torch.Tensor:
+        if reduction == "token":
+            return (x * mask).sum() / mask.sum().clamp(min=1)
+        return ((x * mask).sum(-1) / mask.sum(-1).clamp(min=1)).mean()
+
+    ratio = torch.exp(logps - old_logps)  # [B, L]
+    adv = advantages[:, None].to(logps.dtype)  # [B, 1]
+    per_token = -torch.minimum(ratio * adv, ratio.clamp(1 - eps_low, 1 + eps_high) * adv)  # [B, L]
+    policy_loss = reduce(per_token)
+    loss = policy_loss
+    metrics: dict[str, torch.Tensor] = {}
+    if ref_logps is not None and beta != 0:
+        kl = reduce(kl_estimate(logps - ref_logps, kl_estimator))
+        loss = loss + beta * kl
+        metrics["kl"] = kl.detach()
+    keep = completion_mask.bool()
+    r = ratio.detach()[keep] if keep.any() else ratio.detach().flatten()
+    low = ((ratio < 1 - eps_low) & (adv < 0)).to(logps.dtype)  # [B, L]
+    high = ((ratio > 1 + eps_high) & (adv > 0)).to(logps.dtype)  # [B, L]
+    metrics.update(
+        policy_loss=policy_loss.detach(), ratio_mean=r.mean(), ratio_max=r.max(), ratio_min=r.min(),
+        clip_low=reduce(low).detach(), clip_high=reduce(high).detach(), clip_region=reduce(low + high).detach(),
+        logp_per_token=reduce(logps.detach()),
+    )
+    return loss, metrics
+
+
+class TokenPPO(Objective):
+    """Base of token-level clipped-ratio objectives; subclasses pick the likelihood estimator.
+
+    Subclasses implement ``_draw`` (mask draws for every inner iteration into ``rollout.extras``) and
+    ``_logps`` (per-token estimates [b, L] of a micro-batch at iteration j on those masks).
+    """
+
+    def __init__(self, beta: float, eps_low: float, eps_high: float | None, kl_estimator: KLEstimator,
+                 kl_target: KLTarget, baseline: Baseline, scale_rewards: bool, loss_reduction: Reduction,
+                 std_scope: StdScope = "group") -> None:
+        if beta < 0 or eps_low < 0 or (eps_high is not None and eps_high < 0):
+            raise ValueError("beta, eps_low and eps_high must be non-negative.")
+        if kl_estimator not in ("k1", "k2", "k3"):
+            raise ValueError(f"Unknown KL estimator {kl_estimator!r}; choose k1, k2 or k3.")
+        if kl_target not in ("reference", "old", "none"):
+            raise ValueError(f"kl_target must be 'reference', 'old' or 'none', got {kl_target!r}.")
+        if loss_reduction not in ("token", "sequence"):
+            raise ValueError(f"loss_reduction must be 'token' or 'sequence', got {loss_reduction!r}.")
+        self.beta, self.eps_low = beta, eps_low
+        self.eps_high = eps_low if eps_high is None else eps_high
+        self.kl_estimator, self.kl_target = kl_estimator, kl_target
+        self.baseline, self.scale_rewards, self.loss_reduction = baseline, scale_rewards, loss_reduction
+        if std_scope not in ("group", "batch"):
+            raise ValueError(f"std_scope must be 'group' or 'batch', got {std_scope!r}.")
+        self.std_scope = std_scope
+
+    @property
+    def uses_reference(self) -> bool:
+        return self.beta > 0 and self.kl_target == "reference"
+
+    def advantages(self, rewards: torch.Tensor, group_size: int) -> torch.Tensor:
+        return group_advantages(rewards, group_size, baseline=self.baseline, scale=self.scale_rewards,
+                                std_scope=self.std_scope)
+
+    @abstractmethod
+    def _draw(self, rollout: Rollout, num_iterations: int, micro_batch_size: int,
+              generator: torch.Generator) -> None:
+        """Draws the masks of every inner iteration into ``rollout.extras`` (row-aligned)."""
+
+    @abstractmethod
+    def _logps(self, model: Model, batch: Rollout, iteration: int) -> torch.Tensor:
+        """Per-token estimates [b, L] of ``batch`` on the masks of ``iteration``."""
+
+    def _score(self, model: Model, rollout: Rollout, j: int, micro_batch_size: int) -> torch.Tensor:
+        return torch.cat([self._logps(model, mb, j) for mb in rollout.split(micro_batch_size)]).float()  # [N, L]
+
+    def prepare(
+        self,
+        policy: Model,
+        reference: Model | None,
+        rollout: Rollout,
+        *,
+        num_iterations: int,
+        micro_batch_size: int,
+        generator: torch.Generator,
+    ) -> None:
+        self._draw(rollout, num_iterations, micro_batch_size, generator)
+        n, length, device = len(rollout), rollout.completion_len, rollout.input_ids.device
+        with torch.no_grad():
+            if num_iterations > 1:
+                old = torch.full((n, num_iterations, length), float("nan"), device=device)  # j = 0 unused
+                for j in range(1, num_iterations):
+                    old[:, j] = self._score(policy, rollout, j, micro_batch_size)
+                rollout.extras["old_logps"] = old  # [N, μ, L]
+            if self.uses_reference:
+                if reference is None:
+                    raise ValueError(f"{type(self).__name__} with beta > 0 needs a reference policy.")
+                rollout.extras["ref_logps"] = torch.stack(
+                    [self._score(reference, rollout, j, micro_batch_size) for j in range(num_iterations)], dim=1)
+
+    def loss(self, policy: Model, batch: Rollout, iteration: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        current = self._logps(policy, batch, iteration)  # [b, L]
+        old = batch.extras["old_logps"][:, iteration] if iteration > 0 else current.detach()  # [b, L]
+        ref = None
+        if self.uses_reference:
+            ref = batch.extras["ref_logps"][:, iteration]
+        elif self.kl_target == "old" and self.beta > 0:
+            ref = old
+        mask = batch.completion_mask
+        if mask is None:
+            mask = torch.ones_like(current, dtype=torch.bool)
+        return clipped_token_loss(current, old, ref, batch.advantages, mask, eps_low=self.eps_low,
+                                  eps_high=self.eps_high, beta=self.beta, kl_estimator=self.kl_estimator,
+                                  reduction=self.loss_reduction)

@@ -1,0 +1,93 @@
+"""wd1 (arXiv 2507.08838): ratio-free weighted log-likelihood on d1's one-step estimator.
+
+With Â_i = r_i - mean_group(r), w⁺ = softmax(ψÂ) and w⁻ = softmax(-ψÂ) within each prompt group, and the
+sequence log-likelihood log π(o_i) ≈ Σ_k φ_θ(o_ik) summed over the completion mask (no length normalisation):
+
+    loss = 1/#groups Σ_groups Σ_{i ∈ group} (w⁻_i - w⁺_i) · log π(o_i)
+
+(the reference code sums within its per-device micro-batch, which is one group, and averages over devices;
+the paper writes 1/G instead, a constant factor). No old or reference passes, no ratio, no clipping. When all
+rewards in a group are equal, w⁺ = w⁻ and that group contributes no gradient.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+
+from espo.objectives.base import Model, Objective, Rollout
+from espo.objectives.mean_field import mean_field_logps, sample_prompt_masks
+
+WeightScope = Literal["group", "batch"]
+
+
+def wd1_weights(advantages: torch.Tensor, group_size: int, *, psi: float = 1.0, negative: bool = True,
+                scope: WeightScope = "group") -> torch.Tensor:
+    """Per-sequence weights [N] (w⁻ - w⁺, or -w⁺ without the negative term) from advantages [N].
+
+    Args:
+        advantages: Â [N], groups of ``group_size`` consecutive rows.
+        group_size: G.
+        psi: Softmax temperature ψ (1 in the code; no such parameter there).
+        negative: Include w⁻ (wd1); False is the plain weighted log-likelihood (w⁺ only), which collapses.
+        scope: ``"group"``: softmax within each prompt group (the code as shipped, where a device's micro-batch
+            is one group); ``"batch"``: over the whole rollout batch (the paper's wording).
+    """
+    a = advantages.double().view(-1, group_size) if scope == "group" else advantages.double().view(1, -1)
+    w = -torch.softmax(psi * a, dim=-1)  # [groups, G] or [1, N]
+    if negative:
+        w = w + torch.softmax(-psi * a, dim=-1)
+    return w.flatten().to(advantages.dtype)  # [N]
+
+
+class WD1(Objective):
+    """wd1 with the reference code's settings.
+
+    Args:
+        p_mask_prompt: Probability of masking each prompt token in the likelihood pass (0.15).
+        psi: Softmax temperature of the weights (1 in the code).
+        negative: Keep the negative-sample weight w⁻ (wd1); False gives plain WLL (the paper's ablation).
+        weight_scope: ``"group"`` (the code as shipped) or ``"batch"`` (the paper's normalisation over groups).
+        random_masking: Fresh prompt masks per inner iteration (the code's YAML).
+    """
+
+    def __init__(self, p_mask_prompt: float = 0.15, psi: float = 1.0, negative: bool = True,
+                 weight_scope: WeightScope = "group", random_masking: bool = True) -> None:
+        if not 0 <= p_mask_prompt <= 1:
+            raise ValueError(f"p_mask_prompt must lie in [0, 1], got {p_mask_prompt}.")
+        if weight_scope not in ("group", "batch"):
+            raise ValueError(f"weight_scope must be 'group' or 'batch', got {weight_scope!r}.")
+        if psi <= 0:
+            raise ValueError("psi must be positive.")
+        self.p_mask_prompt, self.psi, self.negative = p_mask_prompt, psi, negative
+        self.weight_scope, self.random_masking = weight_scope, random_masking
+
+    def prepare(
+        self,
+        policy: Model,
+        reference: Model | None,
+        rollout: Rollout,
+        *,
+        num_iterations: int,
+        micro_batch_size: int,
+        generator: torch.Generator,
+    ) -> None:
+        draws = num_iterations if self.random_masking else 1
+        masks = torch.stack([sample_prompt_masks(len(rollout), rollout.prompt_len, self.p_mask_prompt,
+                                                 generator=generator) for _ in range(draws)], dim=1)  # [N, μ|1, P]
+        device = rollout.input_ids.device
+        rollout.extras["prompt_masks"] = masks.expand(-1, num_iterations, -1).to(device)
+        rollout.extras["wd1_weights"] = wd1_weights(rollout.advantages.float(), rollout.group_size, psi=self.psi,
+                                                    negative=self.negative, scope=self.weight_scope).to(device)
+
+    def loss(self, policy: Model, batch: Rollout, iteration: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        logps = mean_field_logps(policy, batch.input_ids, batch.prompt_len, batch.extras["prompt_masks"][:, iteration],
+                                 attention_mask=batch.attention_mask)  # [b, L]
+        mask = batch.completion_mask
+        seq = logps.sum(-1) if mask is None else (logps * mask).sum(-1)  # [b]
+        weights = batch.extras["wd1_weights"]  # [b]
+        groups = len(batch) / batch.group_size  # the module averages micro-batches by rows
+        loss = (weights * seq).sum() / groups
+        return loss, {"policy_loss": loss.detach(), "logp_sequence": seq.detach().mean(),
+                      "weight_abs": weights.abs().mean()}
