@@ -1,7 +1,7 @@
 """The ``espo`` command: LightningCLI over ``DiffusionRL`` and any ``Task``.
 
     espo fit --config configs/demo.yaml
-    espo fit --config configs/demo.yaml --model.objective ESPO --model.objective.init_args.beta 0.01
+    espo fit --config configs/demo.yaml --model.objective DiffuGRPO --model.objective.init_args.beta 0.01
     espo fit --config configs/demo.yaml --print_config
 
 Objectives, samplers and tasks are named by class (``ESPO``, ``Sudoku``) because their packages import
@@ -11,7 +11,11 @@ values with OmegaConf (``${model.num_generations}``). Every run gets a ``summary
 
 from __future__ import annotations
 
+import importlib
+import inspect
+import json
 import re
+import sys
 import warnings
 from typing import Any, NoReturn
 
@@ -72,6 +76,49 @@ class EspoCLI(LightningCLI):
         return self._instantiate_trainer(config, [self._get(self.config_init, key) for key in keys])
 
 
+def with_objective_defaults(argv: list[str]) -> list[str]:
+    """Gives an objective swapped by name on the command line its own defaults.
+
+    jsonargparse keeps every setting of the config's objective that the new class also accepts, so
+    ``--model.objective DiffuGRPO`` on an ESPO config would inherit ESPO's ``beta`` instead of d1's 0.04,
+    and a comparison would silently not be the paper's. After a bare ``--model.objective NAME`` this
+    inserts the class's defaults, as if typed there; settings given after it still override them.
+    """
+    out, i = [], 0
+    while i < len(argv):
+        token, name = argv[i], None
+        if token.startswith("--model.objective="):
+            name = token.partition("=")[2]
+            out.append(token)
+        elif token == "--model.objective" and i + 1 < len(argv):
+            name = argv[i + 1]
+            out += [token, name]
+            i += 1
+        else:
+            out.append(token)
+        cls = _objective_class(name) if name is not None else None
+        for key, parameter in inspect.signature(cls).parameters.items() if cls is not None else ():
+            if parameter.default is not inspect.Parameter.empty:
+                value = parameter.default
+                out += [f"--model.objective.init_args.{key}", value if isinstance(value, str) else json.dumps(value)]
+        i += 1
+    return out
+
+
+def _objective_class(name: str) -> type | None:
+    if name.lstrip().startswith("{"):
+        return None
+    if "." not in name:
+        found = getattr(espo.objectives, name, None)
+        return found if isinstance(found, type) else None
+    module, _, attr = name.rpartition(".")
+    try:
+        found = getattr(importlib.import_module(module), attr, None)
+    except ImportError:
+        return None  # the parser reports the unknown class
+    return found if isinstance(found, type) else None
+
+
 def cli(args: list[str] | dict[str, Any] | None = None, run: bool = True) -> EspoCLI:
     """Builds (and by default runs) the CLI; the programmatic twin of the ``espo`` command.
 
@@ -79,6 +126,8 @@ def cli(args: list[str] | dict[str, Any] | None = None, run: bool = True) -> Esp
         args: Command-line arguments (default ``sys.argv[1:]``), as for ``LightningCLI``.
         run: Run the subcommand; False only parses and instantiates (then ``args`` has no subcommand).
     """
+    if args is None or isinstance(args, (list, tuple)):
+        args = with_objective_defaults([str(a) for a in (sys.argv[1:] if args is None else args)])
     return EspoCLI(
         DiffusionRL,
         Task,

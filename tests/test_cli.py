@@ -99,3 +99,17 @@ def test_two_step_fit_writes_summary(tiny_dir: Path, tmp_path: Path):
     for key in ("reward", "kl", "clip_region", "ratio_mean", "advantage_abs", "completion_length",
                 "tokens_per_second", "reward/cell_accuracy", "reward/timeouts", "reward/errors"):
         assert key in metrics.split(","), key
+
+
+def test_swapping_the_objective_by_name_gives_its_own_defaults():
+    """An ESPO config's beta must not leak into DiffuGRPO: a swapped objective starts from its defaults."""
+    from espo.objectives import DiffuGRPO
+
+    swapped = cli(["--config", str(REPO / "configs" / "demo.yaml"), "--model.objective", "DiffuGRPO"], run=False)
+    assert type(swapped.model.objective) is DiffuGRPO
+    assert swapped.model.objective.beta == 0.04 and swapped.model.objective.eps_low == 0.5  # d1's values
+    tuned = cli(["--config", str(REPO / "configs" / "demo.yaml"), "--model.objective=DiffuGRPO",
+                 "--model.objective.init_args.beta", "0.5"], run=False)
+    assert tuned.model.objective.beta == 0.5  # settings after the swap still apply
+    kept = cli(["--config", str(REPO / "configs" / "demo.yaml"), "--model.objective.init_args.num_mc", "3"], run=False)
+    assert kept.model.objective.beta == 0.01 and kept.model.objective.num_mc == 3  # no swap: the config's values
