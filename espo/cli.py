@@ -52,7 +52,7 @@ class EspoArgumentParser(LightningArgumentParser):
             package, base = _CLASS_KEYS[key]
             known = sorted(n for n in getattr(package, "__all__", ())
                            if isinstance(getattr(package, n), type) and issubclass(getattr(package, n), base)
-                           and getattr(package, n) is not base)
+                           and not inspect.isabstract(getattr(package, n)))
             message = (f"{key}: unknown class {name!r}. Built-in names: {', '.join(known)}; a class of your own "
                        f"is named by its full class_path (my_package.module.MyClass).\n\n{message}")
         super().error(message, ex)
