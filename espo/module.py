@@ -7,42 +7,36 @@ One training step (manual optimisation; the dataloader yields prompts only):
     -> for j in range(num_iterations): for each micro-batch: objective.loss -> backward; clip; step
 
 ``trainer.global_step`` therefore counts optimiser steps: ``num_iterations`` per prompt batch.
+
+The class wires the hooks; the work lives beside it: ``espo.policy`` builds the policy and its reference
+(``configure_model``), ``espo.rollout`` samples and scores, ``espo.update`` takes the optimiser steps,
+``espo.persistence`` fills and reads checkpoints and exports the policy, ``espo.evaluation`` runs ``espo test``.
 """
 
 from __future__ import annotations
 
-import copy
-import time
 import warnings
 from typing import Any
 
 import torch
 from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
-from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_warn
 from rich.console import Console
-from torch.distributed.tensor import DTensor
 
 from espo.evaluation import Evaluation
-from espo.models import DiffusionLM, load_model
-from espo.models.export import export_pretrained
-from espo.models.loading import resolve_dtype
-from espo.models.lora import AdapterDisabled, LoRASpec, apply_lora
-from espo.models.quant import quantize_4bit
+from espo.models import DiffusionLM
+from espo.models.lora import LoRASpec
 from espo.objectives import Objective, Rollout
-from espo.rng import make_generator
+from espo.persistence import export, load_state, save_state
+from espo.policy import configure_policy
+from espo.rollout import encode, roll_out
 from espo.sampling import Sampler
-from espo.scale import (
-    apply_activation_checkpointing,
-    check_optimizer,
-    full_state_dict,
-    gathered,
-    release,
-    shard_model,
-)
+from espo.scale import check_optimizer, gathered
 from espo.sizes import EffectiveSizes, effective_sizes
-from espo.tasks.base import Prompt, Task
-from espo.tokens import completion_mask, encode_prompts, encode_targets
+from espo.tasks.base import Task
+from espo.tokens import completion_mask, encode_targets
+from espo.update import noop_update, update
 
 # The policy is kept in eval mode on purpose (no dropout in RL); Lightning warns about that at fit start.
 warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode", category=UserWarning)
@@ -164,28 +158,8 @@ class DiffusionRL(LightningModule):
 
     # ------------------------------------------------------------------ setup
     def configure_model(self) -> None:
-        if self.policy is not None:
-            return
-        self.policy = load_model(self.model_source, dtype=self.dtype_name)
-        self._configure_lora()
-        if self._needs_reference() and self.lora is not None:
-            self._reference = [AdapterDisabled(self.policy)]  # the base: adapter off, no second copy
-        elif self._needs_reference() and self._data_parallel_mesh() is None:
-            # Full fine-tuning: the reference is the frozen starting point (reloaded, hence identical, on resume).
-            reference = copy.deepcopy(self.policy).requires_grad_(False).eval()
-            self._reference = [reference]
-        self._configure_scale()
-
-    def _needs_reference(self) -> bool:
-        """A reference policy is built for objectives with a KL term, and not for ``espo test``."""
-        return self.objective.uses_reference and not (self._trainer is not None and self._trainer.testing)
-
-    def _configure_lora(self) -> None:
-        """4-bit NF4 base, then LoRA adapters (the QLoRA order); the base is frozen."""
-        if self.load_in_4bit:
-            quantize_4bit(self.policy, compute_dtype=resolve_dtype(self.dtype_name))
-        if self.lora is not None:
-            apply_lora(self.policy, self.lora)
+        if self.policy is None:  # Lightning calls this hook at every fit and test: build the policy once
+            configure_policy(self)
 
     @property
     def reference(self) -> DiffusionLM | None:
@@ -224,13 +198,7 @@ class DiffusionRL(LightningModule):
             raise TypeError(f"DiffusionRL needs an espo Task as its datamodule, got {type(task).__name__}.")
         return task
 
-    # ------------------------------------------------------------------ rollouts
-    def _encode(self, prompts: list[Prompt]) -> tuple[torch.Tensor, torch.Tensor]:
-        ids, mask, truncated = encode_prompts(self.policy.tokenizer, prompts, self.max_prompt_length)
-        if truncated:
-            self.log("prompts_truncated", float(truncated), on_step=True)
-        return ids.to(self.device), mask.to(self.device)
-
+    # ------------------------------------------------------------------ rollouts (see espo.rollout)
     @torch.no_grad()
     def sample(self, prompt_ids: torch.Tensor, attention_mask: torch.Tensor, generator: torch.Generator
                ) -> torch.Tensor:
@@ -255,25 +223,13 @@ class DiffusionRL(LightningModule):
         self._updates_in_step = 0  # not None while the step runs: see on_save_checkpoint
         self.policy.eval()  # dropout stays off during RL: rollouts, old/ref and current passes agree
         examples = [ex for ex in batch for _ in range(g)]
-        prompt_ids, prompt_mask = self._encode([task.prompt(ex) for ex in batch])
+        prompt_ids, prompt_mask = encode(self, [task.prompt(ex) for ex in batch])
         prompt_ids, prompt_mask = prompt_ids.repeat_interleave(g, 0), prompt_mask.repeat_interleave(g, 0)
         metrics: dict[str, float] = {}
         sample_now = self.objective.requires_rollouts or (self.sft_sample_every and step % self.sft_sample_every == 0)
-        texts, components = None, None
         if sample_now:
-            start = time.perf_counter()
-            # On the policy's device: drawing [B, block, V] float64 noise on CPU and copying it would dominate on GPU.
-            generator = make_generator(self.seed, "rollout", step, device=self.device)
-            sequences = self.sample(prompt_ids, prompt_mask, generator)
-            seconds = time.perf_counter() - start
-            completion = sequences[:, prompt_ids.shape[1]:]
-            texts = self.decode(completion)
-            components = task.reward_components(texts, examples)
-            rewards = torch.tensor([sum(v) for v in zip(*components.values(), strict=True)], dtype=torch.float32)
-            metrics.update(self._reward_metrics(rewards, components, completion, seconds))
-            metrics.update(task.reward_stats())
-            self.reward_history.append((step, float(rewards.mean())))
-            self._remember(step, batch, examples, texts, rewards, components)
+            completion, rewards, rollout_metrics = roll_out(self, task, batch, examples, prompt_ids, prompt_mask, step)
+            metrics.update(rollout_metrics)
         if self.objective.requires_rollouts:
             advantages = self.objective.advantages(rewards, g)
             metrics.update(advantage_mean=float(advantages.mean()), advantage_abs=float(advantages.abs().mean()))
@@ -293,97 +249,12 @@ class DiffusionRL(LightningModule):
             rewards=rewards.to(self.device), advantages=advantages.to(self.device), group_size=g,
             attention_mask=torch.cat([prompt_mask, torch.ones_like(completion)], dim=1),
             completion_mask=completion_mask(completion, self.policy.eos_token_ids, include_eos=True))
-        metrics.update(self._update(rollout, step) if len(rollout) else self._noop_update())
+        metrics.update(update(self, rollout, step) if len(rollout) else noop_update(self))
         self.rollout_step += 1
         if "reward" in metrics:
             self.log("reward", metrics.pop("reward"), prog_bar=True, on_step=True)
         self.log_dict({k: float(v) for k, v in metrics.items()}, on_step=True, prog_bar=False)
         self._updates_in_step = None
-
-    def _update(self, rollout: Rollout, step: int) -> dict[str, float]:
-        micro = self.micro_batch_size or len(rollout)
-        start = time.perf_counter()
-        self.objective.prepare(self.policy, self.reference, rollout, num_iterations=self.num_iterations,
-                               micro_batch_size=micro, generator=make_generator(self.seed, "prepare", step))
-        release(self.reference)  # a sharded reference's root is gathered by its passes and has no backward
-        prepared = time.perf_counter()
-        optimizer, scheduler = self.optimizers(), self.lr_schedulers()
-        # The optimiser's own tensors: under FSDP2 a module may hold its unsharded parameters at this point,
-        # while gradients land on the sharded ones.
-        params = [p for group in optimizer.param_groups for p in group["params"]]
-        totals: dict[str, float] = {}
-        for j in range(self.num_iterations):
-            finite = True
-            for mb in rollout.split(micro):
-                loss, parts = self.objective.loss(self.policy, mb, j)
-                finite = finite and bool(torch.isfinite(loss.detach()))
-                self.manual_backward(loss * (len(mb) / len(rollout)))
-                for key, value in {"loss": loss.detach(), **parts}.items():
-                    totals[key] = totals.get(key, 0.0) + float(value) * len(mb) / len(rollout) / self.num_iterations
-            norm = torch.nn.utils.clip_grad_norm_(params, self.max_grad_norm or float("inf"))
-            if isinstance(norm, DTensor):  # sharded gradients: the norm is a reduced DTensor
-                norm = norm.full_tensor()
-            if finite and torch.isfinite(norm):
-                totals["grad_norm"] = totals.get("grad_norm", 0.0) + float(norm) / self.num_iterations
-                self.consecutive_skips = 0
-            else:
-                # One bad micro-batch must not turn every weight into NaN. Dropping the gradients makes the
-                # step a no-op that still counts, so max_steps, schedules and checkpoints keep their cadence.
-                optimizer.zero_grad(set_to_none=True)
-                self.skipped_updates += 1
-                self.consecutive_skips += 1
-                self._stop_if_stuck(step)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            if scheduler is not None:
-                scheduler.step()
-            self._updates_in_step += 1
-        totals["skipped_updates"] = float(self.skipped_updates)
-        totals["time/prepare"] = prepared - start
-        totals["time/update"] = time.perf_counter() - prepared
-        return totals
-
-    def _stop_if_stuck(self, step: int) -> None:
-        limit = self.max_consecutive_skips
-        if limit and self.consecutive_skips >= limit:
-            raise RuntimeError(
-                f"espo: {self.consecutive_skips} optimiser steps in a row had a non-finite loss or gradient "
-                f"(at rollout step {step}; {self.skipped_updates} skipped in all), so training stops "
-                f"(model.max_consecutive_skips={limit}). The weights are unchanged since the first of them. "
-                "Usual causes: a learning rate too high, bf16 overflow (try trainer.precision bf16-mixed), "
-                "non-finite rewards from the task.")
-
-    def _noop_update(self) -> dict[str, float]:
-        """Counts ``num_iterations`` optimiser steps without gradients (every group was filtered out)."""
-        optimizer, scheduler = self.optimizers(), self.lr_schedulers()
-        optimizer.zero_grad(set_to_none=True)
-        for _ in range(self.num_iterations):
-            optimizer.step()  # no parameter has a gradient: nothing moves, global_step advances
-            if scheduler is not None:
-                scheduler.step()
-        return {"time/prepare": 0.0, "time/update": 0.0}
-
-    def _reward_metrics(self, rewards: torch.Tensor, components: dict[str, list[float]],
-                        completion: torch.Tensor, seconds: float) -> dict[str, float]:
-        lengths = completion_mask(completion, self.policy.eos_token_ids, include_eos=True).sum(-1).float()
-        out = {"reward": float(rewards.mean()), "reward_std": float(rewards.std()) if rewards.numel() > 1 else 0.0,
-               "completion_length": float(lengths.mean()), "time/rollout": seconds,
-               "tokens_per_second": completion.numel() / max(seconds, 1e-9)}
-        if self.num_generations > 1:
-            grouped = rewards.view(-1, self.num_generations)
-            out["zero_std_groups"] = float((grouped.max(-1).values - grouped.min(-1).values < 1e-6).float().mean())
-        out.update({f"reward/{name}": sum(values) / len(values) for name, values in components.items()})
-        return out
-
-    def _remember(self, step: int, batch: list[dict], examples: list[dict], texts: list[str],
-                  rewards: torch.Tensor, components: dict[str, list[float]]) -> None:
-        task = self._task()
-        prompts = [task.prompt(ex) for ex in batch for _ in range(self.num_generations)]
-        self.last_samples = [
-            {"step": step, "prompt": p if isinstance(p, str) else p[-1]["content"], "completion": t,
-             "reward": float(r), **{name: values[i] for name, values in components.items()}}
-            for i, (p, t, r) in enumerate(zip(prompts, texts, rewards.tolist(), strict=True))
-        ]
 
     # ------------------------------------------------------------------ evaluation (espo test)
     def on_test_epoch_start(self) -> None:
@@ -396,69 +267,12 @@ class DiffusionRL(LightningModule):
     def on_test_epoch_end(self) -> None:
         self.evaluation.finish(self)
 
-    # ------------------------------------------------------------------ persistence
+    # ------------------------------------------------------------------ persistence (see espo.persistence)
     def on_train_end(self) -> None:
-        if self.export_dir and self._data_parallel_mesh() is not None:
-            self._export_sharded()
-        elif self.export_dir and self.trainer.is_global_zero:
-            path = export_pretrained(self.policy, self.export_dir, adapter_only=self.export_adapter)
-            rank_zero_info(f"espo: exported the policy to {path}")
+        export(self)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["espo"] = {"rollout_step": self.rollout_step, "reward_history": self.reward_history,
-                              "skipped_updates": self.skipped_updates, "model": str(self.model_source),
-                              "updates_in_failed_step": self._updates_in_step}
-        if self._updates_in_step is not None:
-            # Saved after an exception inside training_step (RunCheckpoint.on_exception). The prompt loader
-            # counted this step's batch when it was handed over; uncount it, so a resumed run retries that batch
-            # with this step's random streams (rollout_step has not advanced).
-            loop = checkpoint.get("loops", {}).get("fit_loop", {}).get("state_dict", {})
-            for state in loop.get("combined_loader", []):
-                if isinstance(state, dict) and "consumed" in state:
-                    state["consumed"] = max(0, state["consumed"] - 1)
+        save_state(self, checkpoint)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        state = checkpoint.get("espo", {})
-        self.rollout_step = state.get("rollout_step", 0)
-        self.reward_history = [tuple(x) for x in state.get("reward_history", [])]
-        self.skipped_updates = state.get("skipped_updates", 0)
-        if state.get("updates_in_failed_step"):
-            rank_zero_warn(f"Resuming from a checkpoint saved when rollout step {self.rollout_step} failed after "
-                           f"{state['updates_in_failed_step']} of its {self.num_iterations} optimiser steps: the "
-                           "step is retried on weights that already include those updates.")
-        saved = state.get("model")
-        if saved is not None and saved != str(self.model_source):
-            # The reference policy (and LoRA's base) is rebuilt from model.model, not stored in the checkpoint.
-            rank_zero_warn(f"Resuming a run that started from {saved!r} with model.model={self.model_source!r}: "
-                           "the reference policy now comes from the latter.")
-
-    # ------------------------------------------------------------------ scale (FSDP2, activation checkpointing)
-    def _data_parallel_mesh(self) -> Any:
-        """The FSDP2 mesh under ``ModelParallelStrategy`` (None otherwise)."""
-        mesh = self._device_mesh
-        if mesh is None:
-            return None
-        if "tensor_parallel" in (mesh.mesh_dim_names or ()) and mesh["tensor_parallel"].size() > 1:
-            # ModelParallelStrategy() defaults to tensor_parallel_size = devices; espo shards data-parallel only.
-            raise ValueError("espo applies no tensor parallelism: set ModelParallelStrategy(data_parallel_size="
-                             "<devices x num_nodes>, tensor_parallel_size=1) (see configs/scale/).")
-        return mesh["data_parallel"]
-
-    def _configure_scale(self) -> None:
-        if self.activation_checkpointing:
-            apply_activation_checkpointing(self.policy)
-        mesh = self._data_parallel_mesh()
-        if mesh is None:
-            return
-        shard_model(self.policy, mesh, param_dtype=self.fsdp_param_dtype)
-        if self._needs_reference() and not self._reference:
-            # Reloaded after the policy is sharded rather than deep-copied before: one full copy of the
-            # weights in host memory at a time. It is the same starting point, sharded the same way.
-            reference = load_model(self.model_source, dtype=self.dtype_name).requires_grad_(False).eval()
-            self._reference = [shard_model(reference, mesh, param_dtype=self.fsdp_param_dtype)]
-
-    def _export_sharded(self) -> None:
-        state = full_state_dict(self.policy.network)  # a collective: every rank gathers, rank 0 receives
-        if self.trainer.is_global_zero:
-            path = self.policy.save_pretrained(self.export_dir, state_dict=state)
-            rank_zero_info(f"espo: exported the policy to {path}")
+        load_state(self, checkpoint)
