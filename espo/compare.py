@@ -56,6 +56,16 @@ def objective_section(spec: str, objectives_dir: Path = REPO_CONFIGS) -> tuple[s
     return spec, {"class_path": spec}
 
 
+def recipe_section(spec: str, base: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """(label, section): the base config's own objective when it is this class, else the class defaults."""
+    if spec.endswith((".yaml", ".yml")):
+        return objective_section(spec)
+    own = base.get("model", {}).get("objective", {})
+    if str(own.get("class_path", "")).rpartition(".")[2] == spec.rpartition(".")[2]:
+        return spec, copy.deepcopy(own)
+    return spec, {"class_path": spec}
+
+
 def run_config(base: dict[str, Any], section: dict[str, Any], label: str, seed: int, max_steps: int | None,
                out: Path) -> dict[str, Any]:
     """The base config with this run's objective, seed, budget and log directory."""
@@ -169,7 +179,9 @@ def main(argv: list[str] | None = None) -> dict[str, list[dict[str, Any]]]:
     parser.add_argument("--out", default="results/compare", help="Output folder.")
     parser.add_argument("--render_only", action="store_true",
                         help="Rewrite results.md and the plot from an existing results.json (no training).")
-    parser.add_argument("--objectives_dir", default=str(REPO_CONFIGS), help="Where <snake_name>.yaml live.")
+    parser.add_argument("--objectives_dir", default=None,
+                        help="Where <snake_name>.yaml objective sections live (default: configs/objectives/, "
+                             "which is tuned for the demo, with demo.yaml; otherwise none).")
     args, extra = parser.parse_known_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -178,7 +190,12 @@ def main(argv: list[str] | None = None) -> dict[str, list[dict[str, Any]]]:
     if args.render_only:
         results = json.loads((out / "results.json").read_text())
     else:
-        specs = [objective_section(spec, Path(args.objectives_dir)) for spec in args.objectives]
+        # configs/objectives/ holds settings tuned for the demo (SPG's block length 10 of a 20-token canvas).
+        # For another base config an objective is its base section when the class matches (the recipe's
+        # tuned values), else its class defaults.
+        directory = args.objectives_dir or (str(REPO_CONFIGS) if Path(args.config).name == "demo.yaml" else None)
+        specs = [objective_section(spec, Path(directory)) if directory else recipe_section(spec, base)
+                 for spec in args.objectives]
         results = {label: [] for label, _ in specs}
         for seed in args.seeds:  # seed-major: an interrupted run still holds complete seeds
             for label, section in specs:

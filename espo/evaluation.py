@@ -11,6 +11,7 @@ its score to a JSONL file in the run's log directory, and the table to ``test_re
 
 from __future__ import annotations
 
+import copy
 import json
 import time
 from typing import Any
@@ -22,8 +23,9 @@ from rich.table import Table
 from torchmetrics import MeanMetric
 
 from espo.rng import make_generator
-from espo.sampling import generate
+from espo.sampling import Sampler
 from espo.sampling.callback import run_dir
+from espo.scale import gathered
 from espo.tokens import encode_prompts, render_prompt
 
 
@@ -50,6 +52,8 @@ class Evaluation:
             raise ValueError("eval_block_length and eval_steps_ratio must be positive, eval_temperature >= 0.")
         self.lengths, self.block_length, self.steps_ratio = lengths, block_length, steps_ratio
         self.temperature, self.filename = temperature, filename
+        for length in lengths or ():
+            self.schedule(length)  # a length the block does not divide fails at construction, not in test_step
         self.metrics: dict[int, MeanMetric] = {}
         self.records: list[dict[str, Any]] = []
         self.seconds: dict[int, float] = {}
@@ -62,6 +66,17 @@ class Evaluation:
         blocks = length // block
         steps = max(blocks, round(length * self.steps_ratio))
         return steps - steps % blocks, block
+
+    def sampler_for(self, base: Sampler, length: int, steps: int, block: int) -> Sampler:
+        """The configured sampler (its algorithm and options) at this evaluation length, steps and temperature.
+
+        A sampler without blocks (Dream's default ``block_length=None``) keeps denoising the whole canvas.
+        """
+        sampler = copy.copy(base)
+        sampler._gen_length, sampler.steps, sampler.temperature = length, steps, self.temperature
+        if getattr(sampler, "block_length", None) is not None:
+            sampler.block_length = block
+        return sampler
 
     def start(self, module: LightningModule) -> None:
         lengths = self.lengths or [module.sampler.gen_length]
@@ -78,8 +93,9 @@ class Evaluation:
             steps, block = self.schedule(length)
             start = time.perf_counter()
             generator = make_generator(module.seed, "eval", length, module.global_rank, batch_idx, device=module.device)
-            sequences = generate(module.policy, ids, steps=steps, gen_length=length, block_length=block,
-                                 temperature=self.temperature, attention_mask=mask, generator=generator)
+            sampler = self.sampler_for(module.sampler, length, steps, block)
+            with gathered(module.policy if module.fsdp_gather_rollout else None):
+                sequences = sampler.sample(module.policy, ids, attention_mask=mask, generator=generator)
             texts = module.decode(sequences[:, ids.shape[1]:])
             scores = task.scores(texts, batch)
             self.seconds[length] += time.perf_counter() - start

@@ -182,6 +182,15 @@ class DiffusionRL(LightningModule):
         # Runs after the task's setup and before configure_model: inconsistent batch knobs fail before the
         # model loads.
         if stage == "fit":
+            self.objective.check(self.sampler.gen_length)
+            if self.filter_zero_std_groups and self.trainer.world_size > 1:
+                # Each rank would drop a different number of rows and run a different number of forward,
+                # backward and all-reduce calls: the processes would deadlock.
+                raise ValueError("model.filter_zero_std_groups works on one process only (got world size "
+                                 f"{self.trainer.world_size}); turn it off for multi-device runs.")
+            if str(self.trainer.precision).startswith("16"):
+                raise ValueError(f"trainer.precision {self.trainer.precision!r} is not supported: espo clips and "
+                                 "skips non-finite steps itself, without fp16's loss scaler. Use bf16-mixed.")
             self.sizes = effective_sizes(
                 self._task().batch_size, self.num_generations, self.num_iterations, self.micro_batch_size,
                 self.rollout_batch_size, self.sampler.gen_length, self.trainer.world_size)

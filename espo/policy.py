@@ -24,6 +24,11 @@ if TYPE_CHECKING:
 
 def configure_policy(module: DiffusionRL) -> None:
     """Sets ``module.policy`` and its reference policy as the module's options ask."""
+    if (module.lora is not None or module.load_in_4bit) and data_parallel_mesh(module) is not None:
+        # The sharded export and checkpoint paths handle plain weights only; LoRA and 4-bit runs of an 8B
+        # model fit on one GPU each, where DDP is the simpler strategy.
+        raise ValueError("LoRA and 4-bit bases are not supported under FSDP2 (ModelParallelStrategy) yet: use "
+                         "trainer.strategy ddp (or one device) with model.lora, or full fine-tuning under FSDP2.")
     module.policy = load_model(module.model_source, dtype=module.dtype_name)
     _configure_lora(module)
     if needs_reference(module) and module.lora is not None:

@@ -62,6 +62,10 @@ class LoRASpec:
             raise ValueError("Give either LoRA targets or paper_targets=True, not both.")
 
 
+
+# Lightning loads checkpoints with weights_only=True; a LoRASpec in the saved hyper-parameters must be allowed.
+torch.serialization.add_safe_globals([LoRASpec])
+
 def lora_target_modules(model: DiffusionLM, spec: LoRASpec) -> str | list[str]:
     """peft ``target_modules`` for this model: a block-restricted regex, or a suffix list."""
     if spec.paper_targets:

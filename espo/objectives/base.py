@@ -84,6 +84,13 @@ class Objective(ABC):
         """Whether ``prepare`` needs a reference policy (a KL term with beta > 0)."""
         return False
 
+    def check(self, gen_length: int) -> None:
+        """Raises a ValueError when this objective cannot score completions of ``gen_length`` tokens.
+
+        Called when the run is set up, before the model loads, so a bad setting fails early.
+        """
+        return None
+
     def advantages(self, rewards: torch.Tensor, group_size: int) -> torch.Tensor:
         """Advantages [N] from rewards [N] (default: group-mean baseline)."""
         return group_advantages(rewards, group_size, baseline="mean")

@@ -67,6 +67,14 @@ class SPG(Objective):
             raise ValueError(f"std_scope must be 'group' or 'batch', got {std_scope!r}.")
         self.std_scope = std_scope
 
+    def check(self, gen_length: int) -> None:
+        if gen_length % self.block_length:
+            raise ValueError(f"SPG's block_length {self.block_length} must divide the completion length {gen_length} "
+                             "(set model.objective.init_args.block_length, usually the sampler's block length).")
+        if self.num_t > gen_length // self.block_length:
+            raise ValueError(f"SPG's num_t {self.num_t} exceeds the {gen_length // self.block_length} blocks of "
+                             "the completion canvas.")
+
     def advantages(self, rewards: torch.Tensor, group_size: int) -> torch.Tensor:
         return group_advantages(rewards, group_size, baseline=self.baseline, scale=self.scale_rewards,
                                 std_scope=self.std_scope)

@@ -18,6 +18,8 @@ from pathlib import Path
 import torch
 
 from espo.models import DiffusionLM, load_model
+from espo.models.export import export_pretrained
+from espo.models.lora import LoRASpec, apply_lora
 
 #: Attribute of ``DiffusionRL`` that holds the policy: the prefix of its keys in a Lightning state dict.
 POLICY_PREFIX = "policy."
@@ -50,7 +52,12 @@ def load_checkpoint_policy(checkpoint: str | Path, model: str | None = None, dty
     source = model or hparams.get("model")
     if source is None:
         raise ValueError(f"{path} does not name its base model: pass model=... (--model).")
+    if hparams.get("load_in_4bit"):
+        raise ValueError(f"{path} is a 4-bit run: export it with model.export_dir at the end of training.")
     policy = load_model(source, dtype=dtype or hparams.get("dtype"))
+    lora = hparams.get("lora")
+    if lora is not None:  # the checkpoint holds the peft-wrapped policy: wrap the base the same way first
+        apply_lora(policy, lora if isinstance(lora, LoRASpec) else LoRASpec(**dict(lora)))
     expected = policy.state_dict()
     if path.is_dir():
         from torch.distributed.checkpoint import load as dcp_load
@@ -70,8 +77,11 @@ def load_checkpoint_policy(checkpoint: str | Path, model: str | None = None, dty
 
 def export_checkpoint(checkpoint: str | Path, output: str | Path, model: str | None = None,
                       dtype: str | None = None) -> Path:
-    """Writes the policy of ``checkpoint`` to ``output`` as a model directory ``load_model`` reads."""
-    return load_checkpoint_policy(checkpoint, model, dtype).save_pretrained(output)
+    """Writes the policy of ``checkpoint`` to ``output`` as a model directory ``load_model`` reads.
+
+    A LoRA run is exported with its adapter merged into the base weights.
+    """
+    return export_pretrained(load_checkpoint_policy(checkpoint, model, dtype), output)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -133,6 +133,11 @@ class Task(LightningDataModule, ABC):
             self.splits["test"] = self.load_split("test")
             self.check_fields(self.splits["test"], "test")
 
+    def teardown(self, stage: str | None = None) -> None:
+        pool = getattr(self, "pool", None)
+        if pool is not None and hasattr(pool, "close"):
+            pool.close()  # reward workers end with the run, not at interpreter exit
+
     def train_dataloader(self) -> DataLoader:
         data = self.splits["train"]
         if len(data) < self.batch_size:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import signal
 import time
 import traceback
 from collections.abc import Callable, Sequence
@@ -31,6 +32,10 @@ from typing import Any
 def _worker(conn: Connection, memory_mb: int | None, preload: str | None) -> None:
     """Worker loop: import ``preload``, say ready, then answer ``(fn, args)`` with ``("ok", value)`` or
     ``("error", message)``. The import happens before the ready message so it never eats an item's deadline."""
+    # A worker forked mid-run inherits Lightning's SIGTERM handler, which only logs: multiprocessing's exit
+    # handler would then wait forever for it. Terminate on SIGTERM; leave Ctrl-C to the parent.
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     if memory_mb:
         import resource
 
