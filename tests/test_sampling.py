@@ -10,6 +10,7 @@ import torch
 from espo.models import tiny_model
 from espo.sampling import LLaDASampler, Sampler, generate
 from espo.sampling.reference import reference_llada
+from espo.tokens import encode_prompts
 
 TEXTS = ["2+2=", "hello wor", "abc"]
 
@@ -21,13 +22,7 @@ def model():
 
 def left_padded(model, texts: list[str] = TEXTS) -> tuple[torch.Tensor, torch.Tensor]:
     """Left-padded prompt ids [B, P] and their attention mask."""
-    encoded = [model.tokenizer(t)["input_ids"] for t in texts]
-    width = max(len(e) for e in encoded)
-    ids = torch.full((len(encoded), width), model.pad_token_id, dtype=torch.long)
-    mask = torch.zeros(len(encoded), width, dtype=torch.long)
-    for row, e in enumerate(encoded):
-        ids[row, width - len(e):] = torch.tensor(e)
-        mask[row, width - len(e):] = 1
+    ids, mask, _ = encode_prompts(model.tokenizer, texts)
     return ids, mask
 
 

@@ -11,6 +11,7 @@ from espo.models import tiny_model
 from espo.sampling import DreamSampler, Sampler, Stats
 from espo.sampling.dream import dream_confidence, dream_generate, filter_logits
 from espo.sampling.reference import reference_dream
+from espo.tokens import encode_prompts
 
 ALGS = ["origin", "maskgit_plus", "topk_margin", "entropy"]
 
@@ -26,14 +27,7 @@ def model():
 
 
 def prompts(model) -> tuple[torch.Tensor, torch.Tensor]:
-    texts = ["2+2=", "hello wor", "abc"]
-    encoded = [model.tokenizer(t)["input_ids"] for t in texts]
-    width = max(len(e) for e in encoded)
-    ids = torch.full((len(encoded), width), model.pad_token_id, dtype=torch.long)
-    mask = torch.zeros(len(encoded), width, dtype=torch.long)
-    for row, e in enumerate(encoded):
-        ids[row, width - len(e):] = torch.tensor(e)
-        mask[row, width - len(e):] = 1
+    ids, mask, _ = encode_prompts(model.tokenizer, ["2+2=", "hello wor", "abc"])  # left-padded
     return ids, mask
 
 

@@ -10,7 +10,7 @@ from espo.models.llada import LayerKV
 from espo.sampling import LLaDASampler, Stats, generate
 from espo.sampling.engine import finished_rows
 from espo.sampling.reference import reference_llada
-from espo.tokens import completion_mask
+from espo.tokens import completion_mask, encode_prompts
 
 
 @pytest.fixture(scope="module")
@@ -19,14 +19,7 @@ def model():
 
 
 def prompts(model) -> tuple[torch.Tensor, torch.Tensor]:
-    texts = ["2+2=", "hello wor", "abc"]
-    encoded = [model.tokenizer(t)["input_ids"] for t in texts]
-    width = max(len(e) for e in encoded)
-    ids = torch.full((len(encoded), width), model.pad_token_id, dtype=torch.long)
-    mask = torch.zeros(len(encoded), width, dtype=torch.long)
-    for row, e in enumerate(encoded):
-        ids[row, width - len(e):] = torch.tensor(e)
-        mask[row, width - len(e):] = 1
+    ids, mask, _ = encode_prompts(model.tokenizer, ["2+2=", "hello wor", "abc"])  # left-padded
     return ids, mask
 
 
