@@ -54,7 +54,7 @@ def roll_out(module: DiffusionRL, task: Task, batch: list[dict[str, Any]], examp
     seconds = time.perf_counter() - start
     completion = sequences[:, prompt_ids.shape[1]:]
     texts = module.decode(completion)
-    components = task.reward_components(texts, examples)
+    components = task.rewards(texts, examples)  # under the reward deadline, values checked
     rewards = torch.tensor([sum(v) for v in zip(*components.values(), strict=True)], dtype=torch.float32)
     metrics = reward_metrics(module, rewards, components, completion, seconds)
     metrics.update(task.reward_stats())

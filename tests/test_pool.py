@@ -53,7 +53,7 @@ def test_hang_crash_and_exception_score_zero_and_are_counted(pool: RewardPool):
 def test_inline_mode_catches_exceptions_and_counts_them():
     pool = RewardPool(workers=0)
     assert pool.map(misbehave, [("ok",), ("raise",)]) == [1.0, 0.0]
-    assert pool.stats() == {"timeouts": 0.0, "errors": 1.0}
+    assert pool.stats() == {"timeouts": 0.0, "errors": 1.0, "invalid": 0.0}
 
 
 def test_pool_survives_pickling_without_its_workers(pool: RewardPool):

@@ -275,6 +275,9 @@ class Sevens(Rows):
     """A reward that varies for a random model; it raises at rollout step ``fail_at`` when that is set."""
 
     fail_at: int | None = None
+    # Inline: the reward reads the live rollout step and must raise into the trainer (the path under test),
+    # not be caught and counted by a reward worker.
+    runs_own_rewards = True
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__([{"puzzle": f"{i:03d}", "solution": ""} for i in range(6)], **kwargs)

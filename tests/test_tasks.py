@@ -103,7 +103,7 @@ def test_math_espo_uses_math_verify_in_the_pool():
     rewards = task.reward(["The result is \\boxed{0.5}.", "\\boxed{\\frac{2}{4}}", "\\boxed{3}", ""], [ex] * 4)
     assert rewards == [1.0, 1.0, 0.0, 0.0]
     assert task.scores(["\\boxed{1/2}", "\\boxed{2}"], [ex] * 2) == [1.0, 0.0]
-    assert task.reward_stats() == {"reward/timeouts": 0.0, "reward/errors": 0.0}
+    assert task.reward_stats() == {"reward/timeouts": 0.0, "reward/errors": 0.0, "reward/invalid": 0.0}
     task.pool.close()
 
 

@@ -5,20 +5,24 @@ reward is the sum of named components) and gives the evaluation metric. It never
 tokenizer: the module tokenises, the sampler generates, the task judges. Data loads only in ``setup``, so a
 task built with defaults alone can score completions straight away.
 
-Subclass it and implement ``load_split``, ``prompt``, ``reward_components`` and ``score``.
+Subclass it and implement ``load_split``, ``prompt``, ``reward_components`` and ``score``. The trainer calls
+``rewards`` and ``scores``, which run those two under a hard per-item deadline in the task's reward pool and
+check what they return (``espo.tasks.guard``), so a reward that raises, hangs or returns NaN never stops a run.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, Dataset
 
+from espo.tasks.guard import guarded_components, guarded_scores
 from espo.tasks.loader import LoaderCursor, ResumableLoader
+from espo.tasks.pool import RewardPool, default_workers
 
 Prompt = str | list[dict[str, str]]
 
@@ -53,11 +57,24 @@ class Task(LightningDataModule, ABC):
         eval_batch_size: Prompts per evaluation batch.
         seed: Seed of the shuffling order (an explicit generator; the global RNG is not used).
         num_workers: DataLoader workers.
+        reward_workers: Processes that run the reward, one completion at a time (None: half the CPUs, at
+            most 8; 0: inline in the trainer, exceptions still caught but no deadline).
+        reward_timeout: Seconds one completion's reward may take; past it the worker is killed and the
+            completion scores 0 (counted as ``reward/timeouts``).
     """
 
     # Fields every example must have; ``setup`` checks each loaded row and names the row and the field that is
     # missing. A split whose rows are all built by the same code (``uniform_rows = True``) has its first checked.
-    required_fields: tuple[str, ...] = ()
+    required_fields: ClassVar[tuple[str, ...]] = ()
+    # False (the default): ``rewards``/``scores`` call ``reward_components``/``score`` once per completion in
+    # a worker of ``pool``, under ``reward_timeout``. True: the task already runs each item under its pool's
+    # deadline (or a sandbox), or is cheap and linear by construction, and is called inline in one batch.
+    runs_own_rewards: ClassVar[bool] = False
+
+    pool: RewardPool  # runs and counts the reward (``reward/timeouts``, ``reward/errors``, ``reward/invalid``)
+    reward_names: list[str]  # component names of the last reward that came back (for items that all failed)
+    splits: dict[str, Sequence[dict[str, Any]]]  # loaded examples by split, filled by ``setup``
+    _train_cursor: LoaderCursor | None  # the training loader's position, saved in checkpoints
 
     def __init__(
         self,
@@ -66,6 +83,8 @@ class Task(LightningDataModule, ABC):
         eval_batch_size: int = 8,
         seed: int = 42,
         num_workers: int = 0,
+        reward_workers: int | None = None,
+        reward_timeout: float = 10.0,
     ) -> None:
         super().__init__()
         if protocol not in ("d1", "espo"):
@@ -77,7 +96,10 @@ class Task(LightningDataModule, ABC):
         self.eval_batch_size = eval_batch_size
         self.seed = seed
         self.num_workers = num_workers
-        self.splits: dict[str, Sequence[dict[str, Any]]] = {}
+        self.splits = {}
+        self.pool = RewardPool(default_workers() if reward_workers is None else reward_workers, reward_timeout)
+        self.reward_names = []
+        self._train_cursor = None
 
     # ----------------------------------------------------------------- to implement
     @abstractmethod
@@ -90,11 +112,11 @@ class Task(LightningDataModule, ABC):
 
     @abstractmethod
     def reward_components(self, completions: list[str], examples: list[dict[str, Any]]) -> dict[str, list[float]]:
-        """Named reward components, one list of per-completion values each."""
+        """Named reward components, one list of per-completion values each (see ``rewards`` for how it runs)."""
 
     @abstractmethod
     def score(self, completion: str, example: dict[str, Any]) -> float:
-        """The evaluation metric of one completion, in [0, 1]."""
+        """The evaluation metric of one completion, in [0, 1] (see ``scores`` for how it runs)."""
 
     def eval_prompt(self, example: dict[str, Any]) -> Prompt:
         """The evaluation prompt (d1 evaluates with other prompts than it trains with); default ``prompt``."""
@@ -105,24 +127,26 @@ class Task(LightningDataModule, ABC):
         return ""
 
     def scores(self, completions: list[str], examples: list[dict[str, Any]]) -> list[float]:
-        """``score`` over a batch (tasks with slow metrics override it to use their process pool)."""
-        return [float(self.score(c, e)) for c, e in zip(completions, examples, strict=True)]
+        """``score`` over a batch, each item under the reward deadline, non-numbers and NaN counted as 0."""
+        return guarded_scores(self, completions, examples)
 
     def reward_stats(self) -> dict[str, float]:
-        """Cumulative reward-execution counters (``reward/timeouts``, ``reward/errors``) for logging."""
-        pool = getattr(self, "pool", None)
-        return {f"reward/{k}": v for k, v in pool.stats().items()} if pool is not None else {}
+        """Cumulative reward counters (``reward/timeouts``, ``reward/errors``, ``reward/invalid``) for logging."""
+        return {f"reward/{k}": v for k, v in self.pool.stats().items()}
 
     def target(self, example: dict[str, Any]) -> str:
         """A reference completion, for supervised warm starts (optional)."""
         raise NotImplementedError(f"{type(self).__name__} has no reference completions for SFT.")
 
     # ----------------------------------------------------------------- provided
+    def rewards(self, completions: list[str], examples: list[dict[str, Any]]) -> dict[str, list[float]]:
+        """The reward components as the trainer gets them: ``reward_components`` run per completion under the
+        pool's deadline (unless ``runs_own_rewards``), its result checked (see ``espo.tasks.guard``)."""
+        return guarded_components(self, completions, examples)
+
     def reward(self, completions: list[str], examples: list[dict[str, Any]]) -> list[float]:
-        """The training reward: the sum of the components for each completion."""
-        if len(completions) != len(examples):
-            raise ValueError(f"{len(completions)} completions for {len(examples)} examples.")
-        components = self.reward_components(completions, examples)
+        """The training reward: the sum of the checked components for each completion."""
+        components = self.rewards(completions, examples)
         return [float(sum(values)) for values in zip(*components.values(), strict=True)]
 
     def setup(self, stage: str | None = None) -> None:
@@ -134,16 +158,14 @@ class Task(LightningDataModule, ABC):
             self.check_fields(self.splits["test"], "test")
 
     def teardown(self, stage: str | None = None) -> None:
-        pool = getattr(self, "pool", None)
-        if pool is not None and hasattr(pool, "close"):
-            pool.close()  # reward workers end with the run, not at interpreter exit
+        self.pool.close()  # reward workers end with the run, not at interpreter exit
 
     def train_dataloader(self) -> DataLoader:
         data = self.splits["train"]
         if len(data) < self.batch_size:
             raise ValueError(f"{type(self).__name__}: {len(data)} training examples, fewer than "
                              f"batch_size={self.batch_size}.")
-        if getattr(self, "_train_cursor", None) is None:
+        if self._train_cursor is None:
             self._train_cursor = LoaderCursor()
         # Resumable: a checkpoint records the position in the shuffled order (see espo.tasks.loader).
         return ResumableLoader(
@@ -159,7 +181,7 @@ class Task(LightningDataModule, ABC):
     def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         # Called for the batch training_step is about to get (not the one Lightning prefetched).
         trainer = self.trainer
-        if trainer is not None and trainer.training and getattr(self, "_train_cursor", None) is not None:
+        if trainer is not None and trainer.training and self._train_cursor is not None:
             self._train_cursor.consumed_one()
         return batch
 

@@ -29,7 +29,7 @@ from typing import Any, Literal
 from espo.tasks import parsing as P
 from espo.tasks.base import Prompt, Task
 from espo.tasks.data import load_rows, take
-from espo.tasks.pool import RewardPool, default_workers
+from espo.tasks.pool import default_workers
 from espo.tasks.sandbox import SandboxResult, run_tests
 
 SYSTEM = ("You are a helpful programming assistant. Solve the task in Python. Think briefly if you need to, then "
@@ -106,6 +106,7 @@ class Code(Task):
     """
 
     required_fields = ("prompt", "tests")
+    runs_own_rewards = True  # every program runs in its own sandbox process with a deadline (see _run)
 
     def __init__(
         self,
@@ -123,13 +124,14 @@ class Code(Task):
         seed: int = 42,
         num_workers: int = 0,
     ) -> None:
+        # reward_workers 0: the pool runs the (linear) format checks inline and holds the counters; the
+        # programs themselves run in sandboxes, reward_workers of them at once.
         super().__init__(protocol=protocol, batch_size=batch_size, eval_batch_size=eval_batch_size, seed=seed,
-                         num_workers=num_workers)
+                         num_workers=num_workers, reward_workers=0)
         self.train_source, self.test_source, self.num_test = train_source, test_source, num_test
         self.reward_workers = default_workers() if reward_workers is None else max(1, reward_workers)
         self.limits = {"timeout": timeout, "per_test_timeout": per_test_timeout, "memory_mb": memory_mb,
                        "max_processes": max_processes}
-        self.pool = RewardPool(workers=0)  # inline guard for the format checks, and the shared counters
 
     def load_split(self, split: Literal["train", "test"]) -> Sequence[dict[str, Any]]:
         rows = [normalise(r) for r in load_rows(self.train_source if split == "train" else self.test_source, split)]
@@ -157,9 +159,9 @@ class Code(Task):
         rates = []
         for result in results:
             if result is not None and result.timed_out:
-                self.pool.timeouts += 1
+                self.pool.count_timeout()
             elif result is not None and result.error:
-                self.pool._error(result.error)
+                self.pool.count_error(result.error)
             rates.append(0.0 if result is None else result.pass_rate)
         return rates
 

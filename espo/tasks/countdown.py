@@ -26,7 +26,6 @@ from espo.tasks import parsing as P
 from espo.tasks.base import Prompt, Task
 from espo.tasks.countdown_gen import ExpressionError, evaluate, make_instance
 from espo.tasks.data import held_out, load_rows, take
-from espo.tasks.pool import RewardPool
 
 FORMAT = ("Respond in the following format:\n<reasoning>\nYour reasoning here\n</reasoning>\n"
           "<answer>\nYour final answer\n</answer>")
@@ -141,6 +140,9 @@ class Countdown(Task):
     """
 
     required_fields = ("numbers", "target")
+    # Opted out of the per-item worker: the parser is linear and the evaluator bounded, so by default (0 workers)
+    # the reward runs inline; reward_workers > 0 maps it over the pool with the deadline.
+    runs_own_rewards = True
     TEST_SEED = 0
 
     def __init__(
@@ -160,10 +162,9 @@ class Countdown(Task):
         num_workers: int = 0,
     ) -> None:
         super().__init__(protocol=protocol, batch_size=batch_size, eval_batch_size=eval_batch_size, seed=seed,
-                         num_workers=num_workers)
+                         num_workers=num_workers, reward_workers=reward_workers, reward_timeout=reward_timeout)
         self.train_source, self.test_source = train_source, test_source
         self.num_numbers, self.held_out, self.num_train, self.num_test = num_numbers, held_out, num_train, num_test
-        self.pool = RewardPool(reward_workers, reward_timeout)
 
     def load_split(self, split: Literal["train", "test"]) -> Sequence[dict[str, Any]]:
         source = self.train_source if split == "train" else self.test_source

@@ -23,7 +23,6 @@ from typing import Any, Literal
 from espo.tasks import parsing as P
 from espo.tasks.base import Prompt, Task
 from espo.tasks.data import load_rows, take
-from espo.tasks.pool import RewardPool, default_workers
 
 FORMAT = ("Respond in the following format:\n<reasoning>\nYour reasoning here\n</reasoning>\n"
           "<answer>\nYour final answer\n</answer>")
@@ -121,6 +120,7 @@ class GSM8K(Task):
     """
 
     required_fields = ("question", "answer")
+    runs_own_rewards = True  # each completion's parse runs in the pool (reward_components maps over it)
 
     def __init__(
         self,
@@ -137,9 +137,8 @@ class GSM8K(Task):
         num_workers: int = 0,
     ) -> None:
         super().__init__(protocol=protocol, batch_size=batch_size, eval_batch_size=eval_batch_size, seed=seed,
-                         num_workers=num_workers)
+                         num_workers=num_workers, reward_workers=reward_workers, reward_timeout=reward_timeout)
         self.train_source, self.test_source, self.subset, self.num_test = train_source, test_source, subset, num_test
-        self.pool = RewardPool(default_workers() if reward_workers is None else reward_workers, reward_timeout)
 
     def load_split(self, split: Literal["train", "test"]) -> Sequence[dict[str, Any]]:
         source = self.train_source if split == "train" else self.test_source

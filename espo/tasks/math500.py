@@ -26,7 +26,6 @@ from espo.tasks import parsing as P
 from espo.tasks.base import Prompt, Task
 from espo.tasks.data import load_rows, take
 from espo.tasks.gsm8k import D1_EVAL, ESPO_SUFFIX, FORMAT
-from espo.tasks.pool import RewardPool, default_workers
 
 D1_TRAIN = ("You are a math expert. You will be given a question to solve. Solve it step by step. Wrap the final "
             "answer in a \\boxed{}.")
@@ -157,6 +156,7 @@ class MATH500(Task):
     """
 
     required_fields = ("problem", "answer")
+    runs_own_rewards = True  # math-verify runs in the pool item by item (reward_components and scores map over it)
 
     def __init__(
         self,
@@ -174,10 +174,9 @@ class MATH500(Task):
         num_workers: int = 0,
     ) -> None:
         super().__init__(protocol=protocol, batch_size=batch_size, eval_batch_size=eval_batch_size, seed=seed,
-                         num_workers=num_workers)
+                         num_workers=num_workers, reward_workers=reward_workers, reward_timeout=reward_timeout)
         self.train_source, self.test_source, self.num_test = train_source, test_source, num_test
         self.fix_boxed_check, self.fix_verify_order = fix_boxed_check, fix_verify_order
-        self.pool = RewardPool(default_workers() if reward_workers is None else reward_workers, reward_timeout)
 
     def load_split(self, split: Literal["train", "test"]) -> Sequence[dict[str, Any]]:
         rows = load_rows(self.train_source if split == "train" else self.test_source, split)

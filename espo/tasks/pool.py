@@ -5,8 +5,15 @@ a parser can blow up on a 10 MB completion, a C extension can crash. None of tha
 pool gives each item its own deadline from the moment a worker starts it; a worker past its deadline is
 killed (SIGKILL) and replaced, a worker that dies is replaced, and in both cases the item scores the
 ``fallback`` value (0) and a counter goes up (``timeouts``, ``errors``). An exception raised by the
-function is an error too. The task exposes the counters and the module logs them as ``reward/timeouts``
-and ``reward/errors``.
+function is an error too. The task exposes the counters and the module logs them as ``reward/timeouts``,
+``reward/errors`` and ``reward/invalid`` (values that were not finite numbers, see ``espo.tasks.guard``).
+Code that judges items some other way (the Code task's sandbox) reports into the same counters through
+``count_timeout``/``count_error``/``count_invalid``.
+
+A pool can be *bound* to an object (``bind``): a job may then name one of its methods instead of passing
+a function, and the object travels to each worker once, when it starts (inherited by a forked worker,
+pickled for a spawned one), never per item. That is how every ``Task``'s own ``reward_components`` runs
+with a deadline without pickling the task and its data for every completion.
 
 Workers are forked by default (``start_method="fork"``, as PyTorch's DataLoader workers): a replacement
 costs milliseconds and inherits the imported modules; the child only runs pure-Python reward code, never
@@ -29,9 +36,10 @@ from multiprocessing.connection import Connection, wait
 from typing import Any
 
 
-def _worker(conn: Connection, memory_mb: int | None, preload: str | None) -> None:
+def _worker(conn: Connection, memory_mb: int | None, preload: str | None, target: Any = None) -> None:
     """Worker loop: import ``preload``, say ready, then answer ``(fn, args)`` with ``("ok", value)`` or
-    ``("error", message)``. The import happens before the ready message so it never eats an item's deadline."""
+    ``("error", message)``; ``fn`` is a callable or the name of a method of ``target``. The import happens
+    before the ready message so it never eats an item's deadline."""
     # A worker forked mid-run inherits Lightning's SIGTERM handler, which only logs: multiprocessing's exit
     # handler would then wait forever for it. Terminate on SIGTERM; leave Ctrl-C to the parent.
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
@@ -65,7 +73,7 @@ def _worker(conn: Connection, memory_mb: int | None, preload: str | None) -> Non
             return
         fn, args = job
         try:
-            conn.send(("ok", fn(*args)))
+            conn.send(("ok", (getattr(target, fn) if isinstance(fn, str) else fn)(*args)))
         except BaseException as exc:  # noqa: BLE001 - the whole point is that nothing escapes
             conn.send(("error", "".join(traceback.format_exception_only(type(exc), exc)).strip()))
 
@@ -73,9 +81,9 @@ def _worker(conn: Connection, memory_mb: int | None, preload: str | None) -> Non
 class _Slot:
     """One worker process, whether it is ready, and the item it is working on."""
 
-    def __init__(self, ctx: Any, memory_mb: int | None, preload: str | None) -> None:
+    def __init__(self, ctx: Any, memory_mb: int | None, preload: str | None, target: Any) -> None:
         self.conn, child = ctx.Pipe()
-        self.process = ctx.Process(target=_worker, args=(child, memory_mb, preload), daemon=True)
+        self.process = ctx.Process(target=_worker, args=(child, memory_mb, preload, target), daemon=True)
         self.process.start()
         child.close()
         self.ready = False
@@ -111,23 +119,62 @@ class RewardPool:
             raise ValueError(f"start_method {self.start_method!r} is not available here: {methods}.")
         self._slots: list[_Slot] = []
         self._preload: str | None = None
+        self._target: Any = None
         self.startup_timeout = max(120.0, timeout)
         self.timeouts = 0
         self.errors = 0
+        self.invalid = 0
+        self._invalid_keys: set[str] = set()
         self.last_error: str | None = None
 
     # ------------------------------------------------------------------ public
-    def map(self, fn: Callable[..., Any], items: Sequence[tuple]) -> list[Any]:
-        """``[fn(*item) for item in items]``, with ``fallback`` for every item that timed out or failed."""
+    def map(self, fn: Callable[..., Any] | str, items: Sequence[tuple]) -> list[Any]:
+        """``[fn(*item) for item in items]``, with ``fallback`` for every item that timed out or failed.
+
+        ``fn`` is a module-level function, or the name of a method of the object given to ``bind``.
+        """
         if not items:
             return []
+        if isinstance(fn, str) and self._target is None:
+            raise ValueError(f"RewardPool.map({fn!r}, ...) names a method, but no object is bound (call bind first).")
         if self.workers == 0:
-            return [self._inline(fn, args) for args in items]
+            call = getattr(self._target, fn) if isinstance(fn, str) else fn
+            return [self._inline(call, args) for args in items]
         return self._parallel(fn, list(items))
+
+    def bind(self, target: Any) -> None:
+        """Makes ``map`` accept the names of ``target``'s methods; workers started before are replaced.
+
+        A worker holds ``target`` as it was when the worker started: state the object changes later, and
+        anything a method changes inside a worker, is not seen on the other side.
+        """
+        if target is not self._target:
+            self.close()
+            self._target = target
+
+    def count_timeout(self) -> None:
+        """Counts an item that ran out of time outside the pool (e.g. a sandboxed program)."""
+        self.timeouts += 1
+
+    def count_error(self, message: str) -> None:
+        """Counts an item that failed outside the pool, keeping the message as ``last_error``."""
+        self.errors += 1
+        self.last_error = message[:500]
+
+    def count_invalid(self, message: str, key: str = "") -> bool:
+        """Counts a value that came back but was not usable (not a number, NaN), keeping the message.
+
+        Returns True the first time ``key`` (where the value came from) is counted, so callers report once.
+        """
+        self.invalid += 1
+        self.last_error = message[:500]
+        first = key not in self._invalid_keys
+        self._invalid_keys.add(key)
+        return first
 
     def stats(self) -> dict[str, float]:
         """Cumulative counters, for logging."""
-        return {"timeouts": float(self.timeouts), "errors": float(self.errors)}
+        return {"timeouts": float(self.timeouts), "errors": float(self.errors), "invalid": float(self.invalid)}
 
     def close(self) -> None:
         """Stops the workers (they are daemons, so this also happens at interpreter exit)."""
@@ -143,6 +190,7 @@ class RewardPool:
         # Tasks are deep-copied and pickled by Lightning (hyper-parameters, DDP spawn): workers stay behind.
         state = self.__dict__.copy()
         state["_slots"] = []
+        state["_target"] = None  # the bound task is rebound by its owner (and would be copied twice)
         return state
 
     def __del__(self) -> None:
@@ -156,19 +204,15 @@ class RewardPool:
         try:
             return fn(*args)
         except Exception as exc:  # noqa: BLE001
-            self._error(f"{type(exc).__name__}: {exc}")
+            self.count_error(f"{type(exc).__name__}: {exc}")
             return self.fallback
-
-    def _error(self, message: str) -> None:
-        self.errors += 1
-        self.last_error = message[:500]
 
     def _new_slot(self) -> _Slot:
         ctx = mp.get_context(self.start_method)
         if self.start_method == "forkserver" and self._preload:
             # Takes effect when the server starts: it imports the reward module once, every fork inherits it.
             ctx.set_forkserver_preload([self._preload])
-        return _Slot(ctx, self.memory_mb, self._preload)
+        return _Slot(ctx, self.memory_mb, self._preload, self._target)
 
     def _ensure_workers(self, count: int) -> None:
         alive = [s for s in self._slots if s.process.is_alive()]
@@ -179,10 +223,11 @@ class RewardPool:
         while len(self._slots) < count:
             self._slots.append(self._new_slot())
 
-    def _parallel(self, fn: Callable[..., Any], items: list[tuple]) -> list[Any]:
-        if self._preload != fn.__module__:
+    def _parallel(self, fn: Callable[..., Any] | str, items: list[tuple]) -> list[Any]:
+        module = type(self._target).__module__ if isinstance(fn, str) else fn.__module__
+        if self._preload != module:
             self.close()  # workers preloaded for another function: start fresh ones
-            self._preload = fn.__module__
+            self._preload = module
         results: list[Any] = [self.fallback] * len(items)
         pending = list(range(len(items)))[::-1]  # pop() from the end keeps the original order
         self._ensure_workers(min(self.workers, len(items)))
@@ -190,7 +235,7 @@ class RewardPool:
         while pending or any(s.item is not None for s in self._slots):
             if startup_failures > 3 * self.workers:
                 for index in pending:  # workers cannot even start (memory limit too low?): fail, never hang
-                    self._error(f"no worker could start for item {index}")
+                    self.count_error(f"no worker could start for item {index}")
                 break
             for slot in list(self._slots):
                 if slot.ready and slot.item is None and pending:
@@ -199,7 +244,7 @@ class RewardPool:
                         slot.conn.send((fn, items[index]))
                     except (OSError, ValueError, TypeError, AttributeError) as exc:
                         # Unpicklable arguments or a dead pipe: this item fails, the pool carries on.
-                        self._error(f"could not send item {index}: {exc}")
+                        self.count_error(f"could not send item {index}: {exc}")
                         self._replace(slot)
                         continue
                     slot.item, slot.started = index, time.monotonic()
@@ -215,7 +260,7 @@ class RewardPool:
                     if slot.item is None:
                         startup_failures += 1
                     else:
-                        self._error(f"worker died on item {slot.item} (exit code {slot.process.exitcode})")
+                        self.count_error(f"worker died on item {slot.item} (exit code {slot.process.exitcode})")
                     self._replace(slot)
                     continue
                 if status == "ready":
@@ -224,12 +269,12 @@ class RewardPool:
                 if status == "ok":
                     results[slot.item] = value
                 else:
-                    self._error(value)
+                    self.count_error(value)
                 slot.item = None
             now = time.monotonic()
             for slot in list(self._slots):
                 if slot.item is not None and now - slot.started >= self.timeout:
-                    self.timeouts += 1
+                    self.count_timeout()
                     self._replace(slot)
                 elif not slot.ready and now - slot.started >= self.startup_timeout:
                     startup_failures += 1

@@ -1,0 +1,98 @@
+"""Every Task's reward runs under a deadline and its values are checked (espo.tasks.guard, issue 13 bug 4)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pytest
+
+from espo.tasks import Task
+
+
+class Hostile(Task):
+    """A user's task whose reward misbehaves on command: the completion text says how."""
+
+    def load_split(self, split: str) -> list[dict[str, Any]]:
+        return [{"x": i} for i in range(4)]
+
+    def prompt(self, example: dict[str, Any]) -> str:
+        return str(example["x"])
+
+    def reward_components(self, completions: list[str], examples: list[dict[str, Any]]) -> dict[str, list[float]]:
+        values: list[Any] = []
+        for text in completions:
+            if text == "raise":
+                raise RuntimeError("reward server went away")
+            if text == "hang":
+                time.sleep(60)
+            values.append({"nan": float("nan"), "none": None, "word": "six", "inf": float("inf")}.get(text, 1.0))
+        return {"ok": values, "bonus": [0.5] * len(completions)}
+
+    def score(self, completion: str, example: dict[str, Any]) -> float:
+        if completion == "hang":
+            time.sleep(60)
+        if completion == "raise":
+            raise ValueError("metric bug")
+        return float("nan") if completion == "nan" else 1.0
+
+
+def test_a_custom_reward_that_raises_or_hangs_scores_zero_and_is_counted():
+    task = Hostile(reward_workers=2, reward_timeout=1.0)
+    texts = ["good", "raise", "hang", "good"]
+    start = time.monotonic()
+    parts = task.rewards(texts, [{"x": 0}] * 4)
+    assert time.monotonic() - start < 20  # the hang is cut at its 1 s deadline
+    assert parts == {"ok": [1.0, 0.0, 0.0, 1.0], "bonus": [0.5, 0.0, 0.0, 0.5]}
+    assert task.reward(["good"], [{"x": 0}]) == [1.5]
+    stats = task.reward_stats()
+    assert stats["reward/errors"] == 1.0 and stats["reward/timeouts"] == 1.0
+    assert "reward server went away" in task.pool.last_error
+    task.teardown()
+
+
+def test_non_numbers_and_nan_are_counted_and_reported_once():
+    task = Hostile(reward_workers=1, reward_timeout=5.0)
+    with pytest.warns(UserWarning, match=r"Hostile.reward_components\(\)\['ok'\] returned float nan, not a finite "
+                                         r"number: scored 0 \(counted in reward/invalid"):
+        parts = task.rewards(["nan", "none", "word", "inf", "good"], [{"x": 0}] * 5)
+    assert parts["ok"] == [0.0, 0.0, 0.0, 0.0, 1.0]
+    assert task.reward_stats()["reward/invalid"] == 4.0
+    task.teardown()
+
+
+class WrongCount(Hostile):
+    runs_own_rewards = True  # inline: the shape check applies on both paths
+
+    def reward_components(self, completions: list[str], examples: list[dict[str, Any]]) -> dict[str, list[float]]:
+        return {"ok": [1.0] * (len(completions) + 1)}
+
+
+class NotADict(Hostile):
+    def reward_components(self, completions: list[str], examples: list[dict[str, Any]]) -> Any:
+        return [1.0] * len(completions)
+
+
+def test_a_result_of_the_wrong_shape_is_a_clear_error():
+    with pytest.raises(ValueError, match=r"WrongCount.reward_components\(\)\['ok'\] has 3 values for 2 completion"):
+        WrongCount(reward_workers=0).rewards(["a", "b"], [{"x": 0}] * 2)
+    task = NotADict(reward_workers=1)
+    with pytest.raises(ValueError, match=r"NotADict.reward_components must return a non-empty dict of named "
+                                         r"lists .*got list \[1.0\]"):
+        task.rewards(["a"], [{"x": 0}])
+    task.teardown()
+
+
+def test_the_metric_is_guarded_too():
+    task = Hostile(reward_workers=1, reward_timeout=1.0)
+    assert task.scores(["good", "raise", "hang", "nan"], [{"x": 0}] * 4) == [1.0, 0.0, 0.0, 0.0]
+    assert task.reward_stats() == {"reward/timeouts": 1.0, "reward/errors": 1.0, "reward/invalid": 1.0}
+    task.teardown()
+
+
+def test_builtin_tasks_declare_how_their_reward_runs():
+    from espo.tasks import GSM8K, MATH500, Code, Countdown, Sudoku
+
+    assert all(cls.runs_own_rewards for cls in (GSM8K, MATH500, Code, Countdown, Sudoku))
+    assert Hostile.runs_own_rewards is False  # a user's task is guarded unless it opts out
+    assert Sudoku().pool.workers == 0 and Countdown().pool.workers == 0  # cheap ones opt out explicitly
