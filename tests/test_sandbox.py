@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from espo.tasks import Code
+from espo.tasks.pool import default_workers
 from espo.tasks.sandbox import capabilities, run_tests
 
 FAST = {"timeout": 6.0, "per_test_timeout": 1.5, "cpu_seconds": 2, "memory_mb": 256, "max_processes": 16}
@@ -112,3 +113,47 @@ def test_code_task_rewards_and_metric():
     assert d1.reward_components([tagged, good], [example] * 2) == {"answer_format": [0.5, 0.0], "tests": [1.0, 1.0]}
     prompt = task.prompt(example)
     assert prompt[0]["role"] == "system" and prompt[1]["content"].endswith("Test cases: assert add(1, 2) == 3")
+
+
+FORGE = "import os\nfor fd in range(3, 64):\n    try:\n        os.write(fd, b'P')\n    except OSError:\n        pass\n"
+
+
+def test_writing_to_inherited_descriptors_forges_no_pass():
+    # Issue 13 bug 3: a program that wrote "P" to descriptors 3-63 reached the runner's verdict pipe.
+    assert run_tests(FORGE, ["assert False", "import os; os._exit(0)"], **FAST).passed == [False, False]
+    task = Code(protocol="espo", reward_workers=1, timeout=6.0, per_test_timeout=1.5)
+    forged = f"```python\n{FORGE}```\n"
+    assert task.reward_components([forged], [{"prompt": "", "tests": ["assert False"]}])["tests"] == [0.0]
+
+
+def test_disk_use_is_bounded_and_host_files_are_unreadable(tmp_path: Path):
+    secret = tmp_path / "secret.txt"
+    secret.write_text("host data")
+    secret.chmod(0o644)
+    tmp_path.chmod(0o755)  # world-readable on the host: only Landlock keeps it out of reach
+    fill = ("def fill():\n    for i in range(40):\n        with open(f'f{i}', 'wb') as fh:\n"
+            "            fh.write(b'x' * (8 * 2**20))\n")
+    result = run_tests(fill, ["fill()", f"open({str(secret)!r}).read()", "import heapq, fractions"],
+                       **{**FAST, "cpu_seconds": 5, "timeout": 20.0, "per_test_timeout": 10.0}, disk_mb=32)
+    caps = capabilities()
+    if caps.get("disk_mb"):
+        assert result.passed[0] is False  # 320 MB do not fit in a 32 MB tmpfs
+    if caps.get("landlock_abi", 0) >= 1:
+        assert result.passed[1] is False
+    assert result.passed[2] is True  # the standard library stays importable
+
+
+@pytest.mark.slow
+def test_fork_bombs_do_not_starve_honest_programs_beside_them():
+    # Issue 13 bug 2: with one process budget for every sandbox, 3 fork bombs among 8 programs zeroed honest
+    # ones. Each program now runs as its own uid, so its budget is its own. The default worker count, but at
+    # least 4 programs at once (the default on a 2-core machine is 1, which would run them one by one).
+    task = Code(protocol="espo", reward_workers=max(default_workers(), 4), timeout=8.0, per_test_timeout=2.0)
+    bomb = ("```python\nimport os\ndef add(a, b):\n    while True:\n        try:\n            os.fork()\n"
+            "        except OSError:\n            pass\n```\n")
+    honest = ("```python\nimport os\ndef add(a, b):\n    pid = os.fork()\n    if pid == 0:\n"
+              "        os._exit(0)\n    os.waitpid(pid, 0)\n    return a + b\n```\n")
+    texts = [bomb, honest, bomb, honest, honest, bomb, honest, honest]
+    example = {"prompt": "", "tests": ["assert add(1, 2) == 3", "assert add(2, 2) == 4"]}
+    tests = task.reward_components(texts, [example] * len(texts))["tests"]
+    assert tests == [0.0 if t is bomb else 1.0 for t in texts]

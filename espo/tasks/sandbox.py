@@ -4,13 +4,16 @@
 no environment variables, no user site, no current directory on the path) in a new session and a fresh
 temporary directory, hands it the program and its tests on stdin, and kills the whole process group at the
 wall-clock deadline. Inside, the runner confines itself before running anything (see its docstring):
-network and PID namespaces, privilege drop for root, Landlock write/TCP restrictions, and CPU, memory,
-file-size and process-count rlimits. What the kernel refused is reported in ``SandboxResult.isolation``
-and :func:`capabilities` says what this machine allows, so the guarantee is always known, never assumed.
+network, PID and mount namespaces, a size-limited tmpfs as the working directory, a uid of the program's
+own for root (so one program's fork bomb cannot exhaust another's process budget), Landlock read/write/TCP
+restrictions, and CPU, memory, file-size and process-count rlimits. What the kernel refused is reported in
+``SandboxResult.isolation`` and :func:`capabilities` says what this machine allows, so the guarantee is
+always known, never assumed.
 
-The result is the number of tests that ran to their end. Containment is what is guaranteed; a program
-written to attack the runner itself (for example by writing to the runner's result pipe) could forge a
-pass, so the sandbox is not a defence against a policy that deliberately games the reward.
+The result is the number of tests that ran to their end, judged by the runner from each test process's
+exit status (no descriptor of the runner is open in a test process, so writing to descriptors forges
+nothing). A program that fakes equality (``__eq__`` returning True) or reads the runner's stack frames can
+still game its tests, as in any in-process harness: the sandbox contains, it does not judge intent.
 """
 
 from __future__ import annotations
@@ -54,6 +57,7 @@ def run_tests(
     memory_mb: int = 512,
     file_size_mb: int = 16,
     max_processes: int = 32,
+    disk_mb: int = 64,
 ) -> SandboxResult:
     """Runs ``code`` followed by each test (a Python snippet, usually asserts) in the sandbox.
 
@@ -65,14 +69,17 @@ def run_tests(
         cpu_seconds: CPU-time limit of every process.
         memory_mb: Address-space limit of every process.
         file_size_mb: Largest file a process may write.
-        max_processes: Process-count limit.
+        max_processes: Process-count limit (the program's own: each sandbox runs as its own uid).
+        disk_mb: Size of the tmpfs the program works in (all files together; where a mount namespace is
+            allowed, else only ``file_size_mb`` per file applies).
     """
     if not tests:
         return SandboxResult(passed=[], error="no tests")
     tmp = tempfile.mkdtemp(prefix="espo-sandbox-")
     job = {"code": code, "tests": tests, "tmp": tmp, "per_test_seconds": per_test_timeout,
            "limits": {"cpu_seconds": int(cpu_seconds), "memory_mb": int(memory_mb),
-                      "file_size_mb": int(file_size_mb), "max_processes": int(max_processes)}}
+                      "file_size_mb": int(file_size_mb), "max_processes": int(max_processes),
+                      "disk_mb": int(disk_mb)}}
     env = {"PATH": "/usr/bin:/bin", "HOME": tmp, "TMPDIR": tmp, "LANG": "C.UTF-8", "PYTHONDONTWRITEBYTECODE": "1"}
     proc = subprocess.Popen([sys.executable, "-I", str(RUNNER)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                             stderr=subprocess.DEVNULL, cwd=tmp, env=env, start_new_session=True)
