@@ -7,6 +7,12 @@
 Objectives, samplers and tasks are named by class (``ESPO``, ``Sudoku``) because their packages import
 every built-in class; a user's own subclass is named by its full ``class_path``. Configs may interpolate
 values with OmegaConf (``${model.num_generations}``). Every run gets a ``summary.json`` and a completion log.
+
+Errors read as a good command line's do: a parse error prints its message and where to find the options
+(not 85 lines of usage), a config file that is not valid YAML is named with the line and column, and an
+error raised after parsing (bad data, a missing model directory) prints one message instead of a traceback
+(``ESPO_TRACEBACK=1`` shows it). With ``--ckpt_path``, the settings given in the config and on the command
+line are the ones used: the checkpoint's saved hyper-parameters never override them (differences are listed).
 """
 
 from __future__ import annotations
@@ -14,13 +20,19 @@ from __future__ import annotations
 import importlib
 import inspect
 import json
+import logging
+import os
 import re
 import sys
 import warnings
+from pathlib import Path
 from typing import Any, NoReturn
 
+import yaml
+from jsonargparse import Namespace
 from lightning.pytorch import Trainer
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.utilities import rank_zero_info
 
 import espo.objectives  # noqa: F401 - registers the built-in objectives for short class names
 import espo.sampling  # noqa: F401
@@ -33,6 +45,16 @@ from espo.tasks.base import Task
 
 # Lightning 2.6 with torch >= 2.13 warns about its own pytree use on every run; it is not actionable here.
 warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)", category=Warning)
+
+
+class _NoAdvert(logging.Filter):
+    """Drops Lightning's "Tip: ... try installing litlogger" line, printed on every run: not about the run."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "litlogger" not in record.getMessage()
+
+
+logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_NoAdvert())
 
 
 # Keys whose value names a class: the package of its built-in classes and their base class.
@@ -55,7 +77,13 @@ class EspoArgumentParser(LightningArgumentParser):
                            and not inspect.isabstract(getattr(package, n)))
             message = (f"{key}: unknown class {name!r}. Built-in names: {', '.join(known)}; a class of your own "
                        f"is named by its full class_path (my_package.module.MyClass).\n\n{message}")
-        super().error(message, ex)
+        if not self.exit_on_error or callable(self._error_handler):
+            super().error(message, ex)
+        # The message, then where the options are: the usage block is the help's job (--help).
+        parser = getattr(ex, "subcommand_parser", None) or self
+        sys.stderr.write(f"error: {message}\n")
+        sys.stderr.write(f"(run '{parser.prog.replace(' [options]', '')} --help' for the options)\n")
+        self.exit(2)
 
 
 class EspoCLI(LightningCLI):
@@ -68,12 +96,37 @@ class EspoCLI(LightningCLI):
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         # As LightningCLI's, except that trainer.enable_checkpointing: false drops the checkpoint callback
-        # (Lightning refuses a ModelCheckpoint then) instead of failing.
+        # (Lightning refuses a ModelCheckpoint then) instead of failing, unless checkpoints were asked for.
         config = {**self._get(self.config_init, "trainer", default={}), **kwargs}
-        keys = self._parser(self.subcommand).callback_keys
+        parser = self._parser(self.subcommand)
+        keys = parser.callback_keys
         if config.get("enable_checkpointing") is False:
+            asked = changed_settings(self._get(self.config, "checkpoint"), parser.get_defaults().get("checkpoint"))
+            if asked and self.subcommand == "fit":
+                raise ValueError(f"checkpoint.{asked[0]} asks for checkpoints, but trainer.enable_checkpointing is "
+                                 "false (configs/demo.yaml sets it), so none would be written. Add "
+                                 "--trainer.enable_checkpointing true.")
             keys = [key for key in keys if key != "checkpoint"]
         return self._instantiate_trainer(config, [self._get(self.config_init, key) for key in keys])
+
+    def _parse_ckpt_path(self) -> None:
+        # LightningCLI applies the checkpoint's saved hyper-parameters on top of the parsed config, so
+        # ``espo test --ckpt_path X --model.eval_lengths [16]`` evaluated at the saved lengths. Here the settings
+        # the user gave win; the ones that differ from the checkpoint's are listed.
+        subcommand = self.config.get("subcommand")
+        path = self.config[subcommand].get("ckpt_path") if subcommand else None
+        if not path or not Path(path).is_file():
+            return
+        import torch
+
+        try:
+            saved = torch.load(path, weights_only=True, map_location="cpu", mmap=True).get("hyper_parameters", {})
+        except Exception:  # noqa: BLE001 - hyper-parameters that do not load safely are not consulted at all
+            return
+        model = self.config[subcommand].get("model")
+        for key in changed_settings(model, {k: v for k, v in saved.items() if not k.startswith("_")}):
+            rank_zero_info(f"espo: --ckpt_path: using model.{key}={_show(_lookup(model, key))} from your settings "
+                           f"(the checkpoint was written with {_show(_lookup(saved, key))})")
 
 
 def with_objective_defaults(argv: list[str]) -> list[str]:
@@ -119,6 +172,62 @@ def _objective_class(name: str) -> type | None:
     return found if isinstance(found, type) else None
 
 
+def changed_settings(given: Any, reference: Any, prefix: str = "") -> list[str]:
+    """Dotted keys of ``reference`` whose value in ``given`` differs (nested dicts and Namespaces compared by key)."""
+    given, reference = _plain(given), _plain(reference)
+    if not isinstance(reference, dict) or not isinstance(given, dict):
+        return []
+    out: list[str] = []
+    for key, value in reference.items():
+        mine = given.get(key)
+        if isinstance(value, dict) and isinstance(mine, dict):
+            out += changed_settings(mine, value, f"{prefix}{key}.")
+        elif key in given and mine != value:
+            out.append(f"{prefix}{key}")
+    return out
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Namespace):
+        value = value.as_dict()
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, tuple):
+        return list(value)
+    return value
+
+
+def _lookup(tree: Any, dotted: str) -> Any:
+    for part in dotted.split("."):
+        tree = _plain(tree).get(part) if isinstance(_plain(tree), dict) else None
+    return tree
+
+
+def _show(value: Any) -> str:
+    return json.dumps(value) if isinstance(value, (int, float, str, list, dict, type(None), bool)) else repr(value)
+
+
+def check_config_files(args: list[str]) -> None:
+    """Exits with a message naming the file, line and column when a ``--config`` file is missing or not YAML."""
+    paths = [args[i + 1] for i, a in enumerate(args[:-1]) if a in ("-c", "--config")]
+    paths += [a.partition("=")[2] for a in args if a.startswith("--config=")]
+    for path in paths:
+        if path.lstrip().startswith(("{", "[")) or "\n" in path:
+            continue  # an inline YAML/JSON string: jsonargparse reports it
+        file = Path(path).expanduser()
+        if not file.is_file():
+            sys.stderr.write(f"error: --config {path}: no such file\n")
+            raise SystemExit(2)
+        try:
+            yaml.safe_load(file.read_text(encoding="utf-8"))
+        except yaml.YAMLError as err:
+            mark = getattr(err, "problem_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+            problem = getattr(err, "problem", None) or str(err)
+            sys.stderr.write(f"error: --config {path}: not valid YAML{where}: {problem}\n")
+            raise SystemExit(2) from None
+
+
 def cli(args: list[str] | dict[str, Any] | None = None, run: bool = True) -> EspoCLI:
     """Builds (and by default runs) the CLI; the programmatic twin of the ``espo`` command.
 
@@ -126,24 +235,42 @@ def cli(args: list[str] | dict[str, Any] | None = None, run: bool = True) -> Esp
         args: Command-line arguments (default ``sys.argv[1:]``), as for ``LightningCLI``.
         run: Run the subcommand; False only parses and instantiates (then ``args`` has no subcommand).
     """
+    argv = sys.argv
     if args is None or isinstance(args, (list, tuple)):
         args = with_objective_defaults([str(a) for a in (sys.argv[1:] if args is None else args)])
-    return EspoCLI(
-        DiffusionRL,
-        Task,
-        subclass_mode_data=True,
-        parser_class=EspoArgumentParser,
-        auto_configure_optimizers=False,
-        parser_kwargs={"parser_mode": "omegaconf"},
-        save_config_kwargs={"overwrite": True},
-        args=args,
-        run=run,
-    )
+        check_config_files(args)
+    try:
+        # The arguments are passed explicitly (with the objective defaults inserted): LightningCLI would warn
+        # that sys.argv holds arguments too, on every command.
+        sys.argv = argv[:1]
+        return EspoCLI(
+            DiffusionRL,
+            Task,
+            subclass_mode_data=True,
+            parser_class=EspoArgumentParser,
+            auto_configure_optimizers=False,
+            parser_kwargs={"parser_mode": "omegaconf"},
+            save_config_kwargs={"overwrite": True},
+            args=args,
+            run=run,
+        )
+    finally:
+        sys.argv = argv
+
+
+# Errors a user's input causes (data, paths, settings): one line each, not a traceback into Lightning.
+USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError)
 
 
 def main(args: list[str] | dict[str, Any] | None = None) -> None:
     """Entry point of the ``espo`` console script (returns nothing, so the exit status is 0 on success)."""
-    cli(args)
+    try:
+        cli(args)
+    except USER_ERRORS as err:
+        if os.environ.get("ESPO_TRACEBACK"):
+            raise
+        sys.stderr.write(f"error: {err}\n(set ESPO_TRACEBACK=1 to see where it was raised)\n")
+        raise SystemExit(1) from None
 
 
 if __name__ == "__main__":

@@ -192,7 +192,7 @@ class DiffusionRL(LightningModule):
                 raise ValueError(f"trainer.precision {self.trainer.precision!r} is not supported: espo clips and "
                                  "skips non-finite steps itself, without fp16's loss scaler. Use bf16-mixed.")
             self.sizes = effective_sizes(
-                self._task().batch_size, self.num_generations, self.num_iterations, self.micro_batch_size,
+                self._task().rank_batch_size, self.num_generations, self.num_iterations, self.micro_batch_size,
                 self.rollout_batch_size, self.sampler.gen_length, self.trainer.world_size)
 
     def on_fit_start(self) -> None:

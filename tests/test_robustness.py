@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,7 @@ import pytest
 import torch
 
 from espo.checkpointing import RunCheckpoint
-from espo.cli import main
+from espo.cli import cli, main
 from espo.models import load_model
 from espo.module import DiffusionRL
 from espo.objectives import ESPO
@@ -206,10 +207,16 @@ def test_batch_sizes_that_do_not_divide_fail_before_the_model_loads(tmp_path: Pa
     (["--model.sampler.init_args.block_length", "10", "--model.sampler.init_args.steps", "5"],
      r"steps \(5\) must be divisible by the number of blocks \(2\)"),
 ])
-def test_sampler_knobs_fail_when_the_config_is_read(sampler_args, needle, monkeypatch: pytest.MonkeyPatch):
+def test_sampler_knobs_fail_when_the_config_is_read(sampler_args, needle, monkeypatch: pytest.MonkeyPatch,
+                                                     capsys: pytest.CaptureFixture[str]):
     monkeypatch.setattr("sys.argv", ["espo"])
-    with pytest.raises(ValueError, match=needle):
+    with pytest.raises(SystemExit) as exit_info:  # the espo command prints the message, not a traceback
         main(["fit", "--config", str(REPO / "configs/demo.yaml"), "--model.model", "no/such/dir", *sampler_args])
+    assert exit_info.value.code == 1
+    err = capsys.readouterr().err
+    assert re.search(f"^error: {needle}", err, re.M) and "Traceback" not in err
+    with pytest.raises(ValueError, match=needle):  # the programmatic cli() raises it
+        cli(["fit", "--config", str(REPO / "configs/demo.yaml"), "--model.model", "no/such/dir", *sampler_args])
 
 
 def test_unknown_objective_names_the_choices(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]):

@@ -53,8 +53,9 @@ class Task(LightningDataModule, ABC):
 
     Args:
         protocol: Which paper's prompts and reward semantics to use: ``"d1"`` or ``"espo"``.
-        batch_size: Prompts per training step (each is sampled ``num_generations`` times by the module).
-        eval_batch_size: Prompts per evaluation batch.
+        batch_size: Prompts per training step over all processes (each is sampled ``num_generations`` times by
+            the module); every process takes ``batch_size / world_size`` of them, which must divide evenly.
+        eval_batch_size: Prompts per evaluation batch, per process.
         seed: Seed of the shuffling order (an explicit generator; the global RNG is not used).
         num_workers: DataLoader workers.
         reward_workers: Processes that run the reward, one completion at a time (None: half the CPUs, at
@@ -149,27 +150,65 @@ class Task(LightningDataModule, ABC):
         components = self.rewards(completions, examples)
         return [float(sum(values)) for values in zip(*components.values(), strict=True)]
 
+    @property
+    def world_size(self) -> int:
+        """Processes the training batch is divided over (1 outside a trainer)."""
+        trainer = self.trainer
+        return int(getattr(trainer, "world_size", 1) or 1) if trainer is not None else 1
+
+    @property
+    def rank_batch_size(self) -> int:
+        """Prompts per training step on this process: ``batch_size / world_size`` (checked to divide)."""
+        ranks = self.world_size
+        if self.batch_size % ranks:
+            raise ValueError(f"data.batch_size={self.batch_size} is the global batch (prompts per step over all "
+                             f"processes) and must divide over the {ranks} processes; choose a multiple of {ranks}.")
+        return self.batch_size // ranks
+
     def setup(self, stage: str | None = None) -> None:
+        # Runs before the model loads: empty or too-small data fails here, not minutes into loading weights.
+        name = type(self).__name__
         if stage in (None, "fit") and "train" not in self.splits:
-            self.splits["train"] = self.load_split("train")
-            self.check_fields(self.splits["train"], "train")
+            rows = self.load_split("train")
+            self.check_fields(rows, "train")
+            if len(rows) == 0:
+                raise ValueError(f"{name}: the training data is empty ({self._source('train')}).")
+            if stage == "fit" and len(rows) // self.world_size < self.rank_batch_size:
+                raise ValueError(f"{name}: {len(rows)} training examples ({self._source('train')}) make no full batch "
+                                 f"of data.batch_size={self.batch_size} (over {self.world_size} process(es)); use a "
+                                 "smaller batch_size or more data.")
+            self.splits["train"] = rows
         if stage in (None, "test", "validate", "predict") and "test" not in self.splits:
-            self.splits["test"] = self.load_split("test")
-            self.check_fields(self.splits["test"], "test")
+            rows = self.load_split("test")
+            self.check_fields(rows, "test")
+            if len(rows) == 0:
+                raise ValueError(f"{name}: the test data is empty ({self._source('test')}).")
+            self.splits["test"] = rows
+
+    def _source(self, split: str) -> str:
+        """Where a split comes from, for messages (the task's ``train_source``/``test_source``-style setting)."""
+        for key in (f"{split}_source", f"{split}_file"):
+            if getattr(self, key, None) is not None:
+                return f"data.init_args.{key}={getattr(self, key)}"
+        return "generated"
+
+    def state_dict(self) -> dict[str, Any]:
+        """Saved in checkpoints: the settings a resumed run must share to continue the same prompt order."""
+        return {"task_settings": {"batch_size": self.batch_size, "seed": self.seed}}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        check_resume_settings(type(self).__name__, state_dict, {"batch_size": self.batch_size, "seed": self.seed})
 
     def teardown(self, stage: str | None = None) -> None:
         self.pool.close()  # reward workers end with the run, not at interpreter exit
 
     def train_dataloader(self) -> DataLoader:
         data = self.splits["train"]
-        if len(data) < self.batch_size:
-            raise ValueError(f"{type(self).__name__}: {len(data)} training examples, fewer than "
-                             f"batch_size={self.batch_size}.")
         if self._train_cursor is None:
             self._train_cursor = LoaderCursor()
         # Resumable: a checkpoint records the position in the shuffled order (see espo.tasks.loader).
         return ResumableLoader(
-            ExampleDataset(data), batch_size=self.batch_size, shuffle=True, drop_last=True,
+            ExampleDataset(data), batch_size=self.rank_batch_size, shuffle=True, drop_last=True,
             generator=torch.Generator().manual_seed(self.seed), collate_fn=collate_examples,
             num_workers=self.num_workers, cursor=self._train_cursor,
         )
@@ -206,3 +245,13 @@ class Task(LightningDataModule, ABC):
             if missing:
                 raise ValueError(f"{name}: {split} row {index} has no field(s) {missing} (it has {sorted(row)}); "
                                  f"every row needs {needed}.")
+
+
+def check_resume_settings(name: str, saved: dict[str, Any], current: dict[str, Any]) -> None:
+    """Raises when a checkpoint's task settings (``Task.state_dict``) differ from the resumed run's."""
+    settings = saved.get("task_settings", {}) if isinstance(saved, Mapping) else {}
+    for key, value in current.items():
+        if key in settings and settings[key] != value:
+            raise ValueError(f"{name}: data.init_args.{key}={value}, but the checkpoint was written with "
+                             f"{settings[key]}: a resumed run must keep it to continue the same prompt order. "
+                             f"Pass --data.init_args.{key} {settings[key]}, or start a new run without --ckpt_path.")

@@ -47,15 +47,31 @@ def equation_lhs(text: str) -> str | None:
     return None
 
 
-def normalise(row: dict[str, Any]) -> dict[str, Any]:
-    """``{"numbers": [int], "target": int}`` from the hub's ``nums``/``target`` or d1's ``input``/``output``."""
+def normalise(row: dict[str, Any], where: str = "a row") -> dict[str, Any]:
+    """``{"numbers": [int], "target": int}`` from the hub's ``nums``/``target`` or d1's ``input``/``output``;
+    a value that is not an integer raises a ValueError naming ``where`` (file and row) and the field."""
     if "numbers" in row and "target" in row:
-        return {**row, "numbers": [int(n) for n in row["numbers"]], "target": int(row["target"])}
-    if "nums" in row:
-        return {**row, "numbers": [int(n) for n in row["nums"]], "target": int(row["target"])}
+        return {**row, "numbers": _ints(row["numbers"], where, "numbers"),
+                "target": _int(row["target"], where, "target")}
+    if "nums" in row and "target" in row:
+        return {**row, "numbers": _ints(row["nums"], where, "nums"), "target": _int(row["target"], where, "target")}
     if "input" in row and "output" in row:
-        return {**row, "numbers": [int(n) for n in str(row["input"]).split(",")], "target": int(row["output"])}
+        return {**row, "numbers": _ints(str(row["input"]).split(","), where, "input"),
+                "target": _int(row["output"], where, "output")}
     return row
+
+
+def _int(value: Any, where: str, field: str) -> int:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"Countdown: {where}: field {field!r} must be an integer, got {value!r}.") from None
+
+
+def _ints(values: Any, where: str, field: str) -> list[int]:
+    if isinstance(values, (str, bytes)) and field != "input" or not hasattr(values, "__iter__"):
+        raise ValueError(f"Countdown: {where}: field {field!r} must be a list of integers, got {values!r}.")
+    return [_int(v, where, field) for v in values]
 
 
 def _uses_numbers(expression: str, numbers: list[int]) -> bool:
@@ -172,7 +188,8 @@ class Countdown(Task):
             size = self.num_train if split == "train" else (self.num_test or 256)
             seed = self.seed if split == "train" else self.TEST_SEED
             return _Generated(size, seed, self.num_numbers)
-        rows = [normalise(r) for r in load_rows(source, "train" if split == "train" else "test")]
+        rows = [normalise(r, f"{source} row {i}") for i, r in enumerate(load_rows(source, split))]
+        self.check_fields(rows, split)  # before the filter below, which would drop rows without the fields
         if split == "test":
             return take(rows, self.num_test)
         rows = [r for r in rows if len(r.get("numbers", ())) == self.num_numbers]

@@ -29,10 +29,20 @@ def read_file(path: str | Path) -> list[dict[str, Any]]:
         raise FileNotFoundError(f"Task data file not found: {path}")
     suffix = path.suffix.lower()
     if suffix == ".jsonl":
+        rows = []
         with path.open(encoding="utf-8") as fh:
-            rows = [json.loads(line) for line in fh if line.strip()]
+            for number, line in enumerate(fh, 1):
+                if line.strip():
+                    try:
+                        rows.append(json.loads(line))
+                    except json.JSONDecodeError as err:
+                        raise ValueError(f"{path}, line {number}: not valid JSON ({err.msg} at column "
+                                         f"{err.colno}): {line.strip()[:120]!r}") from None
     elif suffix == ".json":
-        data = json.loads(path.read_text(encoding="utf-8"))
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path}: not valid JSON ({err.msg} at line {err.lineno}, column {err.colno}).") from None
         rows = data.get("data", data) if isinstance(data, dict) else data
         if not isinstance(rows, list):
             raise ValueError(f"{path}: expected a JSON list of objects (or {{'data': [...]}}).")
@@ -45,8 +55,9 @@ def read_file(path: str | Path) -> list[dict[str, Any]]:
         rows = pq.read_table(path).to_pylist()
     else:
         raise ValueError(f"{path}: unsupported file type {suffix!r}; use .json, .jsonl, .csv or .parquet.")
-    if not all(isinstance(r, dict) for r in rows):
-        raise ValueError(f"{path}: every row must be an object with named fields.")
+    for index, row in enumerate(rows):
+        if not isinstance(row, dict):
+            raise ValueError(f"{path}: row {index} is a {type(row).__name__}, not an object with named fields.")
     return rows
 
 
@@ -73,7 +84,8 @@ def held_out(rows: Sequence[dict[str, Any]], size: int, seed: int) -> tuple[list
     if size <= 0:
         return shuffled, []
     if size >= len(shuffled):
-        raise ValueError(f"Cannot hold out {size} of {len(shuffled)} rows.")
+        raise ValueError(f"Cannot hold out {size} of {len(shuffled)} rows: the held-out slice must leave some "
+                         "rows to train on (lower held_out, or check the data).")
     return shuffled[:-size], shuffled[-size:]
 
 
