@@ -24,6 +24,11 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 # Lightning warns that manual optimisation checkpoints hold the state after the optimiser step. For espo that
 # is the point: a checkpoint falls between two rollout steps, which is where a resumed run starts.
 warnings.filterwarnings("ignore", message=r"Using ModelCheckpoint with manual optimization", category=Warning)
+# A resumed run logs into a new version folder by design (docs/robustness.md), so its checkpoint directory
+# always differs from the one it resumes from; Lightning's warning about that says nothing to act on.
+warnings.filterwarnings("ignore", message=r"The dirpath has changed from", category=Warning)
+# Resuming with checkpointing turned off leaves this callback's saved state unused, which is harmless.
+warnings.filterwarnings("ignore", message=r".*Please add the following callbacks: \['RunCheckpoint'\]", category=Warning)
 
 
 class RunCheckpoint(ModelCheckpoint):
@@ -59,8 +64,10 @@ class RunCheckpoint(ModelCheckpoint):
 
     @property
     def state_key(self) -> str:
-        # Distinct from a user's own ModelCheckpoint with the same settings, so both restore their state.
-        return f"RunCheckpoint{{every_n_train_steps={self._every_n_train_steps}}}"
+        # Distinct from a user's own ModelCheckpoint (whose key is "ModelCheckpoint{...}"), so both restore their
+        # state; and the same whatever the checkpoint settings, so a run resumed with other --checkpoint.* values
+        # is not told to "add the following callbacks".
+        return "RunCheckpoint"
 
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:

@@ -1,0 +1,182 @@
+"""First-hour friction (issue 13): errors name the file, row or setting, come before the model loads, read
+as one message; the user's settings win over a checkpoint's; asked-for checkpoints are written."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+import torch
+
+from espo.cli import EspoCLI, cli, main
+from espo.tasks import GSM8K, Countdown, Sudoku
+from espo.tasks.data import read_file
+
+REPO = Path(__file__).resolve().parents[1]
+DEMO = str(REPO / "configs" / "demo.yaml")
+
+
+@pytest.fixture(autouse=True)
+def _argv(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("sys.argv", ["espo"])
+
+
+# ------------------------------------------------------------------ bug 9: the file, row or setting is named
+def test_malformed_jsonl_names_the_file_and_line(tmp_path: Path):
+    path = tmp_path / "train.jsonl"
+    path.write_text('{"question": "q", "answer": "1"}\n{"question": "q2" "answer": "2"}\n')
+    with pytest.raises(ValueError, match=rf"{path}, line 2: not valid JSON \(Expecting ',' delimiter at column 19\)"):
+        read_file(path)
+    (tmp_path / "rows.json").write_text('[{"a": 1}, 3]')
+    with pytest.raises(ValueError, match=r"rows.json: row 1 is a int, not an object"):
+        read_file(tmp_path / "rows.json")
+
+
+def test_non_numeric_target_names_the_row_and_field(tmp_path: Path):
+    path = tmp_path / "cd.jsonl"
+    path.write_text('{"numbers": [1, 2, 3], "target": 6}\n{"numbers": [1, 2, 3], "target": "six"}\n')
+    task = Countdown(train_source=str(path), test_source=str(path), num_test=None)
+    with pytest.raises(ValueError, match=rf"Countdown: {path} row 1: field 'target' must be an integer, got 'six'"):
+        task.setup("test")
+
+
+def test_missing_field_is_reported_before_the_held_out_cut(tmp_path: Path):
+    path = tmp_path / "cd.jsonl"
+    path.write_text('{"numbers": [1, 2, 3], "target": 6}\n{"numbers": [1, 2, 3]}\n')
+    task = Countdown(train_source=str(path), held_out=1)
+    with pytest.raises(ValueError, match=r"Countdown: train row 1 has no field\(s\) \['target'\]"):
+        task.setup("fit")
+
+
+# ------------------------------------------------------------------ bug 8: data problems before the model loads
+def fake_trainer(world_size: int = 1) -> SimpleNamespace:
+    return SimpleNamespace(world_size=world_size, training=False)
+
+
+def test_empty_and_too_small_data_fail_in_setup(tmp_path: Path):
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n")
+    with pytest.raises(ValueError, match=rf"GSM8K: the training data is empty \(data.init_args.train_source={empty}\)"):
+        GSM8K(train_source=str(empty), reward_workers=0).setup("fit")
+    two = tmp_path / "two.jsonl"
+    two.write_text('{"question": "q", "answer": "1"}\n' * 2)
+    with pytest.raises(ValueError, match=r"GSM8K: 2 training examples .*two.jsonl\) make no full batch of "
+                                         r"data.batch_size=4"):
+        GSM8K(train_source=str(two), batch_size=4, reward_workers=0).setup("fit")
+
+
+# ------------------------------------------------------------------ bug 12: the batch is global
+def test_batch_size_is_global_and_must_divide_over_ranks():
+    task = Sudoku(prompt_format="raw", batch_size=16, num_train=64)
+    task.trainer = fake_trainer(world_size=8)
+    task.setup("fit")
+    assert task.rank_batch_size == 2 and task.train_dataloader().batch_size == 2
+    odd = Sudoku(prompt_format="raw", batch_size=12, num_train=64)
+    odd.trainer = fake_trainer(world_size=8)
+    with pytest.raises(ValueError, match=r"data.batch_size=12 is the global batch .* must divide over the 8 "
+                                         r"processes; choose a multiple of 8"):
+        odd.setup("fit")
+
+
+def test_recipes_state_the_papers_global_batch():
+    for name in ("gsm8k", "math", "countdown", "sudoku", "code"):
+        assert "over all processes (the paper's 16)" in (REPO / "configs" / f"{name}.yaml").read_text()
+
+
+# ------------------------------------------------------------------ bug 11: resume with another batch size
+def test_resume_with_another_batch_size_fails_clearly():
+    saved = Sudoku(batch_size=8).state_dict()
+    Sudoku(batch_size=8).load_state_dict(saved)
+    with pytest.raises(ValueError, match=r"Sudoku: data.init_args.batch_size=4, but the checkpoint was written "
+                                         r"with 8: .*Pass --data.init_args.batch_size 8"):
+        Sudoku(batch_size=4).load_state_dict(saved)
+
+
+# ------------------------------------------------------------------ bug 10: message first, usage on request
+def test_parse_errors_print_the_message_not_the_usage(capsys: pytest.CaptureFixture[str]):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", DEMO, "--model.nosuch", "3"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[0].startswith("error:") and "--model.nosuch" in err[0]
+    assert len(err) <= 3 and "usage:" not in "\n".join(err) and "--help" in err[-1]
+
+
+def test_yaml_syntax_error_names_the_file_line_and_column(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model:\n  model: [unclosed\ndata: 1\n")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", str(bad)])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert f"--config {bad}: not valid YAML at line 3" in err and "<unicode string>" not in err
+
+
+def test_errors_after_parsing_are_one_message(capsys: pytest.CaptureFixture[str], tmp_path: Path):
+    empty = tmp_path / "empty.csv"
+    empty.write_text("Puzzle,Solution\n")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", DEMO, "--model.model", "no/such/dir", "--data.init_args.train_file", str(empty)])
+    assert exit_info.value.code == 1
+    err = capsys.readouterr().err
+    assert "Traceback (most recent call last)" not in err and f"error: {empty}: no puzzles" in err
+
+
+# ------------------------------------------------------------------ bug 11: noise on every command
+def test_no_double_argument_warning_and_no_logger_advert(monkeypatch: pytest.MonkeyPatch,
+                                                          caplog: pytest.LogCaptureFixture):
+    monkeypatch.setattr("sys.argv", ["espo", "--config", DEMO, "--model.model", "no/such/dir"])
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        cli(None, run=False)
+    assert not [w for w in caught if "not recommended to provide both args" in str(w.message)]
+    with caplog.at_level(logging.INFO):
+        logging.getLogger("lightning.pytorch.utilities.rank_zero").info("💡 Tip: try installing [litlogger]")
+    assert "litlogger" not in caplog.text
+
+
+def test_checkpoint_state_key_does_not_depend_on_its_settings():
+    from espo.checkpointing import RunCheckpoint
+
+    assert RunCheckpoint(every_n_train_steps=2).state_key == RunCheckpoint(every_n_train_steps=100).state_key
+
+
+# ------------------------------------------------------------------ bug 5: asked-for checkpoints are written
+def test_checkpoints_asked_for_on_the_demo_are_written():
+    parsed = cli(["--config", DEMO, "--model.model", "no/such/dir", "--checkpoint.every_n_train_steps", "4"],
+                 run=False)
+    callback = parsed.trainer.checkpoint_callback
+    assert callback is not None and callback._every_n_train_steps == 4
+    assert cli(["--config", DEMO, "--model.model", "no/such/dir"], run=False).trainer.checkpoint_callback \
+        ._every_n_train_steps == 0  # the demo itself saves nothing periodically
+
+
+def test_checkpoint_settings_with_checkpointing_off_fail_clearly():
+    with pytest.raises(ValueError, match=r"checkpoint.every_n_train_steps asks for checkpoints, but "
+                                         r"trainer.enable_checkpointing is false"):
+        cli(["fit", "--config", DEMO, "--model.model", "no/such/dir", "--trainer.enable_checkpointing", "false",
+             "--checkpoint.every_n_train_steps", "4"])
+
+
+# ------------------------------------------------------------------ bug 1: --ckpt_path never overrides settings
+def test_user_settings_win_over_the_checkpoints_hyper_parameters(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                 caplog: pytest.LogCaptureFixture):
+    ckpt = tmp_path / "last.ckpt"
+    saved: dict[str, Any] = {"model": "checkpoints/tiny-sudoku-sft", "eval_lengths": None, "eval_steps_ratio": 0.5,
+                             "export_dir": None, "num_generations": 6}
+    torch.save({"hyper_parameters": saved, "pytorch-lightning_version": "2.6.0"}, ckpt)
+    monkeypatch.setattr(EspoCLI, "_run_subcommand", lambda self, subcommand: None)  # parse and build only
+    with caplog.at_level(logging.INFO):
+        parsed = cli(["test", "--config", DEMO, "--ckpt_path", str(ckpt), "--model.model", "other/dir",
+                      "--model.eval_lengths", "[16]", "--model.eval_steps_ratio", "1.0",
+                      "--model.export_dir", str(tmp_path / "out")])
+    assert parsed.model.evaluation.lengths == [16] and parsed.model.evaluation.steps_ratio == 1.0
+    assert parsed.model.model_source == "other/dir" and parsed.model.export_dir == str(tmp_path / "out")
+    assert 'using model.eval_lengths=[16] from your settings (the checkpoint was written with null)' in caplog.text
+    assert json.dumps(6) not in caplog.text.split("num_generations")[-1][:3]  # unchanged settings are not listed
