@@ -28,7 +28,8 @@ warnings.filterwarnings("ignore", message=r"Using ModelCheckpoint with manual op
 # always differs from the one it resumes from; Lightning's warning about that says nothing to act on.
 warnings.filterwarnings("ignore", message=r"The dirpath has changed from", category=Warning)
 # Resuming with checkpointing turned off leaves this callback's saved state unused, which is harmless.
-warnings.filterwarnings("ignore", message=r".*Please add the following callbacks: \['RunCheckpoint'\]", category=Warning)
+warnings.filterwarnings("ignore", message=r".*Please add the following callbacks: \['RunCheckpoint'\]",
+                        category=Warning)
 
 
 class RunCheckpoint(ModelCheckpoint):

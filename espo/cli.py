@@ -48,10 +48,12 @@ warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)",
 
 
 class _NoAdvert(logging.Filter):
-    """Drops Lightning's "Tip: ... try installing litlogger" line, printed on every run: not about the run."""
+    """Drops two lines Lightning prints on every run that say nothing about it: an advert ("Tip: ... try
+    installing litlogger") and a note that the configs' own model summary (``espo.progress``) is in use."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return "litlogger" not in record.getMessage()
+        message = record.getMessage()
+        return "litlogger" not in message and "Skipping setting a default `ModelSummary`" not in message
 
 
 logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_NoAdvert())

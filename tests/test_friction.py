@@ -180,3 +180,15 @@ def test_user_settings_win_over_the_checkpoints_hyper_parameters(tmp_path: Path,
     assert parsed.model.model_source == "other/dir" and parsed.model.export_dir == str(tmp_path / "out")
     assert 'using model.eval_lengths=[16] from your settings (the checkpoint was written with null)' in caplog.text
     assert json.dumps(6) not in caplog.text.split("num_generations")[-1][:3]  # unchanged settings are not listed
+
+
+# ------------------------------------------------------------------ nits: what the console shows
+def test_progress_bar_has_no_bogus_epoch_bound_or_version():
+    from espo.progress import RunProgressBar
+
+    bar = RunProgressBar()
+    bar._trainer = SimpleNamespace(max_epochs=-1)
+    assert bar._get_train_description(49) == "Epoch 49"  # Lightning's: "Epoch 49/-2"
+    bar._trainer = SimpleNamespace(max_epochs=3)
+    assert bar._get_train_description(1) == "Epoch 1/2"
+    assert "espo.progress.RunProgressBar" in Path(DEMO).read_text()
