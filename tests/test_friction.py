@@ -192,3 +192,21 @@ def test_progress_bar_has_no_bogus_epoch_bound_or_version():
     bar._trainer = SimpleNamespace(max_epochs=3)
     assert bar._get_train_description(1) == "Epoch 1/2"
     assert "espo.progress.RunProgressBar" in Path(DEMO).read_text()
+
+
+# ------------------------------------------------------------------ bug 9: model directories
+def test_truncated_shard_and_missing_tokenizer_are_named(tiny_dir: Path, tmp_path: Path):
+    import shutil
+
+    from espo.models import load_model
+
+    cut = shutil.copytree(tiny_dir, tmp_path / "cut")
+    weights = cut / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    with pytest.raises(ValueError, match=rf"{weights}: .*truncated or corrupt"):
+        load_model(cut)
+    bare = shutil.copytree(tiny_dir, tmp_path / "bare")
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        (bare / name).unlink(missing_ok=True)
+    with pytest.raises(FileNotFoundError, match=rf"{bare} has no tokenizer files"):
+        load_model(bare)

@@ -113,12 +113,16 @@ def load_weights(network: torch.nn.Module, files: list[Path], dtype: torch.dtype
     seen: set[str] = set()
     unexpected: list[str] = []
     for file in files:
-        with safe_open(str(file), framework="pt", device="cpu") as shard:
+        with _open_shard(file) as shard:
             for key in shard.keys():
                 if key not in expected:
                     unexpected.append(key)
                     continue
-                tensor = shard.get_tensor(key)
+                try:
+                    tensor = shard.get_tensor(key)
+                except Exception as err:  # noqa: BLE001 - safetensors' own error type names no file
+                    raise ValueError(f"{file}: cannot read weight {key!r} ({err}); the shard is truncated or "
+                                     "corrupt: download or export it again.") from None
                 if tuple(tensor.shape) != tuple(expected[key].shape):
                     raise ValueError(f"Weight {key!r} in {file.name} has shape {tuple(tensor.shape)}, "
                                      f"the config expects {tuple(expected[key].shape)}.")
@@ -131,10 +135,21 @@ def load_weights(network: torch.nn.Module, files: list[Path], dtype: torch.dtype
                          f"{' ...' if len(unexpected) > 5 else ''}.")
 
 
+def _open_shard(file: Path) -> Any:
+    try:
+        return safe_open(str(file), framework="pt", device="cpu")
+    except Exception as err:  # noqa: BLE001 - safetensors' own error type names no file
+        raise ValueError(f"{file}: not a readable safetensors file ({err}); it is truncated or corrupt: download "
+                         "or export it again.") from None
+
+
 def _assign(network: torch.nn.Module, key: str, value: torch.Tensor) -> None:
     owner_name, _, leaf = key.rpartition(".")
     owner = network.get_submodule(owner_name)
     setattr(owner, leaf, torch.nn.Parameter(value, requires_grad=value.is_floating_point()))
+
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model", "vocab.txt")
 
 
 def load_tokenizer(directory: Path, *, trust_remote_code: bool = False) -> Any:
@@ -146,6 +161,10 @@ def load_tokenizer(directory: Path, *, trust_remote_code: bool = False) -> Any:
     """
     from transformers import AutoTokenizer, PreTrainedTokenizerFast, Qwen2Tokenizer
 
+    if not any((directory / name).is_file() for name in TOKENIZER_FILES):
+        # Else transformers guesses and asks to "install sentencepiece", which is not the problem.
+        raise FileNotFoundError(f"{directory} has no tokenizer files (none of {', '.join(TOKENIZER_FILES)}): copy "
+                                "the base model's tokenizer files beside the weights.")
     config_file = directory / "tokenizer_config.json"
     tok_config = json.loads(config_file.read_text()) if config_file.is_file() else {}
     if tok_config.get("tokenizer_class") == "DreamTokenizer" and (directory / "vocab.json").is_file():
