@@ -30,6 +30,7 @@ from espo.models.lora import LoRASpec
 from espo.objectives import Objective, Rollout
 from espo.persistence import export, load_state, save_state
 from espo.policy import configure_policy
+from espo.preflight import check_prompts_render
 from espo.rollout import encode, roll_out
 from espo.sampling import Sampler
 from espo.scale import check_optimizer, gathered
@@ -181,6 +182,7 @@ class DiffusionRL(LightningModule):
     def setup(self, stage: str) -> None:
         # Runs after the task's setup and before configure_model: inconsistent batch knobs fail before the
         # model loads.
+        check_prompts_render(self.model_source, self._task(), "train" if stage == "fit" else "test")
         if stage == "fit":
             self.objective.check(self.sampler.gen_length)
             if self.filter_zero_std_groups and self.trainer.world_size > 1:
