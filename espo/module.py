@@ -30,6 +30,7 @@ from espo.models.lora import LoRASpec
 from espo.objectives import Objective, Rollout
 from espo.persistence import export, load_state, save_state
 from espo.policy import configure_policy
+from espo.prediction import Prediction
 from espo.preflight import check_prompts_render
 from espo.rollout import encode, roll_out
 from espo.sampling import Sampler
@@ -156,6 +157,7 @@ class DiffusionRL(LightningModule):
         self.reward_history: list[tuple[int, float]] = []
         self.last_samples: list[dict[str, Any]] = []
         self.evaluation = Evaluation(eval_lengths, eval_block_length, eval_steps_ratio, eval_temperature, eval_file)
+        self.prediction = Prediction(self.evaluation)
 
     # ------------------------------------------------------------------ setup
     def configure_model(self) -> None:
@@ -277,6 +279,17 @@ class DiffusionRL(LightningModule):
 
     def on_test_epoch_end(self) -> None:
         self.evaluation.finish(self)
+
+    # ------------------------------------------------------------------ espo predict (see espo.prediction)
+    def on_predict_epoch_start(self) -> None:
+        self.prediction.start()
+
+    def predict_step(self, batch: list[dict[str, Any]], batch_idx: int) -> list[dict[str, Any]]:
+        self.policy.eval()
+        return self.prediction.step(self, self._task(), batch, batch_idx)
+
+    def on_predict_epoch_end(self) -> None:
+        self.prediction.finish(self)
 
     # ------------------------------------------------------------------ persistence (see espo.persistence)
     def on_train_end(self) -> None:

@@ -29,10 +29,16 @@ def save_state(module: DiffusionRL, checkpoint: dict[str, Any]) -> None:
         # Saved after an exception inside training_step (RunCheckpoint.on_exception). The prompt loader
         # counted this step's batch when it was handed over; uncount it, so a resumed run retries that batch
         # with this step's random streams (rollout_step has not advanced).
-        loop = checkpoint.get("loops", {}).get("fit_loop", {}).get("state_dict", {})
-        for state in loop.get("combined_loader", []):
+        fit_loop = checkpoint.get("loops", {}).get("fit_loop", {})
+        for state in fit_loop.get("state_dict", {}).get("combined_loader", []):
             if isinstance(state, dict) and "consumed" in state:
                 state["consumed"] = max(0, state["consumed"] - 1)
+        # Lightning adds one to its logging step when it restarts from a checkpoint saved mid-batch (it
+        # assumes the batch-end save of periodic checkpoints): without this, metrics.csv labels the retried
+        # step and every later one a step too far.
+        epoch = fit_loop.get("epoch_loop.state_dict", {})
+        if epoch.get("_batches_that_stepped"):
+            epoch["_batches_that_stepped"] -= 1
 
 
 def load_state(module: DiffusionRL, checkpoint: dict[str, Any]) -> None:

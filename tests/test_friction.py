@@ -236,3 +236,34 @@ def test_chat_task_on_a_tokenizer_without_template_fails_before_the_model_loads(
     raw.setup("fit")
     module._trainer = SimpleNamespace(world_size=1, precision="32-true", datamodule=raw)
     module.setup("fit")  # plain-text prompts need no template
+
+
+# ------------------------------------------------------------------ bug 6: espo predict
+@pytest.mark.slow
+def test_predict_writes_completions_for_a_prompt_file(tiny_dir: Path, tmp_path: Path):
+    prompts = tmp_path / "prompts.csv"
+    prompts.write_text("Puzzle,Solution\n1234000000000000,1234341221434321\n0000341200000000,1234341221434321\n")
+    assert main(["predict", "--config", DEMO, "--model.model", str(tiny_dir), "--data.init_args.test_file",
+                 str(prompts), "--model.eval_lengths", "[8]", "--trainer.logger.init_args.save_dir",
+                 str(tmp_path)]) is None
+    [written] = tmp_path.glob("demo/version_*/predictions.jsonl")
+    rows = [json.loads(line) for line in written.read_text().splitlines()]
+    assert [r["prompt"] for r in rows] == ["1234000000000000\n", "0000341200000000\n"]
+    assert all(r["length"] == 8 and isinstance(r["completion"], str) for r in rows)
+
+
+# ------------------------------------------------------------------ nits: python -m espo.scale.export
+def test_scale_export_runs_as_a_module_without_warning_and_writes_readable_weights(tmp_path: Path):
+    import os
+    import subprocess
+    import sys
+
+    from espo.models.export import save_sharded
+
+    child = subprocess.run([sys.executable, "-W", "default", "-m", "espo.scale.export", "--help"],
+                           capture_output=True, text=True, timeout=120)
+    assert child.returncode == 0 and "RuntimeWarning" not in child.stderr
+    [path] = save_sharded({"w": torch.zeros(3)}, tmp_path / "out")
+    umask = os.umask(0)
+    os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask  # safetensors alone writes 0600

@@ -297,6 +297,8 @@ class Sevens(Rows):
 
 @pytest.mark.slow
 def test_exception_checkpoint_retries_the_failed_step(tiny_dir: Path, tmp_path: Path):
+    labels: dict[int, list[int]] = {}  # the step a logger (metrics.csv) gets for each batch, per run
+
     def run(steps: int, task: Task, **kwargs: Any) -> tuple[DiffusionRL, list[float]]:
         module = DiffusionRL(str(tiny_dir), ESPO(beta=0.01, num_mc=1),
                              LLaDASampler(gen_length=8, block_length=4, steps=4, temperature=1.0), num_generations=2,
@@ -304,6 +306,8 @@ def test_exception_checkpoint_retries_the_failed_step(tiny_dir: Path, tmp_path: 
         losses: list[float] = []
         record = pl.Callback()
         record.on_train_batch_end = lambda trainer, *_: losses.append(float(trainer.callback_metrics["loss"]))
+        seen = labels.setdefault(len(labels), [])
+        record.on_train_batch_start = lambda trainer, *_: seen.append(trainer.fit_loop.epoch_loop._batches_that_stepped)
         checkpoint = RunCheckpoint(dirpath=str(tmp_path / "ckpt"), every_n_train_steps=0)
         fit(module, task, steps, tmp_path, callbacks=[checkpoint, record], enable_checkpointing=True, **kwargs)
         return module, losses
@@ -318,3 +322,4 @@ def test_exception_checkpoint_retries_the_failed_step(tiny_dir: Path, tmp_path: 
     module, resumed = run(5, Sevens(batch_size=2), ckpt_path=str(tmp_path / "ckpt" / "on_exception.ckpt"))
     assert module.rollout_step == 5 and len(resumed) == 2
     assert resumed == pytest.approx(straight[3:], rel=1e-5, abs=1e-7)
+    assert labels[2] == labels[0][3:] == [3, 4]  # issue 13 bug 7: metrics.csv labelled the retried steps 4, 5

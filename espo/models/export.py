@@ -12,6 +12,7 @@ trust_remote_code=True)`` behaves as on the original. ``adapter_only=True`` writ
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -55,6 +56,7 @@ def save_sharded(state: dict[str, torch.Tensor], directory: str | Path, *, num_s
     if len(groups) == 1:
         path = out / "model.safetensors"
         save_file(tensors, str(path), metadata={"format": "pt"})
+        _readable([path])
         return [path]
     n = len(groups)
     paths, weight_map = [], {}
@@ -63,9 +65,18 @@ def save_sharded(state: dict[str, torch.Tensor], directory: str | Path, *, num_s
         save_file({k: tensors[k] for k in keys}, str(path), metadata={"format": "pt"})
         weight_map.update({k: path.name for k in keys})
         paths.append(path)
+    _readable(paths)
     index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
     (out / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
     return paths
+
+
+def _readable(paths: list[Path]) -> None:
+    """The mode any new file gets under the umask: safetensors creates its files 0600 (owner only)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in paths:
+        os.chmod(path, 0o666 & ~umask)
 
 
 def _dequantised(module: nn.Module) -> torch.Tensor | None:

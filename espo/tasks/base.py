@@ -217,6 +217,10 @@ class Task(LightningDataModule, ABC):
         return DataLoader(ExampleDataset(self.splits["test"]), batch_size=self.eval_batch_size,
                           collate_fn=collate_examples, num_workers=self.num_workers)
 
+    def predict_dataloader(self) -> DataLoader:
+        """``espo predict`` completes the test split's prompts (a prompt file given as the test source)."""
+        return self.test_dataloader()
+
     def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         # Called for the batch training_step is about to get (not the one Lightning prefetched).
         trainer = self.trainer
