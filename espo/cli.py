@@ -45,6 +45,11 @@ from espo.tasks.base import Task
 
 # Lightning 2.6 with torch >= 2.13 warns about its own pytree use on every run; it is not actionable here.
 warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)", category=Warning)
+# espo passes the command line to LightningCLI explicitly (with the objective defaults inserted), so sys.argv
+# holds the same arguments: Lightning's warning about both being given would print on every command. (sys.argv
+# itself must stay: Lightning's multi-process launcher starts the other ranks from it.)
+warnings.filterwarnings("ignore", message=r"LightningCLI's args parameter is intended to run from within Python",
+                        category=Warning)
 
 
 class _NoAdvert(logging.Filter):
@@ -237,27 +242,20 @@ def cli(args: list[str] | dict[str, Any] | None = None, run: bool = True) -> Esp
         args: Command-line arguments (default ``sys.argv[1:]``), as for ``LightningCLI``.
         run: Run the subcommand; False only parses and instantiates (then ``args`` has no subcommand).
     """
-    argv = sys.argv
     if args is None or isinstance(args, (list, tuple)):
         args = with_objective_defaults([str(a) for a in (sys.argv[1:] if args is None else args)])
         check_config_files(args)
-    try:
-        # The arguments are passed explicitly (with the objective defaults inserted): LightningCLI would warn
-        # that sys.argv holds arguments too, on every command.
-        sys.argv = argv[:1]
-        return EspoCLI(
-            DiffusionRL,
-            Task,
-            subclass_mode_data=True,
-            parser_class=EspoArgumentParser,
-            auto_configure_optimizers=False,
-            parser_kwargs={"parser_mode": "omegaconf"},
-            save_config_kwargs={"overwrite": True},
-            args=args,
-            run=run,
-        )
-    finally:
-        sys.argv = argv
+    return EspoCLI(
+        DiffusionRL,
+        Task,
+        subclass_mode_data=True,
+        parser_class=EspoArgumentParser,
+        auto_configure_optimizers=False,
+        parser_kwargs={"parser_mode": "omegaconf"},
+        save_config_kwargs={"overwrite": True},
+        args=args,
+        run=run,
+    )
 
 
 # Errors a user's input causes (data, paths, settings): one line each, not a traceback into Lightning.

@@ -77,9 +77,11 @@ def _metrics(root: Path, name: str) -> list[dict[str, float]]:
 @pytest.mark.slow
 def test_fsdp2_on_two_processes_matches_one_process(tmp_path: Path):
     _fit(_config(tmp_path, "single"), "--trainer.devices", "1")
+    # data.batch_size is global: 4 over 2 processes is 2 per rank, and without a distributed sampler both ranks
+    # draw the same 2 prompts as the single process (the same data, so the same losses).
     _fit(_config(tmp_path, "sharded", activation_checkpointing=True), "--trainer.devices", "2",
          "--trainer.strategy", "ModelParallelStrategy", "--trainer.strategy.data_parallel_size", "2",
-         "--trainer.strategy.tensor_parallel_size", "1")
+         "--trainer.strategy.tensor_parallel_size", "1", "--data.init_args.batch_size", "4")
 
     single, sharded = _metrics(tmp_path, "single"), _metrics(tmp_path, "sharded")
     assert len(single) == len(sharded) == 2  # two rollout steps of two optimiser steps each
