@@ -28,7 +28,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from espo.tasks.pool import RewardPool
 
 
-class Task(Protocol):
+class GuardedTask(Protocol):
     """What the guard uses of an ``espo.tasks.base.Task`` (a protocol, so this module never imports it)."""
 
     pool: RewardPool
@@ -42,7 +42,7 @@ class Task(Protocol):
         ...
 
 
-def guarded_components(task: Task, completions: list[str], examples: list[dict[str, Any]]
+def guarded_components(task: GuardedTask, completions: list[str], examples: list[dict[str, Any]]
                        ) -> dict[str, list[float]]:
     """The task's named reward components, run under its pool's deadline unless it guards itself, checked."""
     name = type(task).__name__
@@ -63,7 +63,7 @@ def guarded_components(task: Task, completions: list[str], examples: list[dict[s
             for key in task.reward_names}
 
 
-def check_components(task: Task, components: Any, count: int) -> dict[str, list[float]]:
+def check_components(task: GuardedTask, components: Any, count: int) -> dict[str, list[float]]:
     """Checks the shape of ``reward_components``' result (raising) and its values (counting bad ones)."""
     name = type(task).__name__
     if not isinstance(components, Mapping) or not components:
@@ -81,7 +81,7 @@ def check_components(task: Task, components: Any, count: int) -> dict[str, list[
     return out
 
 
-def guarded_scores(task: Task, completions: list[str], examples: list[dict[str, Any]]) -> list[float]:
+def guarded_scores(task: GuardedTask, completions: list[str], examples: list[dict[str, Any]]) -> list[float]:
     """``task.score`` over a batch: per item under the pool's deadline unless the task guards itself, checked."""
     if len(completions) != len(examples):
         raise ValueError(f"{type(task).__name__}: {len(completions)} completions for {len(examples)} examples.")
@@ -94,7 +94,7 @@ def guarded_scores(task: Task, completions: list[str], examples: list[dict[str, 
     return [checked_value(task, "score()", v) for v in values]
 
 
-def checked_value(task: Task, where: str, value: Any) -> float:
+def checked_value(task: GuardedTask, where: str, value: Any) -> float:
     """``float(value)`` when it is a finite number; otherwise 0.0, counted as invalid and reported once."""
     number: float | None = None
     if not isinstance(value, (str, bytes)):
