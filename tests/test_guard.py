@@ -85,7 +85,8 @@ def test_a_result_of_the_wrong_shape_is_a_clear_error():
 
 def test_the_metric_is_guarded_too():
     task = Hostile(reward_workers=1, reward_timeout=1.0)
-    assert task.scores(["good", "raise", "hang", "nan"], [{"x": 0}] * 4) == [1.0, 0.0, 0.0, 0.0]
+    with pytest.warns(UserWarning, match=r"Hostile.score\(\) returned float nan"):
+        assert task.scores(["good", "raise", "hang", "nan"], [{"x": 0}] * 4) == [1.0, 0.0, 0.0, 0.0]
     assert task.reward_stats() == {"reward/timeouts": 1.0, "reward/errors": 1.0, "reward/invalid": 1.0}
     task.teardown()
 
