@@ -17,6 +17,7 @@ line are the ones used: the checkpoint's saved hyper-parameters never override t
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import inspect
 import json
@@ -195,8 +196,12 @@ def changed_settings(given: Any, reference: Any, prefix: str = "") -> list[str]:
 
 
 def _plain(value: Any) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):  # settings groups saved as dataclasses
+        value = dataclasses.asdict(value)
     if isinstance(value, Namespace):
         value = value.as_dict()
+    if isinstance(value, dict) and set(value) <= {"class_path", "init_args"} and "init_args" in value:
+        value = value["init_args"]  # a class given by path compares by its arguments
     if isinstance(value, dict):
         return {k: _plain(v) for k, v in value.items()}
     if isinstance(value, tuple):
