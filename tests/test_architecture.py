@@ -1,4 +1,5 @@
-"""The import graph of ``espo/`` is acyclic, counting every import: module level, in functions and type-only."""
+"""The step's shape: ``espo/``'s import graph is acyclic (every import counted: module level, in functions and
+type-only) and ``DiffusionRL.training_step`` stays a short one-way pipeline."""
 
 from __future__ import annotations
 
@@ -93,3 +94,11 @@ def test_espo_has_no_import_cycle():
     graph = import_graph()
     assert "espo.module" in graph and graph["espo.module"]  # the graph really was built
     assert find_cycle(graph) is None, f"import cycle: {' -> '.join(find_cycle(graph))}"
+
+
+def test_training_step_is_a_short_one_way_pipeline():
+    tree = ast.parse((PACKAGE / "module.py").read_text(encoding="utf-8"))
+    step = next(node for node in ast.walk(tree) if isinstance(node, ast.FunctionDef) and node.name == "training_step")
+    assert step.end_lineno - step.lineno + 1 <= 15
+    called = {node.func.id for node in ast.walk(step) if isinstance(node, ast.Call) and isinstance(node.func, ast.Name)}
+    assert {"roll_out", "update"} <= called  # prompts -> rollout -> update -> log
