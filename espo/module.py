@@ -103,9 +103,6 @@ class DiffusionRL(LightningModule):
         self.policy_spec, self.objective, self.sampler = policy, objective, sampler
         self.optimizer_factory, self.scheduler_factory = optimizer, lr_scheduler
         self.evaluation, self.export_spec, self.seed = evaluation, export, seed
-        self.num_generations, self.num_iterations = num_generations, num_iterations
-        self.micro_batch_size, self.rollout_batch_size = micro_batch_size, rollout_batch_size
-        self.filter_zero_std_groups = filter_zero_std_groups
         self.rollout_settings = RolloutSettings(num_generations, rollout_batch_size, max_prompt_length,
                                                 sft_sample_every, filter_zero_std_groups, policy.fsdp_gather_rollout)
         self.update_settings = UpdateSettings(num_iterations, micro_batch_size, max_grad_norm, seed,
@@ -118,7 +115,15 @@ class DiffusionRL(LightningModule):
         self.last_samples: list[dict[str, Any]] = []
         self._test_run: EvaluationRun | None = None
 
-    # ------------------------------------------------------------------ counters (read-only views)
+    # ------------------------------------------------------------------ read-only views
+    @property
+    def num_generations(self) -> int:
+        return self.rollout_settings.num_generations
+
+    @property
+    def num_iterations(self) -> int:
+        return self.update_settings.num_iterations
+
     @property
     def rollout_step(self) -> int:
         return self.counters.rollout_step
@@ -162,7 +167,7 @@ class DiffusionRL(LightningModule):
         # model loads.
         if stage == "fit":
             self.objective.check(self.sampler.gen_length)
-            if self.filter_zero_std_groups and self.trainer.world_size > 1:
+            if self.rollout_settings.filter_zero_std_groups and self.trainer.world_size > 1:
                 # Each rank would drop a different number of rows and run a different number of forward,
                 # backward and all-reduce calls: the processes would deadlock.
                 raise ValueError("model.filter_zero_std_groups works on one process only (got world size "
@@ -170,9 +175,10 @@ class DiffusionRL(LightningModule):
             if str(self.trainer.precision).startswith("16"):
                 raise ValueError(f"trainer.precision {self.trainer.precision!r} is not supported: espo clips and "
                                  "skips non-finite steps itself, without fp16's loss scaler. Use bf16-mixed.")
+            sampling, stepping = self.rollout_settings, self.update_settings
             self.sizes = effective_sizes(
-                self._task().batch_size, self.num_generations, self.num_iterations, self.micro_batch_size,
-                self.rollout_batch_size, self.sampler.gen_length, self.trainer.world_size)
+                self._task().batch_size, sampling.num_generations, stepping.num_iterations, stepping.micro_batch_size,
+                sampling.rollout_batch_size, self.sampler.gen_length, self.trainer.world_size)
 
     def on_fit_start(self) -> None:
         if self.reference is not None:
