@@ -87,7 +87,7 @@ class Evaluation:
     def start(self, gen_length: int, device: torch.device) -> EvaluationRun:
         """A fresh run's state: one mean metric per length (``gen_length`` when ``lengths`` is None)."""
         lengths = self.lengths or [gen_length]
-        return EvaluationRun({n: MeanMetric().to(device) for n in lengths}, [], dict.fromkeys(lengths, 0.0))
+        return EvaluationRun(device, {n: MeanMetric().to(device) for n in lengths}, [], dict.fromkeys(lengths, 0.0))
 
     @torch.no_grad()
     def step(self, run: EvaluationRun, policy: DiffusionLM, sampler: Sampler, task: Any, batch: list[dict[str, Any]],
@@ -96,7 +96,7 @@ class Evaluation:
         tokenizer = policy.tokenizer
         prompts = [render_prompt(tokenizer, task.eval_prompt(ex)) + task.eval_prefill() for ex in batch]
         ids, mask, _ = encode_prompts(tokenizer, prompts, max_prompt_length)
-        device = next(iter(run.metrics.values())).device
+        device = run.device
         ids, mask = ids.to(device), mask.to(device)
         for length, metric in run.metrics.items():
             steps, block = self.schedule(length)
@@ -144,8 +144,9 @@ class Evaluation:
 
 @dataclass
 class EvaluationRun:
-    """The state of one ``espo test`` run: a mean score per length, the generation records, seconds per length."""
+    """The state of one ``espo test`` run: its device, a mean score per length, the records, seconds per length."""
 
+    device: torch.device
     metrics: dict[int, MeanMetric]
     records: list[dict[str, Any]] = field(default_factory=list)
     seconds: dict[int, float] = field(default_factory=dict)
