@@ -119,7 +119,7 @@ class EspoCLI(LightningCLI):
 
     def _parse_ckpt_path(self) -> None:
         # LightningCLI applies the checkpoint's saved hyper-parameters on top of the parsed config, so
-        # ``espo test --ckpt_path X --model.eval_lengths [16]`` evaluated at the saved lengths. Here the settings
+        # ``espo test --ckpt_path X --model.evaluation.lengths [16]`` evaluated at the saved lengths. Here the settings
         # the user gave win; the ones that differ from the checkpoint's are listed.
         subcommand = self.config.get("subcommand")
         path = self.config[subcommand].get("ckpt_path") if subcommand else None

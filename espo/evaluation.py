@@ -2,8 +2,9 @@
 
 For every generation length L of the protocol (d1: 128, 256, 512), the policy completes the task's
 evaluation prompts (``Task.eval_prompt`` rendered, then ``Task.eval_prefill``, e.g. d1's ``<reasoning>``) with
-LLaDA's sampler at ``steps = L * eval_steps_ratio`` (d1: L / 2), block ``eval_block_length`` (32) and
-temperature ``eval_temperature`` (0: greedy). Each completion is cut at its first EOS and scored by
+the configured sampler at ``steps = L * steps_ratio`` (d1: L / 2), block ``block_length`` (32) and
+temperature ``temperature`` (0: greedy), through ``espo.rollout.generate`` as in training. Each completion is
+cut at its first EOS and scored by
 ``Task.scores``; a ``torchmetrics.MeanMetric`` per length accumulates the scores (synchronised across
 processes), a table is printed at the end and ``test/score@L`` is logged. Every generation is written with
 its score to a JSONL file in the run's log directory, and the table to ``test_results.json``.
@@ -14,18 +15,21 @@ from __future__ import annotations
 import copy
 import json
 import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from lightning.pytorch import LightningModule
+from lightning.pytorch import Trainer
 from rich.console import Console
 from rich.table import Table
 from torchmetrics import MeanMetric
 
+from espo.models import DiffusionLM
 from espo.rng import make_generator
+from espo.rollout import generate
 from espo.sampling import Sampler
 from espo.sampling.callback import run_dir
-from espo.scale import gathered
 from espo.tokens import encode_prompts, render_prompt
 
 
@@ -33,36 +37,38 @@ def _jsonable(example: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in example.items() if isinstance(v, (str, int, float, bool, list, type(None)))}
 
 
+@dataclass(frozen=True)
 class Evaluation:
-    """Multi-length generation, scoring and reporting for ``DiffusionRL.test_step``.
+    """How ``espo test`` generates and scores (YAML: ``model.evaluation``); settings only, no per-run state.
 
     Args:
-        lengths: Generation lengths; None: the module sampler's ``gen_length``.
-        block_length: Sampler block length (capped at each generation length).
-        steps_ratio: Denoising steps per generated token.
-        temperature: Sampling temperature (0: greedy).
-        filename: JSONL file of generations in the run's log directory.
+        lengths: Generation lengths (d1: 128, 256, 512); None: the module sampler's ``gen_length``.
+        block_length: Sampler block length (d1: 32; capped at each generation length).
+        steps_ratio: Denoising steps per generated token (d1: 0.5, i.e. steps = length / 2).
+        temperature: Sampling temperature (d1: 0, greedy).
+        file: JSONL file (in the run's log directory) receiving every test generation with its score.
     """
 
-    def __init__(self, lengths: list[int] | None = None, block_length: int = 32, steps_ratio: float = 0.5,
-                 temperature: float = 0.0, filename: str = "test_generations.jsonl") -> None:
-        if lengths is not None and (not lengths or any(n < 1 for n in lengths)):
-            raise ValueError(f"eval_lengths must be positive lengths, got {lengths}.")
-        if block_length < 1 or not steps_ratio > 0 or temperature < 0:
-            raise ValueError("eval_block_length and eval_steps_ratio must be positive, eval_temperature >= 0.")
-        self.lengths, self.block_length, self.steps_ratio = lengths, block_length, steps_ratio
-        self.temperature, self.filename = temperature, filename
-        for length in lengths or ():
+    lengths: list[int] | None = None
+    block_length: int = 32
+    steps_ratio: float = 0.5
+    temperature: float = 0.0
+    file: str = "test_generations.jsonl"
+
+    def __post_init__(self) -> None:
+        if self.lengths is not None and (not self.lengths or any(n < 1 for n in self.lengths)):
+            raise ValueError(f"evaluation.lengths must be positive lengths, got {self.lengths}.")
+        if self.block_length < 1 or not self.steps_ratio > 0 or self.temperature < 0:
+            raise ValueError("evaluation.block_length and evaluation.steps_ratio must be positive, "
+                             "evaluation.temperature >= 0.")
+        for length in self.lengths or ():
             self.schedule(length)  # a length the block does not divide fails at construction, not in test_step
-        self.metrics: dict[int, MeanMetric] = {}
-        self.records: list[dict[str, Any]] = []
-        self.seconds: dict[int, float] = {}
 
     def schedule(self, length: int) -> tuple[int, int]:
         """``(steps, block_length)`` for a generation length: block capped at L, steps a multiple of the blocks."""
         block = min(self.block_length, length)
         if length % block:
-            raise ValueError(f"eval_block_length {block} must divide the generation length {length}.")
+            raise ValueError(f"evaluation.block_length {block} must divide the generation length {length}.")
         blocks = length // block
         steps = max(blocks, round(length * self.steps_ratio))
         return steps - steps % blocks, block
@@ -78,47 +84,48 @@ class Evaluation:
             sampler.block_length = block
         return sampler
 
-    def start(self, module: LightningModule) -> None:
-        lengths = self.lengths or [module.sampler.gen_length]
-        self.metrics = {n: MeanMetric().to(module.device) for n in lengths}
-        self.records, self.seconds = [], dict.fromkeys(lengths, 0.0)
+    def start(self, gen_length: int, device: torch.device) -> EvaluationRun:
+        """A fresh run's state: one mean metric per length (``gen_length`` when ``lengths`` is None)."""
+        lengths = self.lengths or [gen_length]
+        return EvaluationRun(device, {n: MeanMetric().to(device) for n in lengths}, [], dict.fromkeys(lengths, 0.0))
 
     @torch.no_grad()
-    def step(self, module: LightningModule, task: Any, batch: list[dict[str, Any]], batch_idx: int) -> None:
-        tokenizer = module.policy.tokenizer
+    def step(self, run: EvaluationRun, policy: DiffusionLM, sampler: Sampler, task: Any, batch: list[dict[str, Any]],
+             batch_idx: int, *, seed: int, rank: int, max_prompt_length: int | None, gather: bool) -> None:
+        """Generates and scores one test batch at every length into ``run``."""
+        tokenizer = policy.tokenizer
         prompts = [render_prompt(tokenizer, task.eval_prompt(ex)) + task.eval_prefill() for ex in batch]
-        ids, mask, _ = encode_prompts(tokenizer, prompts, module.max_prompt_length)
-        ids, mask = ids.to(module.device), mask.to(module.device)
-        for length, metric in self.metrics.items():
+        ids, mask, _ = encode_prompts(tokenizer, prompts, max_prompt_length)
+        device = run.device
+        ids, mask = ids.to(device), mask.to(device)
+        for length, metric in run.metrics.items():
             steps, block = self.schedule(length)
             start = time.perf_counter()
-            generator = make_generator(module.seed, "eval", length, module.global_rank, batch_idx, device=module.device)
-            sampler = self.sampler_for(module.sampler, length, steps, block)
-            with gathered(module.policy if module.fsdp_gather_rollout else None):
-                sequences = sampler.sample(module.policy, ids, attention_mask=mask, generator=generator)
-            texts = module.decode(sequences[:, ids.shape[1]:])
+            generator = make_generator(seed, "eval", length, rank, batch_idx, device=device)
+            _, _, texts = generate(policy, self.sampler_for(sampler, length, steps, block), ids, mask, generator,
+                                   gather=gather)
             scores = task.scores(texts, batch)
-            self.seconds[length] += time.perf_counter() - start
-            metric.update(torch.tensor(scores, dtype=torch.float32, device=module.device))
+            run.seconds[length] += time.perf_counter() - start
+            metric.update(torch.tensor(scores, dtype=torch.float32, device=device))
             for i, (example, text, score) in enumerate(zip(batch, texts, scores, strict=True)):
-                self.records.append({"length": length, "steps": steps, "batch": batch_idx, "row": i,
-                                     "prompt": prompts[i], "completion": text, "score": float(score),
-                                     "example": _jsonable(example)})
+                run.records.append({"length": length, "steps": steps, "batch": batch_idx, "row": i,
+                                    "prompt": prompts[i], "completion": text, "score": float(score),
+                                    "example": _jsonable(example)})
 
-    def finish(self, module: LightningModule) -> dict[int, float]:
-        results = {length: float(metric.compute()) for length, metric in self.metrics.items()}
+    def finish(self, run: EvaluationRun, trainer: Trainer, log: Callable[[str, float], None]) -> dict[int, float]:
+        """Logs ``test/score@L`` through ``log``, writes the generations and ``test_results.json``, prints a table."""
+        results = {length: float(metric.compute()) for length, metric in run.metrics.items()}
         for length, value in results.items():
-            module.log(f"test/score@{length}", value, sync_dist=False)
-        trainer = module.trainer
+            log(f"test/score@{length}", value)
         folder = run_dir(trainer)
-        name = self.filename if trainer.world_size == 1 else f"rank{trainer.global_rank}.{self.filename}"
+        name = self.file if trainer.world_size == 1 else f"rank{trainer.global_rank}.{self.file}"
         with (folder / name).open("w", encoding="utf-8") as fh:
-            for row in self.records:
+            for row in run.records:
                 fh.write(json.dumps(row, ensure_ascii=False) + "\n")
         if trainer.is_global_zero:
-            counts = {n: sum(r["length"] == n for r in self.records) for n in results}
+            counts = {n: sum(r["length"] == n for r in run.records) for n in results}
             summary = {str(n): {"score": v, "steps": self.schedule(n)[0], "count": counts[n],
-                                "seconds": round(self.seconds[n], 2)} for n, v in results.items()}
+                                "seconds": round(run.seconds[n], 2)} for n, v in results.items()}
             task = type(trainer.datamodule).__name__
             summary["task"] = task
             summary["protocol"] = getattr(trainer.datamodule, "protocol", None)
@@ -129,7 +136,21 @@ class Evaluation:
             for n, value in results.items():
                 steps, block = self.schedule(n)
                 table.add_row(str(n), str(steps), str(block), str(counts[n]), f"{value:.4f}",
-                              f"{self.seconds[n]:.1f}")
+                              f"{run.seconds[n]:.1f}")
             Console().print(table)
             Console().print(f"generations written to {folder / name}")
         return results
+
+
+@dataclass
+class EvaluationRun:
+    """The state of one ``espo test`` run: its device, a mean score per length, the records, seconds per length."""
+
+    device: torch.device
+    metrics: dict[int, MeanMetric]
+    records: list[dict[str, Any]] = field(default_factory=list)
+    seconds: dict[int, float] = field(default_factory=dict)
+
+
+# Lightning loads checkpoints with weights_only=True; the settings in the saved hyper-parameters must be allowed.
+torch.serialization.add_safe_globals([Evaluation])

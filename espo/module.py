@@ -1,16 +1,16 @@
 """``DiffusionRL``: one LightningModule that wires a policy, an objective, a sampler and a task.
 
-One training step (manual optimisation; the dataloader yields prompts only):
+One training step (manual optimisation; the dataloader yields prompts only) is data flowing one way:
 
-    prompts -> sampler (no grad) -> decode, cut at the first EOS -> task reward -> objective.advantages
-    -> objective.prepare (no-grad old/reference passes for every inner iteration, same masks)
-    -> for j in range(num_iterations): for each micro-batch: objective.loss -> backward; clip; step
+    prompts --espo.rollout.roll_out--> RolloutResult (a finished Rollout, metrics, samples)
+            --espo.update.update--> optimiser steps, counters advanced, update metrics --> log
 
 ``trainer.global_step`` therefore counts optimiser steps: ``num_iterations`` per prompt batch.
 
 The class wires the hooks; the work lives beside it: ``espo.policy`` builds the policy and its reference
-(``configure_model``), ``espo.rollout`` samples and scores, ``espo.update`` takes the optimiser steps,
-``espo.persistence`` fills and reads checkpoints and exports the policy, ``espo.evaluation`` runs ``espo test``.
+(``configure_model``), ``espo.rollout`` samples, scores and builds the ``Rollout``, ``espo.update`` takes the
+optimiser steps and owns the ``Counters``, ``espo.persistence`` fills and reads checkpoints and exports the
+policy, ``espo.evaluation`` runs ``espo test``.
 """
 
 from __future__ import annotations
@@ -24,21 +24,20 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.utilities import rank_zero_warn
 from rich.console import Console
 
-from espo.evaluation import Evaluation
+from espo.evaluation import Evaluation, EvaluationRun
 from espo.models import DiffusionLM
-from espo.models.lora import LoRASpec
-from espo.objectives import Objective, Rollout
-from espo.persistence import export, load_state, save_state
-from espo.policy import configure_policy
+from espo.objectives import Objective
+from espo.persistence import ExportSpec, export, load_state, save_state
+from espo.policy import PolicySpec, build_policy, data_parallel_mesh
 from espo.prediction import Prediction
 from espo.preflight import check_prompts_render
-from espo.rollout import encode, roll_out
+from espo.rng import make_generator
+from espo.rollout import RolloutSettings, roll_out
 from espo.sampling import Sampler
-from espo.scale import check_optimizer, gathered
+from espo.scale import check_optimizer
 from espo.sizes import EffectiveSizes, effective_sizes
 from espo.tasks.base import Task
-from espo.tokens import completion_mask, encode_targets
-from espo.update import noop_update, update
+from espo.update import Counters, UpdateSettings, update
 
 # The policy is kept in eval mode on purpose (no dropout in RL); Lightning warns about that at fit start.
 warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode", category=UserWarning)
@@ -48,43 +47,24 @@ class DiffusionRL(LightningModule):
     """RL (or masked SFT) of a masked-diffusion LM on a verifiable-reward task.
 
     Args:
-        model: Local model directory or hub id (see ``espo.models.load_model``).
+        policy: The model to train and how it is held (path, dtype, LoRA, 4-bit, activation checkpointing,
+            FSDP2 knobs).
         objective: The training objective (``ESPO``, ``MaskedSFT`` ...).
         sampler: The rollout sampler; its ``gen_length`` is the completion canvas L.
         optimizer: Optimiser factory over the trainable parameters.
         lr_scheduler: Optional scheduler factory, stepped once per optimiser step.
+        evaluation: How ``espo test`` generates and scores (lengths, block length, steps ratio, temperature).
+        export: Write the trained policy as a model directory when training ends (None: no export).
         num_generations: Completions per prompt G (advantages are computed within each group).
         num_iterations: Inner optimiser steps μ per rollout batch.
         micro_batch_size: Rows per forward/backward in the updates (None: the whole rollout batch).
         rollout_batch_size: Rows per sampler call (None: the whole rollout batch).
         max_grad_norm: Gradient-norm clip per optimiser step (None: no clipping).
-        dtype: Parameter dtype of the policy. Keep ``float32`` (the default) for full fine-tuning and set
-            ``trainer.precision: bf16-mixed`` for bf16 compute: plain optimisers on bf16 parameters lose
-            updates smaller than bf16's resolution (about lr 1e-5 at weights of 0.02).
         seed: Run seed of every random stream (rollouts, masks); the global RNG is never used.
         max_prompt_length: Prompts longer than this are left-truncated (counted and logged).
         sft_sample_every: With an SFT objective, sample and score every this many steps (0: never).
-        export_dir: Write the trained policy here as a model directory when training ends (LoRA merged in,
-            a 4-bit base dequantised; the source directory's config, code and tokenizer files copied).
-        lora: Train LoRA adapters instead of all weights (peft); the reference policy is then the same
-            model with the adapter disabled, not a copy.
-        load_in_4bit: Quantise the base's block linears to 4-bit NF4 with double quantisation (d1's QLoRA
-            recipe; compute in ``dtype``). Needs ``lora``.
-        export_adapter: With ``export_dir`` and ``lora``, write only the peft adapter.
-        eval_lengths: Generation lengths of ``espo test`` (d1: 128, 256, 512); None: the sampler's gen_length.
-        eval_block_length: Block length of evaluation sampling (d1: 32; capped at the generation length).
-        eval_steps_ratio: Denoising steps per generated token in evaluation (d1: 0.5, i.e. steps = length / 2).
-        eval_temperature: Sampling temperature in evaluation (d1: 0, greedy).
-        eval_file: JSONL file (in the run's log directory) receiving every test generation with its score.
         max_consecutive_skips: Stop the run with an error after this many optimiser steps in a row were
             skipped for a non-finite loss or gradient (0 or None: never stop).
-        activation_checkpointing: Recompute each transformer block's activations in the backward instead of
-            storing them (less memory, about one more forward of compute); with or without FSDP2.
-        fsdp_param_dtype: Under ``ModelParallelStrategy`` (FSDP2), all-gather and compute in this dtype
-            (``bfloat16``) while the sharded master weights keep ``dtype`` and gradients are reduced in
-            float32. None: compute in the parameter dtype.
-        fsdp_gather_rollout: Under FSDP2, unshard the policy once for the whole rollout (one full copy of
-            the weights per rank while sampling) instead of all-gathering every block at every denoising step.
         filter_zero_std_groups: Drop prompt groups whose rewards are all equal before the update (they carry
             no group-relative signal); the dropped fraction is logged as ``filtered_groups``. A rollout with
             nothing left still counts its ``num_iterations`` optimiser steps, as no-op steps.
@@ -92,33 +72,22 @@ class DiffusionRL(LightningModule):
 
     def __init__(
         self,
-        model: str,
+        policy: PolicySpec,
         objective: Objective,
         sampler: Sampler,
         optimizer: OptimizerCallable = torch.optim.AdamW,
         lr_scheduler: LRSchedulerCallable | None = None,
+        evaluation: Evaluation = Evaluation(),  # noqa: B008 - frozen settings, safe to share
+        export: ExportSpec | None = None,
         num_generations: int = 6,
         num_iterations: int = 1,
         micro_batch_size: int | None = None,
         rollout_batch_size: int | None = None,
         max_grad_norm: float | None = 0.2,
-        dtype: str = "float32",
         seed: int = 42,
         max_prompt_length: int | None = None,
         sft_sample_every: int = 10,
-        export_dir: str | None = None,
-        lora: LoRASpec | None = None,
-        load_in_4bit: bool = False,
-        export_adapter: bool = False,
-        eval_lengths: list[int] | None = None,
-        eval_block_length: int = 32,
-        eval_steps_ratio: float = 0.5,
-        eval_temperature: float = 0.0,
-        eval_file: str = "test_generations.jsonl",
         max_consecutive_skips: int | None = 10,
-        activation_checkpointing: bool = False,
-        fsdp_param_dtype: str | None = None,
-        fsdp_gather_rollout: bool = True,
         filter_zero_std_groups: bool = False,
     ) -> None:
         super().__init__()
@@ -130,39 +99,54 @@ class DiffusionRL(LightningModule):
         for name, value in (("micro_batch_size", micro_batch_size), ("rollout_batch_size", rollout_batch_size)):
             if value is not None and value < 1:
                 raise ValueError(f"{name} must be positive or None.")
+        if export is not None and export.adapter_only and policy.lora is None:
+            raise ValueError("export.adapter_only needs policy.lora: there is no adapter to export.")
         self.save_hyperparameters(ignore=["objective", "sampler", "optimizer", "lr_scheduler"])
-        self.model_source, self.objective, self.sampler = model, objective, sampler
+        self.policy_spec, self.objective, self.sampler = policy, objective, sampler
         self.optimizer_factory, self.scheduler_factory = optimizer, lr_scheduler
-        self.num_generations, self.num_iterations = num_generations, num_iterations
-        self.micro_batch_size, self.rollout_batch_size = micro_batch_size, rollout_batch_size
-        self.max_grad_norm, self.dtype_name, self.seed = max_grad_norm, dtype, seed
-        self.max_prompt_length, self.sft_sample_every, self.export_dir = max_prompt_length, sft_sample_every, export_dir
-        if load_in_4bit and lora is None:
-            raise ValueError("load_in_4bit needs lora: 4-bit base weights cannot be trained directly.")
-        if export_adapter and lora is None:
-            raise ValueError("export_adapter needs lora: there is no adapter to export.")
-        self.lora, self.load_in_4bit, self.export_adapter = lora, load_in_4bit, export_adapter
-        self.max_consecutive_skips = max_consecutive_skips
-        self.consecutive_skips = 0
-        self._updates_in_step: int | None = None  # optimiser steps taken in the rollout step under way
+        self.evaluation, self.export_spec, self.seed = evaluation, export, seed
+        self.rollout_settings = RolloutSettings(num_generations, rollout_batch_size, max_prompt_length,
+                                                sft_sample_every, filter_zero_std_groups, policy.fsdp_gather_rollout)
+        self.update_settings = UpdateSettings(num_iterations, micro_batch_size, max_grad_norm, seed,
+                                              max_consecutive_skips)
+        self.counters = Counters()
         self.sizes: EffectiveSizes | None = None
-        self.activation_checkpointing, self.fsdp_param_dtype = activation_checkpointing, fsdp_param_dtype
-        self.fsdp_gather_rollout = fsdp_gather_rollout
-        self.filter_zero_std_groups = filter_zero_std_groups
         self.automatic_optimization = False
         self.policy: DiffusionLM | None = None
         self._reference: list[DiffusionLM] = []  # a list keeps the frozen copy out of state_dict/optimiser
-        self.rollout_step = 0
-        self.skipped_updates = 0
-        self.reward_history: list[tuple[int, float]] = []
         self.last_samples: list[dict[str, Any]] = []
-        self.evaluation = Evaluation(eval_lengths, eval_block_length, eval_steps_ratio, eval_temperature, eval_file)
-        self.prediction = Prediction(self.evaluation)
+        self._test_run: EvaluationRun | None = None
+        self.prediction = Prediction(evaluation)
+
+    # ------------------------------------------------------------------ read-only views
+    @property
+    def num_generations(self) -> int:
+        return self.rollout_settings.num_generations
+
+    @property
+    def num_iterations(self) -> int:
+        return self.update_settings.num_iterations
+
+    @property
+    def rollout_step(self) -> int:
+        return self.counters.rollout_step
+
+    @property
+    def skipped_updates(self) -> int:
+        return self.counters.skipped_updates
+
+    @property
+    def reward_history(self) -> list[tuple[int, float]]:
+        return self.counters.reward_history
 
     # ------------------------------------------------------------------ setup
     def configure_model(self) -> None:
         if self.policy is None:  # Lightning calls this hook at every fit and test: build the policy once
-            configure_policy(self)
+            # ``_trainer``, not ``trainer``: the property raises when the module is configured outside a Trainer.
+            testing = self._trainer is not None and self._trainer.testing
+            self.policy, reference = build_policy(self.policy_spec, mesh=data_parallel_mesh(self.device_mesh),
+                                                  with_reference=self.objective.uses_reference and not testing)
+            self._reference = [] if reference is None else [reference]
 
     @property
     def reference(self) -> DiffusionLM | None:
@@ -173,7 +157,7 @@ class DiffusionRL(LightningModule):
         low = sorted({str(p.dtype) for p in params if p.dtype in (torch.bfloat16, torch.float16)})
         if low:
             rank_zero_warn(f"Training {', '.join(low)} parameters without float32 master weights: small updates "
-                           "round away. Prefer model.dtype float32 with trainer.precision bf16-mixed.")
+                           "round away. Prefer model.policy.dtype float32 with trainer.precision bf16-mixed.")
         optimizer = self.optimizer_factory(params)
         check_optimizer(optimizer, params)
         if self.scheduler_factory is None:
@@ -184,10 +168,10 @@ class DiffusionRL(LightningModule):
     def setup(self, stage: str) -> None:
         # Runs after the task's setup and before configure_model: inconsistent batch knobs fail before the
         # model loads.
-        check_prompts_render(self.model_source, self._task(), "train" if stage == "fit" else "test")
+        check_prompts_render(self.policy_spec.path, self._task(), "train" if stage == "fit" else "test")
         if stage == "fit":
             self.objective.check(self.sampler.gen_length)
-            if self.filter_zero_std_groups and self.trainer.world_size > 1:
+            if self.rollout_settings.filter_zero_std_groups and self.trainer.world_size > 1:
                 # Each rank would drop a different number of rows and run a different number of forward,
                 # backward and all-reduce calls: the processes would deadlock.
                 raise ValueError("model.filter_zero_std_groups works on one process only (got world size "
@@ -195,9 +179,11 @@ class DiffusionRL(LightningModule):
             if str(self.trainer.precision).startswith("16"):
                 raise ValueError(f"trainer.precision {self.trainer.precision!r} is not supported: espo clips and "
                                  "skips non-finite steps itself, without fp16's loss scaler. Use bf16-mixed.")
+            sampling, stepping = self.rollout_settings, self.update_settings
             self.sizes = effective_sizes(
-                self._task().rank_batch_size, self.num_generations, self.num_iterations, self.micro_batch_size,
-                self.rollout_batch_size, self.sampler.gen_length, self.trainer.world_size)
+                self._task().rank_batch_size, sampling.num_generations, stepping.num_iterations,
+                stepping.micro_batch_size, sampling.rollout_batch_size, self.sampler.gen_length,
+                self.trainer.world_size)
 
     def on_fit_start(self) -> None:
         if self.reference is not None:
@@ -211,74 +197,35 @@ class DiffusionRL(LightningModule):
             raise TypeError(f"DiffusionRL needs an espo Task as its datamodule, got {type(task).__name__}.")
         return task
 
-    # ------------------------------------------------------------------ rollouts (see espo.rollout)
-    @torch.no_grad()
-    def sample(self, prompt_ids: torch.Tensor, attention_mask: torch.Tensor, generator: torch.Generator
-               ) -> torch.Tensor:
-        """Completions for prompt rows [N, P] -> full sequences [N, P + L], in chunks of rollout_batch_size."""
-        chunk = self.rollout_batch_size or prompt_ids.shape[0]
-        with gathered(self.policy if self.fsdp_gather_rollout else None):  # FSDP2: one all-gather per rollout
-            return torch.cat([
-                self.sampler.sample(self.policy, prompt_ids[i:i + chunk], attention_mask=attention_mask[i:i + chunk],
-                                    generator=generator)
-                for i in range(0, prompt_ids.shape[0], chunk)
-            ])
-
-    def decode(self, completion_ids: torch.Tensor) -> list[str]:
-        """Completion texts, each cut at its first EOS."""
-        keep = completion_mask(completion_ids, self.policy.eos_token_ids, include_eos=False)
-        return [self.policy.tokenizer.decode(row[m].tolist(), skip_special_tokens=True)
-                for row, m in zip(completion_ids.cpu(), keep.cpu(), strict=True)]
-
     # ------------------------------------------------------------------ the step
     def training_step(self, batch: list[dict[str, Any]], batch_idx: int) -> None:
-        task, step, g = self._task(), self.rollout_step, self.num_generations
-        self._updates_in_step = 0  # not None while the step runs: see on_save_checkpoint
+        self.counters.start_step()  # a checkpoint saved if the step fails sees it (espo.persistence)
         self.policy.eval()  # dropout stays off during RL: rollouts, old/ref and current passes agree
-        examples = [ex for ex in batch for _ in range(g)]
-        prompt_ids, prompt_mask = encode(self, [task.prompt(ex) for ex in batch])
-        prompt_ids, prompt_mask = prompt_ids.repeat_interleave(g, 0), prompt_mask.repeat_interleave(g, 0)
-        metrics: dict[str, float] = {}
-        sample_now = self.objective.requires_rollouts or (self.sft_sample_every and step % self.sft_sample_every == 0)
-        if sample_now:
-            completion, rewards, rollout_metrics = roll_out(self, task, batch, examples, prompt_ids, prompt_mask, step)
-            metrics.update(rollout_metrics)
-        if self.objective.requires_rollouts:
-            advantages = self.objective.advantages(rewards, g)
-            metrics.update(advantage_mean=float(advantages.mean()), advantage_abs=float(advantages.abs().mean()))
-        else:
-            completion = encode_targets(self.policy.tokenizer, [task.target(ex) for ex in examples],
-                                        self.sampler.gen_length, self.policy.eos_token_ids[0]).to(self.device)
-            rewards = advantages = torch.zeros(completion.shape[0])
-        if self.filter_zero_std_groups and self.objective.requires_rollouts:
-            keep = (rewards.view(-1, g).max(-1).values - rewards.view(-1, g).min(-1).values >= 1e-6)  # [B]
-            metrics["filtered_groups"] = 1.0 - float(keep.float().mean())
-            rows = keep.repeat_interleave(g)  # [B*G]
-            on_device = rows.to(self.device)
-            prompt_ids, prompt_mask, completion = prompt_ids[on_device], prompt_mask[on_device], completion[on_device]
-            rewards, advantages = rewards[rows], advantages[rows]
-        rollout = Rollout(
-            input_ids=torch.cat([prompt_ids, completion], dim=1), prompt_len=prompt_ids.shape[1],
-            rewards=rewards.to(self.device), advantages=advantages.to(self.device), group_size=g,
-            attention_mask=torch.cat([prompt_mask, torch.ones_like(completion)], dim=1),
-            completion_mask=completion_mask(completion, self.policy.eos_token_ids, include_eos=True))
-        metrics.update(update(self, rollout, step) if len(rollout) else noop_update(self))
-        self.rollout_step += 1
+        # On the policy's device: drawing [B, block, V] float64 noise on CPU and copying it would dominate on GPU.
+        generator = make_generator(self.seed, "rollout", self.counters.rollout_step, device=self.device)
+        result = roll_out(self.policy, self.sampler, self._task(), self.objective, batch, generator,
+                          step=self.counters.rollout_step, settings=self.rollout_settings)
+        self.last_samples = result.samples or self.last_samples  # steps that do not sample keep the last ones
+        metrics = {**result.metrics, **update(
+            result, policy=self.policy, reference=self.reference, objective=self.objective,
+            optimizer=self.optimizers(), scheduler=self.lr_schedulers(), backward=self.manual_backward,
+            counters=self.counters, settings=self.update_settings)}
         if "reward" in metrics:
             self.log("reward", metrics.pop("reward"), prog_bar=True, on_step=True)
         self.log_dict({k: float(v) for k, v in metrics.items()}, on_step=True, prog_bar=False)
-        self._updates_in_step = None
 
     # ------------------------------------------------------------------ evaluation (espo test)
     def on_test_epoch_start(self) -> None:
-        self.evaluation.start(self)
+        self._test_run = self.evaluation.start(self.sampler.gen_length, self.device)
 
     def test_step(self, batch: list[dict[str, Any]], batch_idx: int) -> None:
         self.policy.eval()
-        self.evaluation.step(self, self._task(), batch, batch_idx)
+        self.evaluation.step(self._test_run, self.policy, self.sampler, self._task(), batch, batch_idx,
+                             seed=self.seed, rank=self.global_rank, gather=self.policy_spec.fsdp_gather_rollout,
+                             max_prompt_length=self.rollout_settings.max_prompt_length)
 
     def on_test_epoch_end(self) -> None:
-        self.evaluation.finish(self)
+        self.evaluation.finish(self._test_run, self.trainer, lambda key, value: self.log(key, value, sync_dist=False))
 
     # ------------------------------------------------------------------ espo predict (see espo.prediction)
     def on_predict_epoch_start(self) -> None:
@@ -286,17 +233,20 @@ class DiffusionRL(LightningModule):
 
     def predict_step(self, batch: list[dict[str, Any]], batch_idx: int) -> list[dict[str, Any]]:
         self.policy.eval()
-        return self.prediction.step(self, self._task(), batch, batch_idx)
+        return self.prediction.step(self.policy, self.sampler, self._task(), batch, batch_idx, seed=self.seed,
+                                    rank=self.global_rank, gather=self.policy_spec.fsdp_gather_rollout,
+                                    max_prompt_length=self.rollout_settings.max_prompt_length)
 
     def on_predict_epoch_end(self) -> None:
-        self.prediction.finish(self)
+        self.prediction.finish(self.trainer)
 
     # ------------------------------------------------------------------ persistence (see espo.persistence)
     def on_train_end(self) -> None:
-        export(self)
+        export(self.policy, self.export_spec, sharded=data_parallel_mesh(self.device_mesh) is not None,
+               is_global_zero=self.trainer.is_global_zero)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        save_state(self, checkpoint)
+        save_state(checkpoint, self.counters, self.policy_spec.path)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        load_state(self, checkpoint)
+        load_state(checkpoint, self.counters, self.policy_spec.path, self.num_iterations)

@@ -1,4 +1,4 @@
-"""Building ``DiffusionRL``'s policy and reference policy: what ``configure_model`` does.
+"""The policy spec and the policy build: what ``DiffusionRL.configure_model`` does with a ``PolicySpec``.
 
 In order: load the model, quantise the base to 4-bit NF4 and add LoRA adapters (QLoRA), build the reference
 policy the objective's KL term needs, then apply activation checkpointing and, under Lightning's
@@ -10,72 +10,100 @@ point (deep-copied, or reloaded and sharded under FSDP2).
 from __future__ import annotations
 
 import copy
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import Any
 
-from espo.models import load_model
+import torch
+
+from espo.models import DiffusionLM, load_model
 from espo.models.loading import resolve_dtype
-from espo.models.lora import AdapterDisabled, apply_lora
+from espo.models.lora import AdapterDisabled, LoRASpec, apply_lora
 from espo.models.quant import quantize_4bit
 from espo.scale import apply_activation_checkpointing, shard_model
 
-if TYPE_CHECKING:
-    from espo.module import DiffusionRL
+
+@dataclass(frozen=True)
+class PolicySpec:
+    """Which model to train and how it is held in memory (YAML: ``model.policy``).
+
+    Args:
+        path: Local model directory or hub id (see ``espo.models.load_model``).
+        dtype: Parameter dtype of the policy. Keep ``float32`` (the default) for full fine-tuning and set
+            ``trainer.precision: bf16-mixed`` for bf16 compute: plain optimisers on bf16 parameters lose
+            updates smaller than bf16's resolution (about lr 1e-5 at weights of 0.02).
+        lora: Train LoRA adapters instead of all weights (peft); the reference policy is then the same
+            model with the adapter disabled, not a copy.
+        load_in_4bit: Quantise the base's block linears to 4-bit NF4 with double quantisation (d1's QLoRA
+            recipe; compute in ``dtype``). Needs ``lora``.
+        activation_checkpointing: Recompute each transformer block's activations in the backward instead of
+            storing them (less memory, about one more forward of compute); with or without FSDP2.
+        fsdp_param_dtype: Under ``ModelParallelStrategy`` (FSDP2), all-gather and compute in this dtype
+            (``bfloat16``) while the sharded master weights keep ``dtype`` and gradients are reduced in
+            float32. None: compute in the parameter dtype.
+        fsdp_gather_rollout: Under FSDP2, unshard the policy once for the whole rollout (one full copy of
+            the weights per rank while sampling) instead of all-gathering every block at every denoising step.
+    """
+
+    path: str
+    dtype: str = "float32"
+    lora: LoRASpec | None = None
+    load_in_4bit: bool = False
+    activation_checkpointing: bool = False
+    fsdp_param_dtype: str | None = None
+    fsdp_gather_rollout: bool = True
+
+    def __post_init__(self) -> None:
+        if self.load_in_4bit and self.lora is None:
+            raise ValueError("load_in_4bit needs lora: 4-bit base weights cannot be trained directly.")
 
 
-def configure_policy(module: DiffusionRL) -> None:
-    """Sets ``module.policy`` and its reference policy as the module's options ask."""
-    if (module.lora is not None or module.load_in_4bit) and data_parallel_mesh(module) is not None:
+# Lightning loads checkpoints with weights_only=True; the spec in the saved hyper-parameters must be allowed.
+torch.serialization.add_safe_globals([PolicySpec])
+
+
+def build_policy(spec: PolicySpec, *, with_reference: bool, mesh: Any = None) -> tuple[DiffusionLM, DiffusionLM | None]:
+    """The policy and its reference (None when ``with_reference`` is False) as ``spec`` asks.
+
+    Args:
+        spec: The policy settings.
+        with_reference: Build the frozen reference policy (objectives with a KL term, not ``espo test``).
+        mesh: The FSDP2 data-parallel mesh (``data_parallel_mesh``), or None.
+    """
+    if (spec.lora is not None or spec.load_in_4bit) and mesh is not None:
         # The sharded export and checkpoint paths handle plain weights only; LoRA and 4-bit runs of an 8B
         # model fit on one GPU each, where DDP is the simpler strategy.
         raise ValueError("LoRA and 4-bit bases are not supported under FSDP2 (ModelParallelStrategy) yet: use "
-                         "trainer.strategy ddp (or one device) with model.lora, or full fine-tuning under FSDP2.")
-    module.policy = load_model(module.model_source, dtype=module.dtype_name)
-    _configure_lora(module)
-    if needs_reference(module) and module.lora is not None:
-        module._reference = [AdapterDisabled(module.policy)]  # the base: adapter off, no second copy
-    elif needs_reference(module) and data_parallel_mesh(module) is None:
+                         "trainer.strategy ddp (or one device) with model.policy.lora, or full fine-tuning under "
+                         "FSDP2.")
+    policy = load_model(spec.path, dtype=spec.dtype)
+    if spec.load_in_4bit:  # 4-bit NF4 base, then LoRA adapters (the QLoRA order); the base is frozen
+        quantize_4bit(policy, compute_dtype=resolve_dtype(spec.dtype))
+    if spec.lora is not None:
+        apply_lora(policy, spec.lora)
+    reference = None
+    if with_reference and spec.lora is not None:
+        reference = AdapterDisabled(policy)  # the base: adapter off, no second copy
+    elif with_reference and mesh is None:
         # Full fine-tuning: the reference is the frozen starting point (reloaded, hence identical, on resume).
-        reference = copy.deepcopy(module.policy).requires_grad_(False).eval()
-        module._reference = [reference]
-    _configure_scale(module)
+        reference = copy.deepcopy(policy).requires_grad_(False).eval()
+    if spec.activation_checkpointing:
+        apply_activation_checkpointing(policy)
+    if mesh is not None:
+        shard_model(policy, mesh, param_dtype=spec.fsdp_param_dtype)
+        if with_reference:
+            # Reloaded after the policy is sharded rather than deep-copied before: one full copy of the
+            # weights in host memory at a time. It is the same starting point, sharded the same way.
+            reference = load_model(spec.path, dtype=spec.dtype).requires_grad_(False).eval()
+            reference = shard_model(reference, mesh, param_dtype=spec.fsdp_param_dtype)
+    return policy, reference
 
 
-def needs_reference(module: DiffusionRL) -> bool:
-    """A reference policy is built for objectives with a KL term, and not for ``espo test``."""
-    # ``_trainer``, not ``trainer``: the property raises when the module is configured outside a Trainer.
-    return module.objective.uses_reference and not (module._trainer is not None and module._trainer.testing)
-
-
-def data_parallel_mesh(module: DiffusionRL) -> Any:
-    """The FSDP2 mesh under ``ModelParallelStrategy`` (None otherwise)."""
-    mesh = module.device_mesh
-    if mesh is None:
+def data_parallel_mesh(device_mesh: Any) -> Any:
+    """The FSDP2 data-parallel mesh of a module's ``device_mesh`` under ``ModelParallelStrategy`` (else None)."""
+    if device_mesh is None:
         return None
-    if "tensor_parallel" in (mesh.mesh_dim_names or ()) and mesh["tensor_parallel"].size() > 1:
+    if "tensor_parallel" in (device_mesh.mesh_dim_names or ()) and device_mesh["tensor_parallel"].size() > 1:
         # ModelParallelStrategy() defaults to tensor_parallel_size = devices; espo shards data-parallel only.
         raise ValueError("espo applies no tensor parallelism: set ModelParallelStrategy(data_parallel_size="
                          "<devices x num_nodes>, tensor_parallel_size=1) (see configs/scale/).")
-    return mesh["data_parallel"]
-
-
-def _configure_lora(module: DiffusionRL) -> None:
-    """4-bit NF4 base, then LoRA adapters (the QLoRA order); the base is frozen."""
-    if module.load_in_4bit:
-        quantize_4bit(module.policy, compute_dtype=resolve_dtype(module.dtype_name))
-    if module.lora is not None:
-        apply_lora(module.policy, module.lora)
-
-
-def _configure_scale(module: DiffusionRL) -> None:
-    """Activation checkpointing, then FSDP2 sharding of the policy and (if still missing) its reference."""
-    if module.activation_checkpointing:
-        apply_activation_checkpointing(module.policy)
-    mesh = data_parallel_mesh(module)
-    if mesh is None:
-        return
-    shard_model(module.policy, mesh, param_dtype=module.fsdp_param_dtype)
-    if needs_reference(module) and not module._reference:
-        # Reloaded after the policy is sharded rather than deep-copied before: one full copy of the
-        # weights in host memory at a time. It is the same starting point, sharded the same way.
-        reference = load_model(module.model_source, dtype=module.dtype_name).requires_grad_(False).eval()
-        module._reference = [shard_model(reference, mesh, param_dtype=module.fsdp_param_dtype)]
+    return device_mesh["data_parallel"]

@@ -3,8 +3,8 @@
 The prompts are the task's test split, so a prompt file is any file the task reads as test data, with the
 task's fields (``espo predict --config configs/gsm8k.yaml --data.init_args.test_source prompts.jsonl``).
 Each example is rendered as in evaluation (``Task.eval_prompt`` and ``Task.eval_prefill``) and completed
-once, with the configured sampler at the evaluation settings (the first of ``eval_lengths``, else the
-sampler's ``gen_length``; ``eval_steps_ratio``, ``eval_block_length``, ``eval_temperature``). Nothing is
+once, with the configured sampler at the evaluation settings (the first of ``evaluation.lengths``, else the
+sampler's ``gen_length``; ``evaluation.steps_ratio``, ``block_length``, ``temperature``). Nothing is
 scored: a prompt file need not hold answers. The completions go to ``predictions.jsonl`` in the run's log
 directory (``rank<N>.predictions.jsonl`` per process with several) and are returned by ``trainer.predict``.
 """
@@ -15,13 +15,15 @@ import json
 from typing import Any
 
 import torch
-from lightning.pytorch import LightningModule
+from lightning.pytorch import Trainer
 from rich.console import Console
 
 from espo.evaluation import Evaluation
+from espo.models import DiffusionLM
 from espo.rng import make_generator
+from espo.rollout import generate
+from espo.sampling import Sampler
 from espo.sampling.callback import run_dir
-from espo.scale import gathered
 from espo.tokens import encode_prompts, render_prompt
 
 
@@ -41,28 +43,27 @@ class Prediction:
         self.records = []
 
     @torch.no_grad()
-    def step(self, module: LightningModule, task: Any, batch: list[dict[str, Any]], batch_idx: int
-             ) -> list[dict[str, Any]]:
+    def step(self, policy: DiffusionLM, sampler: Sampler, task: Any, batch: list[dict[str, Any]], batch_idx: int, *,
+             seed: int, rank: int, max_prompt_length: int | None, gather: bool) -> list[dict[str, Any]]:
         """Completes one batch of prompts; returns (and keeps) one record per prompt."""
-        length = (self.evaluation.lengths or [module.sampler.gen_length])[0]
+        length = (self.evaluation.lengths or [sampler.gen_length])[0]
         steps, block = self.evaluation.schedule(length)
-        tokenizer = module.policy.tokenizer
+        tokenizer = policy.tokenizer
         prompts = [render_prompt(tokenizer, task.eval_prompt(ex)) + task.eval_prefill() for ex in batch]
-        ids, mask, _ = encode_prompts(tokenizer, prompts, module.max_prompt_length)
-        ids, mask = ids.to(module.device), mask.to(module.device)
-        generator = make_generator(module.seed, "predict", length, module.global_rank, batch_idx, device=module.device)
-        sampler = self.evaluation.sampler_for(module.sampler, length, steps, block)
-        with gathered(module.policy if module.fsdp_gather_rollout else None):
-            sequences = sampler.sample(module.policy, ids, attention_mask=mask, generator=generator)
-        texts = module.decode(sequences[:, ids.shape[1]:])
+        ids, mask, _ = encode_prompts(tokenizer, prompts, max_prompt_length)
+        device = next(policy.parameters()).device
+        ids, mask = ids.to(device), mask.to(device)
+        generator = make_generator(seed, "predict", length, rank, batch_idx, device=device)
+        _, _, texts = generate(policy, self.evaluation.sampler_for(sampler, length, steps, block), ids, mask,
+                               generator, gather=gather)
         rows = [{"batch": batch_idx, "row": i, "length": length, "steps": steps, "prompt": prompt, "completion": text,
                  "example": {k: v for k, v in example.items() if isinstance(v, (str, int, float, bool, list))}}
                 for i, (prompt, text, example) in enumerate(zip(prompts, texts, batch, strict=True))]
         self.records += rows
         return rows
 
-    def finish(self, module: LightningModule) -> None:
-        trainer = module.trainer
+    def finish(self, trainer: Trainer) -> None:
+        """Writes the completions to the run's log directory."""
         name = self.filename if trainer.world_size == 1 else f"rank{trainer.global_rank}.{self.filename}"
         path = run_dir(trainer) / name
         with path.open("w", encoding="utf-8") as fh:

@@ -1,90 +1,155 @@
-"""The optimiser updates of one ``DiffusionRL`` rollout step (manual optimisation).
+"""The update stage: the optimiser steps of one rollout step (manual optimisation) and the run's counters.
 
-``update`` runs the objective's no-grad ``prepare`` passes, then ``num_iterations`` optimiser steps, each
-accumulating the loss over the micro-batches, clipping and stepping. A step whose loss or gradient norm is
-not finite is skipped (gradients dropped) but still counted, so ``max_steps``, schedules and checkpoint
-cadence are unaffected; ``max_consecutive_skips`` in a row stop the run. ``noop_update`` counts the steps of
-a rollout that has no rows left (every group filtered out).
+``update`` records the step's mean reward, runs the objective's no-grad ``prepare`` passes, then
+``num_iterations`` optimiser steps, each accumulating the loss over the micro-batches, clipping and
+stepping, and advances ``Counters.rollout_step``. A step whose loss or gradient norm is not finite is skipped
+(gradients dropped) but still counted, so ``max_steps``, schedules and checkpoint cadence are unaffected;
+``max_consecutive_skips`` in a row stop the run. A rollout with no rows left (every group filtered out)
+counts its ``num_iterations`` optimiser steps as no-op steps.
 """
 
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch.distributed.tensor import DTensor
 
-from espo.objectives import Rollout
+from espo.models import DiffusionLM
+from espo.objectives import Objective, Rollout
 from espo.rng import make_generator
+from espo.rollout import RolloutResult
 from espo.scale import release
 
-if TYPE_CHECKING:
-    from espo.module import DiffusionRL
+
+@dataclass
+class Counters:
+    """The run's counters, advanced by the update stage and kept in checkpoints (``espo.persistence``).
+
+    Attributes:
+        rollout_step: Rollout steps done; it keys every random stream of the next step.
+        skipped_updates: Optimiser steps skipped for a non-finite loss or gradient, in all.
+        consecutive_skips: Such steps in a row, up to the last one.
+        updates_in_step: Optimiser steps taken in the rollout step under way; None between steps.
+        reward_history: ``(rollout step, mean reward)`` of every step that sampled.
+    """
+
+    rollout_step: int = 0
+    skipped_updates: int = 0
+    consecutive_skips: int = 0
+    updates_in_step: int | None = None
+    reward_history: list[tuple[int, float]] = field(default_factory=list)
+
+    def start_step(self) -> None:
+        """Marks a rollout step as under way (a checkpoint saved before ``update`` ends sees it)."""
+        self.updates_in_step = 0
 
 
-def update(module: DiffusionRL, rollout: Rollout, step: int) -> dict[str, float]:
+@dataclass(frozen=True)
+class UpdateSettings:
+    """The ``DiffusionRL`` settings the update stage reads (see ``DiffusionRL`` for each)."""
+
+    num_iterations: int
+    micro_batch_size: int | None
+    max_grad_norm: float | None
+    seed: int
+    max_consecutive_skips: int | None
+
+
+def update(result: RolloutResult, *, policy: DiffusionLM, reference: DiffusionLM | None, objective: Objective,
+           optimizer: Any, scheduler: Any, backward: Callable[[torch.Tensor], None], counters: Counters,
+           settings: UpdateSettings) -> dict[str, float]:
+    """Trains on one rollout step's batch and advances the counters; returns the update metrics.
+
+    Args:
+        result: The rollout stage's output.
+        policy: The trained policy.
+        reference: The frozen reference policy, or None.
+        objective: The objective whose ``prepare`` and ``loss`` run.
+        optimizer: The (Lightning-wrapped) optimiser.
+        scheduler: The learning-rate scheduler stepped once per optimiser step, or None.
+        backward: ``LightningModule.manual_backward``.
+        counters: The run's counters (updated in place).
+        settings: The update settings.
+    """
+    step = counters.rollout_step
+    if result.reward is not None:
+        counters.reward_history.append((step, result.reward))
+    if len(result.rollout):
+        metrics = _optimise(result.rollout, policy, reference, objective, optimizer, scheduler, backward, counters,
+                            settings)
+    else:
+        metrics = _noop(optimizer, scheduler, settings.num_iterations)
+    counters.rollout_step += 1
+    counters.updates_in_step = None
+    return metrics
+
+
+def _optimise(rollout: Rollout, policy: DiffusionLM, reference: DiffusionLM | None, objective: Objective,
+              optimizer: Any, scheduler: Any, backward: Callable[[torch.Tensor], None], counters: Counters,
+              settings: UpdateSettings) -> dict[str, float]:
     """``num_iterations`` optimiser steps on one rollout; returns the metrics averaged over them."""
-    micro = module.micro_batch_size or len(rollout)
+    step, iterations = counters.rollout_step, settings.num_iterations
+    micro = settings.micro_batch_size or len(rollout)
     start = time.perf_counter()
-    module.objective.prepare(module.policy, module.reference, rollout, num_iterations=module.num_iterations,
-                             micro_batch_size=micro, generator=make_generator(module.seed, "prepare", step))
-    release(module.reference)  # a sharded reference's root is gathered by its passes and has no backward
+    objective.prepare(policy, reference, rollout, num_iterations=iterations, micro_batch_size=micro,
+                      generator=make_generator(settings.seed, "prepare", step))
+    release(reference)  # a sharded reference's root is gathered by its passes and has no backward
     prepared = time.perf_counter()
-    optimizer, scheduler = module.optimizers(), module.lr_schedulers()
     # The optimiser's own tensors: under FSDP2 a module may hold its unsharded parameters at this point,
     # while gradients land on the sharded ones.
     params = [p for group in optimizer.param_groups for p in group["params"]]
     totals: dict[str, float] = {}
-    for j in range(module.num_iterations):
+    for j in range(iterations):
         finite = True
         for mb in rollout.split(micro):
-            loss, parts = module.objective.loss(module.policy, mb, j)
+            loss, parts = objective.loss(policy, mb, j)
             finite = finite and bool(torch.isfinite(loss.detach()))
-            module.manual_backward(loss * (len(mb) / len(rollout)))
+            backward(loss * (len(mb) / len(rollout)))
             for key, value in {"loss": loss.detach(), **parts}.items():
-                totals[key] = totals.get(key, 0.0) + float(value) * len(mb) / len(rollout) / module.num_iterations
-        norm = torch.nn.utils.clip_grad_norm_(params, module.max_grad_norm or float("inf"))
+                totals[key] = totals.get(key, 0.0) + float(value) * len(mb) / len(rollout) / iterations
+        norm = torch.nn.utils.clip_grad_norm_(params, settings.max_grad_norm or float("inf"))
         if isinstance(norm, DTensor):  # sharded gradients: the norm is a reduced DTensor
             norm = norm.full_tensor()
         if finite and torch.isfinite(norm):
-            totals["grad_norm"] = totals.get("grad_norm", 0.0) + float(norm) / module.num_iterations
-            module.consecutive_skips = 0
+            totals["grad_norm"] = totals.get("grad_norm", 0.0) + float(norm) / iterations
+            counters.consecutive_skips = 0
         else:
             # One bad micro-batch must not turn every weight into NaN. Dropping the gradients makes the
             # step a no-op that still counts, so max_steps, schedules and checkpoints keep their cadence.
             optimizer.zero_grad(set_to_none=True)
-            module.skipped_updates += 1
-            module.consecutive_skips += 1
-            _stop_if_stuck(module, step)
+            counters.skipped_updates += 1
+            counters.consecutive_skips += 1
+            _stop_if_stuck(counters, settings.max_consecutive_skips)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         if scheduler is not None:
             scheduler.step()
-        module._updates_in_step += 1  # read by on_save_checkpoint if the step fails part-way
-    totals["skipped_updates"] = float(module.skipped_updates)
+        counters.updates_in_step += 1  # read by persistence.save_state if the step fails part-way
+    totals["skipped_updates"] = float(counters.skipped_updates)
     totals["time/prepare"] = prepared - start
     totals["time/update"] = time.perf_counter() - prepared
     return totals
 
 
-def noop_update(module: DiffusionRL) -> dict[str, float]:
+def _noop(optimizer: Any, scheduler: Any, num_iterations: int) -> dict[str, float]:
     """Counts ``num_iterations`` optimiser steps without gradients (every group was filtered out)."""
-    optimizer, scheduler = module.optimizers(), module.lr_schedulers()
     optimizer.zero_grad(set_to_none=True)
-    for _ in range(module.num_iterations):
+    for _ in range(num_iterations):
         optimizer.step()  # no parameter has a gradient: nothing moves, global_step advances
         if scheduler is not None:
             scheduler.step()
     return {"time/prepare": 0.0, "time/update": 0.0}
 
 
-def _stop_if_stuck(module: DiffusionRL, step: int) -> None:
-    limit = module.max_consecutive_skips
-    if limit and module.consecutive_skips >= limit:
+def _stop_if_stuck(counters: Counters, limit: int | None) -> None:
+    if limit and counters.consecutive_skips >= limit:
         raise RuntimeError(
-            f"espo: {module.consecutive_skips} optimiser steps in a row had a non-finite loss or gradient "
-            f"(at rollout step {step}; {module.skipped_updates} skipped in all), so training stops "
-            f"(model.max_consecutive_skips={limit}). The weights are unchanged since the first of them. "
+            f"espo: {counters.consecutive_skips} optimiser steps in a row had a non-finite loss or gradient "
+            f"(at rollout step {counters.rollout_step}; {counters.skipped_updates} skipped in all), so training "
+            f"stops (model.max_consecutive_skips={limit}). The weights are unchanged since the first of them. "
             "Usual causes: a learning rate too high, bf16 overflow (try trainer.precision bf16-mixed), "
             "non-finite rewards from the task.")

@@ -42,7 +42,7 @@ def test_paper_recipes_instantiate_without_loading_model_or_data(name: str):
     task_name, generations, beta, eps = RECIPES[name]
     parsed = cli(["--config", str(REPO / f"configs/{name}.yaml")], run=False)
     assert type(parsed.datamodule).__name__ == task_name and parsed.datamodule.splits == {}
-    assert parsed.model.policy is None and parsed.model.hparams.model == "GSAI-ML/LLaDA-8B-Instruct"
+    assert parsed.model.policy is None and parsed.model.hparams.policy["path"] == "GSAI-ML/LLaDA-8B-Instruct"
     assert parsed.model.num_generations == generations and parsed.model.num_iterations == 8
     assert parsed.model.objective.beta == beta and parsed.model.objective.eps_low == eps
     assert parsed.model.evaluation.lengths == [128, 256, 512] and parsed.model.evaluation.block_length == 32
@@ -50,7 +50,7 @@ def test_paper_recipes_instantiate_without_loading_model_or_data(name: str):
 
 
 def test_overrides_and_objective_swap_apply_without_loading_the_model():
-    parsed = cli(["--config", str(REPO / "configs/demo.yaml"), "--model.model", "no/such/dir",
+    parsed = cli(["--config", str(REPO / "configs/demo.yaml"), "--model.policy.path", "no/such/dir",
                 "--model.objective.init_args.beta", "0.05", "--model.objective.init_args.num_mc", "3"], run=False)
     assert isinstance(parsed.model.objective, ESPO)
     assert parsed.model.objective.beta == 0.05 and parsed.model.objective.num_mc == 3
@@ -67,7 +67,7 @@ def test_overrides_and_objective_swap_apply_without_loading_the_model():
 ])
 def test_bad_keys_and_types_fail_at_parse_time(args, needle, capsys: pytest.CaptureFixture[str]):
     with pytest.raises(SystemExit) as exit_info:
-        main(["fit", "--config", str(REPO / "configs/demo.yaml"), "--model.model", "no/such/dir", *args])
+        main(["fit", "--config", str(REPO / "configs/demo.yaml"), "--model.policy.path", "no/such/dir", *args])
     assert exit_info.value.code != 0
     err = capsys.readouterr().err
     assert needle in err and "no/such/dir" not in err
@@ -83,7 +83,7 @@ def test_help_lists_module_options(capsys: pytest.CaptureFixture[str]):
 
 @pytest.mark.slow
 def test_two_step_fit_writes_summary(tiny_dir: Path, tmp_path: Path):
-    assert main(["fit", "--config", str(REPO / "configs/demo.yaml"), "--model.model", str(tiny_dir),
+    assert main(["fit", "--config", str(REPO / "configs/demo.yaml"), "--model.policy.path", str(tiny_dir),
           "--trainer.max_steps", "4", "--trainer.logger.init_args.save_dir", str(tmp_path),
           "--data.init_args.batch_size", "2", "--model.micro_batch_size", "6",
           "--completions.every_n_steps", "1", "--completions.num_rows", "2"]) is None

@@ -71,7 +71,7 @@ def make_rollout(model, n: int = 6, prompt: int = 3, length: int = 5) -> Rollout
     ids = torch.randint(5, 60, (n, prompt + length), generator=g)
     rewards = torch.arange(n, dtype=torch.float32) % 3
     return Rollout(input_ids=ids, prompt_len=prompt, rewards=rewards, advantages=group_advantages(rewards, 3),
-                   group_size=3)
+                   group_size=3, completion_mask=torch.ones(n, length, dtype=torch.bool))  # no EOS: full canvas
 
 
 def test_old_ref_current_share_masks_and_ratio_is_one(small_model):

@@ -120,7 +120,7 @@ def test_errors_after_parsing_are_one_message(capsys: pytest.CaptureFixture[str]
     empty = tmp_path / "empty.csv"
     empty.write_text("Puzzle,Solution\n")
     with pytest.raises(SystemExit) as exit_info:
-        main(["fit", "--config", DEMO, "--model.model", "no/such/dir", "--data.init_args.train_file", str(empty)])
+        main(["fit", "--config", DEMO, "--model.policy.path", "no/such/dir", "--data.init_args.train_file", str(empty)])
     assert exit_info.value.code == 1
     err = capsys.readouterr().err
     assert "Traceback (most recent call last)" not in err and f"error: {empty}: no puzzles" in err
@@ -147,36 +147,40 @@ def test_checkpoint_state_key_does_not_depend_on_its_settings():
 
 # ------------------------------------------------------------------ bug 5: asked-for checkpoints are written
 def test_checkpoints_asked_for_on_the_demo_are_written():
-    parsed = cli(["--config", DEMO, "--model.model", "no/such/dir", "--checkpoint.every_n_train_steps", "4"],
+    parsed = cli(["--config", DEMO, "--model.policy.path", "no/such/dir", "--checkpoint.every_n_train_steps", "4"],
                  run=False)
     callback = parsed.trainer.checkpoint_callback
     assert callback is not None and callback._every_n_train_steps == 4
-    assert cli(["--config", DEMO, "--model.model", "no/such/dir"], run=False).trainer.checkpoint_callback \
+    assert cli(["--config", DEMO, "--model.policy.path", "no/such/dir"], run=False).trainer.checkpoint_callback \
         ._every_n_train_steps == 0  # the demo itself saves nothing periodically
 
 
 def test_checkpoint_settings_with_checkpointing_off_fail_clearly():
     with pytest.raises(ValueError, match=r"checkpoint.every_n_train_steps asks for checkpoints, but "
                                          r"trainer.enable_checkpointing is false"):
-        cli(["fit", "--config", DEMO, "--model.model", "no/such/dir", "--trainer.enable_checkpointing", "false",
+        cli(["fit", "--config", DEMO, "--model.policy.path", "no/such/dir", "--trainer.enable_checkpointing", "false",
              "--checkpoint.every_n_train_steps", "4"])
 
 
 # ------------------------------------------------------------------ bug 1: --ckpt_path never overrides settings
 def test_user_settings_win_over_the_checkpoints_hyper_parameters(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                                  caplog: pytest.LogCaptureFixture):
+    from espo.evaluation import Evaluation
+    from espo.policy import PolicySpec
+
     ckpt = tmp_path / "last.ckpt"
-    saved: dict[str, Any] = {"model": "checkpoints/tiny-sudoku-sft", "eval_lengths": None, "eval_steps_ratio": 0.5,
-                             "export_dir": None, "num_generations": 6}
+    saved: dict[str, Any] = {"policy": PolicySpec(path="checkpoints/tiny-sudoku-sft"), "evaluation": Evaluation(),
+                             "export": None, "num_generations": 6}
     torch.save({"hyper_parameters": saved, "pytorch-lightning_version": "2.6.0"}, ckpt)
     monkeypatch.setattr(EspoCLI, "_run_subcommand", lambda self, subcommand: None)  # parse and build only
     with caplog.at_level(logging.INFO):
-        parsed = cli(["test", "--config", DEMO, "--ckpt_path", str(ckpt), "--model.model", "other/dir",
-                      "--model.eval_lengths", "[16]", "--model.eval_steps_ratio", "1.0",
-                      "--model.export_dir", str(tmp_path / "out")])
+        parsed = cli(["test", "--config", DEMO, "--ckpt_path", str(ckpt), "--model.policy.path", "other/dir",
+                      "--model.evaluation.lengths", "[16]", "--model.evaluation.steps_ratio", "1.0",
+                      "--model.export.dir", str(tmp_path / "out")])
     assert parsed.model.evaluation.lengths == [16] and parsed.model.evaluation.steps_ratio == 1.0
-    assert parsed.model.model_source == "other/dir" and parsed.model.export_dir == str(tmp_path / "out")
-    assert 'using model.eval_lengths=[16] from your settings (the checkpoint was written with null)' in caplog.text
+    assert parsed.model.policy_spec.path == "other/dir" and parsed.model.export_spec.dir == str(tmp_path / "out")
+    assert "using model.evaluation.lengths=[16] from your settings (the checkpoint was written with null)" \
+        in caplog.text
     assert json.dumps(6) not in caplog.text.split("num_generations")[-1][:3]  # unchanged settings are not listed
 
 
@@ -215,6 +219,7 @@ def test_chat_task_on_a_tokenizer_without_template_fails_before_the_model_loads(
 
     from espo.module import DiffusionRL
     from espo.objectives import ESPO
+    from espo.policy import PolicySpec
     from espo.sampling import LLaDASampler
 
     plain = shutil.copytree(tiny_dir, tmp_path / "plain")
@@ -222,7 +227,8 @@ def test_chat_task_on_a_tokenizer_without_template_fails_before_the_model_loads(
     config.pop("chat_template", None)
     (plain / "tokenizer_config.json").write_text(json.dumps(config))
     (plain / "chat_template.jinja").unlink(missing_ok=True)
-    module = DiffusionRL(str(plain), ESPO(), LLaDASampler(gen_length=8, block_length=8, steps=4), num_generations=2)
+    module = DiffusionRL(PolicySpec(path=str(plain)), ESPO(), LLaDASampler(gen_length=8, block_length=8, steps=4),
+                         num_generations=2)
     task = Sudoku(prompt_format="chat", batch_size=2, num_train=4)
     task.setup("fit")
     module._trainer = SimpleNamespace(world_size=1, precision="32-true", datamodule=task)
@@ -241,8 +247,8 @@ def test_chat_task_on_a_tokenizer_without_template_fails_before_the_model_loads(
 def test_predict_writes_completions_for_a_prompt_file(tiny_dir: Path, tmp_path: Path):
     prompts = tmp_path / "prompts.csv"
     prompts.write_text("Puzzle,Solution\n1234000000000000,1234341221434321\n0000341200000000,1234341221434321\n")
-    assert main(["predict", "--config", DEMO, "--model.model", str(tiny_dir), "--data.init_args.test_file",
-                 str(prompts), "--model.eval_lengths", "[8]", "--trainer.logger.init_args.save_dir",
+    assert main(["predict", "--config", DEMO, "--model.policy.path", str(tiny_dir), "--data.init_args.test_file",
+                 str(prompts), "--model.evaluation.lengths", "[8]", "--trainer.logger.init_args.save_dir",
                  str(tmp_path)]) is None
     [written] = tmp_path.glob("demo/version_*/predictions.jsonl")
     rows = [json.loads(line) for line in written.read_text().splitlines()]

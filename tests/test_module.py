@@ -10,6 +10,8 @@ import torch
 
 from espo.module import DiffusionRL
 from espo.objectives import ESPO, MaskedSFT
+from espo.persistence import ExportSpec
+from espo.policy import PolicySpec
 from espo.sampling import LLaDASampler
 from espo.tasks import Sudoku, Task
 
@@ -39,8 +41,8 @@ def fit(module: DiffusionRL, task: Task, steps: int, root: Path) -> pl.Trainer:
 
 def test_every_trainable_parameter_changes_after_two_rl_steps(tiny_dir: Path, tmp_path: Path):
     sampler = LLaDASampler(gen_length=8, block_length=4, steps=4, temperature=1.0)
-    module = DiffusionRL(str(tiny_dir), ESPO(beta=0.01, num_mc=1), sampler, dtype="float32", num_generations=4,
-                         num_iterations=2, micro_batch_size=4, max_grad_norm=None,
+    module = DiffusionRL(PolicySpec(str(tiny_dir), dtype="float32"), ESPO(beta=0.01, num_mc=1), sampler,
+                         num_generations=4, num_iterations=2, micro_batch_size=4, max_grad_norm=None,
                          optimizer=lambda p: torch.optim.AdamW(p, lr=1e-2, weight_decay=0.0))
     module.configure_model()
     before = {n: p.detach().clone() for n, p in module.policy.named_parameters()}
@@ -59,7 +61,7 @@ def test_every_trainable_parameter_changes_after_two_rl_steps(tiny_dir: Path, tm
 def test_runs_are_reproducible_from_the_seed(tiny_dir: Path, tmp_path: Path):
     def run(seed: int) -> list[str]:
         sampler = LLaDASampler(gen_length=8, block_length=8, steps=4, temperature=1.0)
-        module = DiffusionRL(str(tiny_dir), ESPO(beta=0.0, num_mc=1), sampler, dtype="float32", seed=seed,
+        module = DiffusionRL(PolicySpec(str(tiny_dir), dtype="float32"), ESPO(beta=0.0, num_mc=1), sampler, seed=seed,
                              num_generations=2, optimizer=lambda p: torch.optim.SGD(p, lr=0.1))
         fit(module, CountSevens(batch_size=2), 2, tmp_path)
         return [s["completion"] for s in module.last_samples]
@@ -70,8 +72,8 @@ def test_runs_are_reproducible_from_the_seed(tiny_dir: Path, tmp_path: Path):
 
 def test_sft_trains_on_targets_and_exports(tiny_dir: Path, tmp_path: Path):
     sampler = LLaDASampler(gen_length=20, block_length=20, steps=10, temperature=0.0)
-    module = DiffusionRL(str(tiny_dir), MaskedSFT(), sampler, dtype="float32", num_generations=1,
-                         sft_sample_every=2, export_dir=str(tmp_path / "export"),
+    module = DiffusionRL(PolicySpec(str(tiny_dir), dtype="float32"), MaskedSFT(), sampler, num_generations=1,
+                         sft_sample_every=2, export=ExportSpec(str(tmp_path / "export")),
                          optimizer=lambda p: torch.optim.AdamW(p, lr=1e-3))
     fit(module, Sudoku(prompt_format="raw", batch_size=4), 3, tmp_path)
     assert [step for step, _ in module.reward_history] == [0, 2]
@@ -93,7 +95,7 @@ class NaNObjective(ESPO):
 
 def test_non_finite_update_is_skipped_and_counted(tiny_dir: Path, tmp_path: Path):
     sampler = LLaDASampler(gen_length=8, block_length=8, steps=4, temperature=1.0)
-    module = DiffusionRL(str(tiny_dir), NaNObjective(beta=0.0, num_mc=1), sampler, num_generations=2,
+    module = DiffusionRL(PolicySpec(str(tiny_dir)), NaNObjective(beta=0.0, num_mc=1), sampler, num_generations=2,
                          optimizer=lambda p: torch.optim.SGD(p, lr=0.1))
     module.configure_model()
     before = {n: p.detach().clone() for n, p in module.policy.named_parameters()}

@@ -12,16 +12,19 @@ from espo.models import load_model
 from espo.models.lora import AdapterDisabled, LoRASpec
 from espo.module import DiffusionRL
 from espo.objectives import ESPO
+from espo.persistence import ExportSpec
+from espo.policy import PolicySpec
 from espo.sampling import LLaDASampler
 
 
 @pytest.mark.slow
 def test_lora_rl_trains_the_adapter_only_and_exports_merged(tiny_dir: Path, tmp_path: Path):
     sampler = LLaDASampler(gen_length=8, block_length=4, steps=4, temperature=1.0)
-    module = DiffusionRL(str(tiny_dir), ESPO(beta=0.01, num_mc=1), sampler, dtype="float32", num_generations=4,
-                         num_iterations=2, micro_batch_size=4, max_grad_norm=None,
+    module = DiffusionRL(PolicySpec(str(tiny_dir), dtype="float32", lora=LoRASpec(r=4, alpha=8)),
+                         ESPO(beta=0.01, num_mc=1), sampler, num_generations=4, num_iterations=2, micro_batch_size=4,
+                         max_grad_norm=None,
                          optimizer=lambda p: torch.optim.AdamW(p, lr=1e-2, weight_decay=0.0),
-                         lora=LoRASpec(r=4, alpha=8), export_dir=str(tmp_path / "export"))
+                         export=ExportSpec(str(tmp_path / "export")))
     module.configure_model()
     assert isinstance(module.reference, AdapterDisabled) and module.reference.policy is module.policy
     before = {n: p.detach().clone() for n, p in module.policy.named_parameters()}
@@ -41,9 +44,9 @@ def test_lora_rl_trains_the_adapter_only_and_exports_merged(tiny_dir: Path, tmp_
 def test_lora_options_are_validated(tiny_dir: Path):
     sampler = LLaDASampler(gen_length=8, block_length=4, steps=4)
     with pytest.raises(ValueError, match="load_in_4bit needs lora"):
-        DiffusionRL(str(tiny_dir), ESPO(), sampler, load_in_4bit=True)
-    with pytest.raises(ValueError, match="export_adapter needs lora"):
-        DiffusionRL(str(tiny_dir), ESPO(), sampler, export_adapter=True)
+        PolicySpec(str(tiny_dir), load_in_4bit=True)
+    with pytest.raises(ValueError, match="export.adapter_only needs policy.lora"):
+        DiffusionRL(PolicySpec(str(tiny_dir)), ESPO(), sampler, export=ExportSpec("out", adapter_only=True))
     with pytest.raises(ValueError, match="rank"):
         LoRASpec(r=0)
 
@@ -53,9 +56,9 @@ def test_cli_parses_lora_and_4bit(monkeypatch: pytest.MonkeyPatch):
 
     monkeypatch.setattr("sys.argv", ["espo"])
     config = str(Path(__file__).resolve().parents[1] / "configs" / "demo.yaml")
-    parsed = cli(["--config", config, "--model.lora.r", "16", "--model.lora.paper_targets", "true",
-                  "--model.load_in_4bit", "true"], run=False)
-    assert parsed.model.lora == LoRASpec(r=16, paper_targets=True) and parsed.model.load_in_4bit
+    parsed = cli(["--config", config, "--model.policy.lora.r", "16", "--model.policy.lora.paper_targets", "true",
+                  "--model.policy.load_in_4bit", "true"], run=False)
+    assert parsed.model.policy_spec.lora == LoRASpec(r=16, paper_targets=True) and parsed.model.policy_spec.load_in_4bit
     assert parsed.model.policy is None  # nothing loads (or imports peft) at parse time
 
 
@@ -72,10 +75,10 @@ def test_espo_with_lora_on_a_tiny_dream(tmp_path: Path):
 
     directory = make_tiny_dream_published(tmp_path / "dream", seed=0)
     sampler = LLaDASampler(gen_length=6, block_length=6, steps=3, temperature=1.0)
-    module = DiffusionRL(str(directory), ESPO(beta=0.01, num_mc=1), sampler, dtype="float32", num_generations=3,
-                         num_iterations=2, optimizer=lambda p: torch.optim.AdamW(p, lr=1e-2, weight_decay=0.0),
-                         lora=LoRASpec(r=2, alpha=4, dropout=0.0), export_dir=str(tmp_path / "adapter"),
-                         export_adapter=True)
+    module = DiffusionRL(PolicySpec(str(directory), dtype="float32", lora=LoRASpec(r=2, alpha=4, dropout=0.0)),
+                         ESPO(beta=0.01, num_mc=1), sampler, num_generations=3, num_iterations=2,
+                         optimizer=lambda p: torch.optim.AdamW(p, lr=1e-2, weight_decay=0.0),
+                         export=ExportSpec(str(tmp_path / "adapter"), adapter_only=True))
     module.configure_model()
     assert module.policy.family == "dream"
     before = {n: p.detach().clone() for n, p in module.policy.named_parameters() if p.requires_grad}

@@ -55,7 +55,7 @@ def config(tiny_dir: Path, root: Path) -> dict:
                     "enable_progress_bar": False, "enable_model_summary": False,
                     "logger": {"class_path": "lightning.pytorch.loggers.CSVLogger",
                                "init_args": {"save_dir": str(root), "name": "straight"}}},
-        "model": {"model": str(tiny_dir), "seed": 3, "num_generations": 2, "max_grad_norm": 1.0,
+        "model": {"policy": {"path": str(tiny_dir)}, "seed": 3, "num_generations": 2, "max_grad_norm": 1.0,
                   "objective": {"class_path": "ESPO", "init_args": {"beta": 0.01, "num_mc": 1}},
                   "sampler": {"class_path": "LLaDASampler",
                               "init_args": {"gen_length": 8, "block_length": 4, "steps": 4, "temperature": 1.0}},

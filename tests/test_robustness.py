@@ -19,6 +19,7 @@ from espo.cli import cli, main
 from espo.models import load_model
 from espo.module import DiffusionRL
 from espo.objectives import ESPO
+from espo.policy import PolicySpec
 from espo.sampling import LLaDASampler
 from espo.sizes import effective_sizes
 from espo.tasks import Sudoku, Task
@@ -192,7 +193,7 @@ def test_batch_sizes_that_do_not_divide_fail_before_the_model_loads(tmp_path: Pa
     sampler = LLaDASampler(gen_length=8, block_length=8, steps=4)
     for knob, needle in (("micro_batch_size", "model.micro_batch_size=5 does not divide the 8 completions"),
                          ("rollout_batch_size", "model.rollout_batch_size=3 does not divide the 8 completions")):
-        module = DiffusionRL("no/such/model", ESPO(), sampler, num_generations=4,
+        module = DiffusionRL(PolicySpec("no/such/model"), ESPO(), sampler, num_generations=4,
                              **{knob: 5 if knob == "micro_batch_size" else 3})
         with pytest.raises(ValueError, match=rf"{needle} per step \(data batch_size 2 x model.num_generations 4\); "
                                              r"choose one of \[1, 2, 4, 8\]"):
@@ -211,12 +212,12 @@ def test_sampler_knobs_fail_when_the_config_is_read(sampler_args, needle, monkey
                                                      capsys: pytest.CaptureFixture[str]):
     monkeypatch.setattr("sys.argv", ["espo"])
     with pytest.raises(SystemExit) as exit_info:  # the espo command prints the message, not a traceback
-        main(["fit", "--config", str(REPO / "configs/demo.yaml"), "--model.model", "no/such/dir", *sampler_args])
+        main(["fit", "--config", str(REPO / "configs/demo.yaml"), "--model.policy.path", "no/such/dir", *sampler_args])
     assert exit_info.value.code == 1
     err = capsys.readouterr().err
     assert re.search(f"^error: {needle}", err, re.M) and "Traceback" not in err
     with pytest.raises(ValueError, match=needle):  # the programmatic cli() raises it
-        cli(["fit", "--config", str(REPO / "configs/demo.yaml"), "--model.model", "no/such/dir", *sampler_args])
+        cli(["fit", "--config", str(REPO / "configs/demo.yaml"), "--model.policy.path", "no/such/dir", *sampler_args])
 
 
 def test_unknown_objective_names_the_choices(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]):
@@ -239,7 +240,7 @@ class NaNObjective(ESPO):
 @pytest.mark.slow
 def test_a_run_of_skipped_updates_stops_with_a_message_and_a_checkpoint(tiny_dir: Path, tmp_path: Path):
     sampler = LLaDASampler(gen_length=8, block_length=8, steps=4, temperature=1.0)
-    module = DiffusionRL(str(tiny_dir), NaNObjective(beta=0.0, num_mc=1), sampler, num_generations=2,
+    module = DiffusionRL(PolicySpec(str(tiny_dir)), NaNObjective(beta=0.0, num_mc=1), sampler, num_generations=2,
                          max_consecutive_skips=3, optimizer=lambda p: torch.optim.SGD(p, lr=0.1))
     checkpoint = RunCheckpoint(dirpath=str(tmp_path / "ckpt"), every_n_train_steps=100)
     with pytest.raises(RuntimeError, match=r"3 optimiser steps in a row had a non-finite loss or gradient "
@@ -252,8 +253,9 @@ def test_a_run_of_skipped_updates_stops_with_a_message_and_a_checkpoint(tiny_dir
 def test_equal_rewards_give_zero_advantages_and_a_finite_step_with_std_scaling(tiny_dir: Path, tmp_path: Path,
                                                                               capsys: pytest.CaptureFixture[str]):
     sampler = LLaDASampler(gen_length=8, block_length=4, steps=4, temperature=1.0)
-    module = DiffusionRL(str(tiny_dir), ESPO(beta=0.01, num_mc=1, baseline="mean", scale_rewards=True), sampler,
-                         num_generations=4, micro_batch_size=4, optimizer=lambda p: torch.optim.SGD(p, lr=0.1))
+    module = DiffusionRL(PolicySpec(str(tiny_dir)), ESPO(beta=0.01, num_mc=1, baseline="mean", scale_rewards=True),
+                         sampler, num_generations=4, micro_batch_size=4,
+                         optimizer=lambda p: torch.optim.SGD(p, lr=0.1))
     trainer = fit(module, Constant(batch_size=2), 1, tmp_path)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     assert metrics["zero_std_groups"] == 1.0 and metrics["advantage_abs"] == 0.0
@@ -266,15 +268,15 @@ def test_equal_rewards_give_zero_advantages_and_a_finite_step_with_std_scaling(t
 
 
 def test_resuming_with_another_model_source_warns_about_the_reference():
-    module = DiffusionRL("models/b", ESPO(), LLaDASampler(gen_length=8, block_length=8, steps=4))
+    module = DiffusionRL(PolicySpec("models/b"), ESPO(), LLaDASampler(gen_length=8, block_length=8, steps=4))
     state: dict[str, Any] = {}
-    module.skipped_updates, module.rollout_step = 2, 7
+    module.counters.skipped_updates, module.counters.rollout_step = 2, 7
     module.on_save_checkpoint(state)
-    fresh = DiffusionRL("models/b", ESPO(), LLaDASampler(gen_length=8, block_length=8, steps=4))
+    fresh = DiffusionRL(PolicySpec("models/b"), ESPO(), LLaDASampler(gen_length=8, block_length=8, steps=4))
     fresh.on_load_checkpoint(state)
     assert (fresh.skipped_updates, fresh.rollout_step) == (2, 7)
-    other = DiffusionRL("models/c", ESPO(), LLaDASampler(gen_length=8, block_length=8, steps=4))
-    with pytest.warns(UserWarning, match=r"started from 'models/b' with model.model='models/c': the reference"):
+    other = DiffusionRL(PolicySpec("models/c"), ESPO(), LLaDASampler(gen_length=8, block_length=8, steps=4))
+    with pytest.warns(UserWarning, match=r"started from 'models/b' with model.policy.path='models/c': the reference"):
         other.on_load_checkpoint(state)
 
 
@@ -300,7 +302,7 @@ def test_exception_checkpoint_retries_the_failed_step(tiny_dir: Path, tmp_path: 
     labels: dict[int, list[int]] = {}  # the step a logger (metrics.csv) gets for each batch, per run
 
     def run(steps: int, task: Task, **kwargs: Any) -> tuple[DiffusionRL, list[float]]:
-        module = DiffusionRL(str(tiny_dir), ESPO(beta=0.01, num_mc=1),
+        module = DiffusionRL(PolicySpec(str(tiny_dir)), ESPO(beta=0.01, num_mc=1),
                              LLaDASampler(gen_length=8, block_length=4, steps=4, temperature=1.0), num_generations=2,
                              seed=4, optimizer=lambda p: torch.optim.AdamW(p, lr=1e-2))
         losses: list[float] = []

@@ -215,11 +215,11 @@ def test_samplers_configurable_from_the_command_line(monkeypatch: pytest.MonkeyP
 
     monkeypatch.setattr("sys.argv", ["espo"])
     demo = str(Path(__file__).resolve().parents[1] / "configs/demo.yaml")
-    parsed = cli(["--config", demo, "--model.model", "no/such/dir", "--model.sampler.init_args.threshold", "0.9",
+    parsed = cli(["--config", demo, "--model.policy.path", "no/such/dir", "--model.sampler.init_args.threshold", "0.9",
                   "--model.sampler.init_args.early_exit", "true"], run=False)
     assert isinstance(parsed.model.sampler, LLaDASampler)
     assert parsed.model.sampler.threshold == 0.9 and parsed.model.sampler.early_exit
-    parsed = cli(["--config", demo, "--model.model", "no/such/dir", "--model.sampler", "DreamSampler",
+    parsed = cli(["--config", demo, "--model.policy.path", "no/such/dir", "--model.sampler", "DreamSampler",
                   "--model.sampler.init_args.gen_length", "20", "--model.sampler.init_args.steps", "10",
                   "--model.sampler.init_args.alg", "topk_margin"], run=False)
     assert isinstance(parsed.model.sampler, DreamSampler)

@@ -17,6 +17,7 @@ from torch.distributed.tensor import DTensor
 from espo.models import load_model, logits_at, tiny_model
 from espo.module import DiffusionRL
 from espo.objectives import ESPO, MaskedSFT, elbo
+from espo.policy import PolicySpec
 from espo.sampling import LLaDASampler, generate
 from espo.scale import apply_activation_checkpointing, export_checkpoint, gathered, release, shard_model
 from espo.tasks import Sudoku
@@ -151,8 +152,8 @@ def test_module_shards_policy_and_reference_under_a_mesh(mesh, tiny_dir: Path):
     import bitsandbytes as bnb
 
     sampler = LLaDASampler(gen_length=8, block_length=4, steps=4)
-    module = DiffusionRL(str(tiny_dir), ESPO(beta=0.01), sampler, num_generations=2, activation_checkpointing=True,
-                         fsdp_param_dtype="bfloat16",
+    spec = PolicySpec(str(tiny_dir), activation_checkpointing=True, fsdp_param_dtype="bfloat16")
+    module = DiffusionRL(spec, ESPO(beta=0.01), sampler, num_generations=2,
                          optimizer=lambda p: bnb.optim.AdamW8bit(p, lr=1e-3))
     module._device_mesh = mesh  # what ModelParallelStrategy sets before configure_model
     module.configure_model()
@@ -181,8 +182,8 @@ def test_bitsandbytes_adamw8bit_trains_on_cpu(tiny_dir: Path, tmp_path: Path):
 
     sampler = LLaDASampler(gen_length=20, block_length=20, steps=4)
     # min_8bit_size lowered so that the small test matrices get real 8-bit state (the default is 4096).
-    module = DiffusionRL(str(tiny_dir), MaskedSFT(), sampler, num_generations=1, sft_sample_every=0,
-                         activation_checkpointing=True,
+    module = DiffusionRL(PolicySpec(str(tiny_dir), activation_checkpointing=True), MaskedSFT(), sampler,
+                         num_generations=1, sft_sample_every=0,
                          optimizer=lambda p: bnb.optim.AdamW8bit(p, lr=1e-2, min_8bit_size=256))
     module.configure_model()
     before = {n: p.detach().clone() for n, p in module.policy.named_parameters()}
@@ -200,7 +201,7 @@ def test_adamw8bit_is_selectable_from_the_command_line(monkeypatch: pytest.Monke
     from espo.cli import cli
 
     monkeypatch.setattr("sys.argv", ["espo"])
-    parsed = cli(["--config", str(REPO / "configs/demo.yaml"), "--model.model", "no/such/dir",
+    parsed = cli(["--config", str(REPO / "configs/demo.yaml"), "--model.policy.path", "no/such/dir",
                   "--model.optimizer", "bitsandbytes.optim.AdamW8bit", "--model.optimizer.init_args.lr", "3e-4"],
                  run=False)
     optimizer = parsed.model.optimizer_factory([torch.nn.Parameter(torch.zeros(8))])
@@ -211,7 +212,7 @@ def test_adamw8bit_is_selectable_from_the_command_line(monkeypatch: pytest.Monke
 @pytest.mark.filterwarnings("ignore:Using ModelCheckpoint with manual optimization")
 def test_checkpoint_file_exports_as_a_model_directory(tiny_dir: Path, tmp_path: Path):
     sampler = LLaDASampler(gen_length=20, block_length=20, steps=4)
-    module = DiffusionRL(str(tiny_dir), MaskedSFT(), sampler, num_generations=1, sft_sample_every=0,
+    module = DiffusionRL(PolicySpec(str(tiny_dir)), MaskedSFT(), sampler, num_generations=1, sft_sample_every=0,
                          optimizer=lambda p: torch.optim.AdamW(p, lr=1e-2))
     checkpoint = pl.callbacks.ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=2)
     _fit(module, 2, tmp_path, enable_checkpointing=True, callbacks=[checkpoint])
@@ -239,8 +240,9 @@ def test_scale_snippets_parse_on_top_of_a_recipe(snippet: Path, capsys: pytest.C
     strategy = trainer["strategy"]["init_args"]
     assert strategy["data_parallel_size"] == trainer["devices"] * trainer["num_nodes"]
     assert strategy["tensor_parallel_size"] == 1
-    assert model["activation_checkpointing"] is True and model["fsdp_param_dtype"] == "bfloat16"
-    assert model["model"] == "checkpoints/tiny-sudoku-sft"  # the recipe's own settings survive
+    policy = model["policy"]
+    assert policy["activation_checkpointing"] is True and policy["fsdp_param_dtype"] == "bfloat16"
+    assert policy["path"] == "checkpoints/tiny-sudoku-sft"  # the recipe's own settings survive
 
 
 class _Mesh2D:
@@ -254,7 +256,7 @@ class _Mesh2D:
 
 
 def test_a_tensor_parallel_mesh_is_refused(tiny_dir: Path):
-    module = DiffusionRL(str(tiny_dir), ESPO(), LLaDASampler(gen_length=8, block_length=8, steps=8),
+    module = DiffusionRL(PolicySpec(str(tiny_dir)), ESPO(), LLaDASampler(gen_length=8, block_length=8, steps=8),
                          num_generations=2)
     module._device_mesh = _Mesh2D()
     with pytest.raises(ValueError, match="tensor_parallel_size=1"):

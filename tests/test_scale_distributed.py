@@ -29,7 +29,7 @@ RTOL = 1e-5
 COMPARED = ("loss", "policy_loss", "kl", "elbo_per_token", "reward", "grad_norm")
 
 
-def _config(root: Path, name: str, **model: object) -> Path:
+def _config(root: Path, name: str, **policy: object) -> Path:
     config = {
         "seed_everything": 0,
         "trainer": {
@@ -42,13 +42,13 @@ def _config(root: Path, name: str, **model: object) -> Path:
         },
         "model": {
             # The SFT warm start earns rewards, so advantages (and the policy gradient) are not zero.
-            "model": str(REPO / "checkpoints" / "tiny-sudoku-sft"), "seed": 0, "num_generations": 2,
-            "num_iterations": 2, "max_grad_norm": 1.0, "export_dir": str(root / name / "export"),
+            "policy": {"path": str(REPO / "checkpoints" / "tiny-sudoku-sft"), **policy}, "seed": 0,
+            "num_generations": 2, "num_iterations": 2, "max_grad_norm": 1.0,
+            "export": {"dir": str(root / name / "export")},
             "objective": {"class_path": "ESPO", "init_args": {"beta": 0.01, "num_mc": 1}},
             "sampler": {"class_path": "LLaDASampler",
                         "init_args": {"gen_length": 20, "block_length": 10, "steps": 4, "temperature": 1.0}},
             "optimizer": {"class_path": "torch.optim.AdamW", "init_args": {"lr": 1.0e-3}},
-            **model,
         },
         "data": {"class_path": "Sudoku", "init_args": {"prompt_format": "raw", "batch_size": 2, "num_train": 8}},
         "completions": {"every_n_steps": 100, "num_rows": 0},

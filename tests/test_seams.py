@@ -15,6 +15,8 @@ from espo.models import load_model
 from espo.models.lora import LoRASpec, apply_lora
 from espo.module import DiffusionRL
 from espo.objectives import ESPO, SPG
+from espo.persistence import ExportSpec
+from espo.policy import PolicySpec
 from espo.sampling import DreamSampler, LLaDASampler
 from espo.scale.export import export_checkpoint
 from espo.tasks import Sudoku
@@ -22,7 +24,7 @@ from espo.tasks.pool import RewardPool
 
 
 def module_on(trainer: SimpleNamespace, **kwargs) -> DiffusionRL:
-    module = DiffusionRL("no/such/dir", kwargs.pop("objective", ESPO()),
+    module = DiffusionRL(PolicySpec("no/such/dir"), kwargs.pop("objective", ESPO()),
                          LLaDASampler(gen_length=20, block_length=20, steps=20), num_generations=2, **kwargs)
     module._trainer = trainer  # setup() reads only these fields; the model never loads
     return module
@@ -53,10 +55,9 @@ def test_spg_block_length_is_checked_at_setup():
 def test_lora_under_fsdp2_is_refused_before_loading(monkeypatch: pytest.MonkeyPatch):
     from espo import policy
 
-    monkeypatch.setattr(policy, "data_parallel_mesh", lambda module: object())
-    module = module_on(fake_trainer(), lora=LoRASpec(r=4))
+    monkeypatch.setattr(policy, "load_model", lambda *args, **kwargs: pytest.fail("the model loaded"))
     with pytest.raises(ValueError, match="not supported under FSDP2"):
-        policy.configure_policy(module)
+        policy.build_policy(PolicySpec("no/such/dir", lora=LoRASpec(r=4)), with_reference=True, mesh=object())
 
 
 def _negate(x: int) -> int:
@@ -93,9 +94,11 @@ def test_evaluation_uses_the_configured_sampler_class():
 
 
 def test_lora_spec_survives_weights_only_checkpoint_loading(tmp_path: Path):
-    torch.save({"hyper_parameters": {"lora": LoRASpec(r=4)}}, tmp_path / "x.ckpt")
+    hparams = {"lora": LoRASpec(r=4), "policy": PolicySpec("m", lora=LoRASpec(r=4)), "export": ExportSpec("out"),
+               "evaluation": Evaluation(lengths=[64])}
+    torch.save({"hyper_parameters": hparams}, tmp_path / "x.ckpt")
     loaded = torch.load(tmp_path / "x.ckpt", weights_only=True)
-    assert loaded["hyper_parameters"]["lora"] == LoRASpec(r=4)
+    assert loaded["hyper_parameters"] == hparams
 
 
 def test_exporting_a_lora_checkpoint_merges_the_adapter(tiny_dir: Path, tmp_path: Path):
@@ -105,10 +108,13 @@ def test_exporting_a_lora_checkpoint_merges_the_adapter(tiny_dir: Path, tmp_path
             if "lora_B" in name:
                 p.normal_(0, 0.05, generator=torch.Generator().manual_seed(len(name)))
     state = {f"policy.{k}": v for k, v in policy.state_dict().items()}
-    ckpt = tmp_path / "run.ckpt"
-    torch.save({"hyper_parameters": {"model": str(tiny_dir), "dtype": "float32", "lora": {"r": 4, "alpha": 8}},
-                "state_dict": state}, ckpt)
-    exported = load_model(export_checkpoint(ckpt, tmp_path / "out"), dtype="float32")
     ids = torch.randint(5, 20, (2, 12), generator=torch.Generator().manual_seed(0))
-    torch.testing.assert_close(exported(ids), policy(ids), rtol=1e-4, atol=1e-5)
-    assert not torch.allclose(exported(ids), load_model(tiny_dir, dtype="float32")(ids))  # the adapter counted
+    spec = PolicySpec(str(tiny_dir), dtype="float32", lora=LoRASpec(r=4, alpha=8))
+    # Checkpoints hold the PolicySpec; those written before it kept model, dtype and lora flat.
+    for name, hparams in (("spec", {"policy": spec}),
+                          ("flat", {"model": str(tiny_dir), "dtype": "float32", "lora": {"r": 4, "alpha": 8}})):
+        ckpt = tmp_path / f"{name}.ckpt"
+        torch.save({"hyper_parameters": hparams, "state_dict": state}, ckpt)
+        exported = load_model(export_checkpoint(ckpt, tmp_path / name), dtype="float32")
+        torch.testing.assert_close(exported(ids), policy(ids), rtol=1e-4, atol=1e-5)
+        assert not torch.allclose(exported(ids), load_model(tiny_dir, dtype="float32")(ids))  # the adapter counted

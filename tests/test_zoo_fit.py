@@ -13,6 +13,7 @@ from espo.compare import main as compare_main
 from espo.compare import objective_section, run_config, snake
 from espo.module import DiffusionRL
 from espo.objectives import SPG, WD1, CoupledGRPO, DiffuGRPO
+from espo.policy import PolicySpec
 from espo.sampling import LLaDASampler
 from tests.test_module import CountSevens, fit
 
@@ -31,8 +32,9 @@ def _argv(monkeypatch: pytest.MonkeyPatch) -> None:
 ], ids=["diffu_grpo", "wd1", "coupled_grpo", "spg"])
 def test_every_trainable_parameter_changes(objective, tiny_dir: Path, tmp_path: Path):
     sampler = LLaDASampler(gen_length=8, block_length=4, steps=4, temperature=1.0)
-    module = DiffusionRL(str(tiny_dir), objective, sampler, num_generations=4, num_iterations=2, micro_batch_size=4,
-                         max_grad_norm=None, optimizer=lambda p: torch.optim.AdamW(p, lr=1e-2, weight_decay=0.0))
+    module = DiffusionRL(PolicySpec(str(tiny_dir)), objective, sampler, num_generations=4, num_iterations=2,
+                         micro_batch_size=4, max_grad_norm=None,
+                         optimizer=lambda p: torch.optim.AdamW(p, lr=1e-2, weight_decay=0.0))
     module.configure_model()
     before = {n: p.detach().clone() for n, p in module.policy.named_parameters()}
     rng = torch.random.get_rng_state()
@@ -52,7 +54,7 @@ class Constant(CountSevens):
 
 def test_zero_variance_groups_are_filtered_and_counted(tiny_dir: Path, tmp_path: Path):
     sampler = LLaDASampler(gen_length=8, block_length=8, steps=4, temperature=1.0)
-    module = DiffusionRL(str(tiny_dir), DiffuGRPO(beta=0.0), sampler, num_generations=2, num_iterations=2,
+    module = DiffusionRL(PolicySpec(str(tiny_dir)), DiffuGRPO(beta=0.0), sampler, num_generations=2, num_iterations=2,
                          filter_zero_std_groups=True, optimizer=lambda p: torch.optim.SGD(p, lr=0.1))
     module.configure_model()
     before = {n: p.detach().clone() for n, p in module.policy.named_parameters()}
@@ -66,7 +68,7 @@ def test_zero_variance_groups_are_filtered_and_counted(tiny_dir: Path, tmp_path:
 @pytest.mark.slow
 @pytest.mark.parametrize("config", OBJECTIVE_CONFIGS, ids=lambda p: p.stem)
 def test_objective_configs_run_two_steps(config: Path, tiny_dir: Path, tmp_path: Path):
-    main(["fit", "--config", str(config), "--model.model", str(tiny_dir), "--trainer.max_steps", "2",
+    main(["fit", "--config", str(config), "--model.policy.path", str(tiny_dir), "--trainer.max_steps", "2",
           "--trainer.logger.init_args.save_dir", str(tmp_path), "--data.init_args.batch_size", "2",
           "--model.micro_batch_size", "12", "--model.num_iterations", "1"])
     [summary] = tmp_path.glob("*/version_*/summary.json")
@@ -91,7 +93,7 @@ def test_objective_sections_replace_the_whole_objective(tmp_path: Path):
 def test_compare_two_objectives_two_steps(tiny_dir: Path, tmp_path: Path):
     out = tmp_path / "cmp"
     results = compare_main(["--config", str(REPO / "configs/demo.yaml"), "--objectives", "ESPO", "WD1",
-                            "--max_steps", "4", "--seeds", "0", "--out", str(out), "--model.model", str(tiny_dir),
+                            "--max_steps", "4", "--seeds", "0", "--out", str(out), "--model.policy.path", str(tiny_dir),
                             "--data.init_args.batch_size", "2", "--model.micro_batch_size", "12"])
     assert list(results) == ["ESPO", "WD1"]
     assert all(len(runs[0]["rewards"]) == 2 for runs in results.values())

@@ -133,8 +133,12 @@ def _copy_extras(source: str | Path | None, out: Path, skip: tuple[str, ...] = (
 
 
 def export_pretrained(model: DiffusionLM, directory: str | Path, *, adapter_only: bool = False,
-                      dtype: torch.dtype | None = None, max_shard_bytes: int = 5 * 1024**3) -> Path:
-    """Writes the policy as an HF model directory (or only its LoRA adapter).
+                      dtype: torch.dtype | None = None, max_shard_bytes: int = 5 * 1024**3,
+                      state_dict: dict[str, torch.Tensor] | None = None) -> Path:
+    """Writes the policy as an HF model directory (or only its LoRA adapter): espo's one model-directory writer.
+
+    ``config.json`` is built one way: the source directory's, verbatim, when the model was loaded from one,
+    else the network's config with the mask and EOS ids; ``torch_dtype`` is the written weights' dtype.
 
     Args:
         model: The policy (native family, optionally LoRA-wrapped and/or 4-bit).
@@ -142,6 +146,8 @@ def export_pretrained(model: DiffusionLM, directory: str | Path, *, adapter_only
         adapter_only: Write only the peft adapter (``adapter_config.json``, ``adapter_model.safetensors``).
         dtype: Weight dtype of the export (default: the model's; a 4-bit base exports in its compute dtype).
         max_shard_bytes: Shard size limit.
+        state_dict: The backbone's full weights to write instead of its own (e.g. gathered from FSDP2 shards,
+            see ``espo.scale.full_state_dict``); plain weights only, no LoRA or 4-bit.
 
     Returns:
         The output directory.
@@ -158,7 +164,10 @@ def export_pretrained(model: DiffusionLM, directory: str | Path, *, adapter_only
         network.hf_model.save_pretrained(str(out))  # remote-code models: transformers' own writer
         _copy_extras(getattr(model, "source_dir", None), out, skip=("config.json",))
         return out
-    state = merged_state_dict(network, dtype)
+    if state_dict is None:
+        state = merged_state_dict(network, dtype)
+    else:
+        state = {k: v.to(dtype) if dtype is not None and v.is_floating_point() else v for k, v in state_dict.items()}
     save_sharded(state, out, max_shard_bytes=max_shard_bytes)
     source = getattr(model, "source_dir", None)
     base = network.get_base_model() if hasattr(network, "get_base_model") else network

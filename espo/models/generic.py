@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from espo.models.vocab import load_tokenizer, special_ids
 from espo.models.wrapper import DiffusionLM, as_logits
 
 
@@ -67,8 +68,6 @@ def load_remote_code(directory: Path, raw: dict, *, dtype: torch.dtype, device: 
     """
     from transformers import AutoModel
 
-    from espo.models.loading import _special_ids, load_tokenizer
-
     if "auto_map" not in raw:
         raise ValueError(f"{directory}: model_type {raw.get('model_type')!r} has no native implementation and "
                          "config.json has no auto_map, so there is no remote code to load it with either.")
@@ -77,7 +76,7 @@ def load_remote_code(directory: Path, raw: dict, *, dtype: torch.dtype, device: 
     except Exception as err:  # noqa: BLE001 - re-raised with the directory named
         raise ValueError(f"transformers.AutoModel could not load {directory} with its remote code: {err}") from err
     tokenizer = load_tokenizer(directory, trust_remote_code=True)
-    mask_id, eos_ids = _special_ids(raw, tokenizer, directory)
+    mask_id, eos_ids = special_ids(raw, tokenizer, directory)
     shift = bool(raw.get("espo_shift_logits", False)) if shift_logits is None else shift_logits
     network = RemoteCodeNetwork(hf_model.to(device or "cpu"), shift_logits=shift)
     return DiffusionLM(network, tokenizer, mask_token_id=mask_id, eos_token_ids=eos_ids, family="generic")

@@ -13,13 +13,13 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 from safetensors import safe_open
 
 from espo.models.dream import DreamConfig, DreamModel
 from espo.models.llada import LLaDAConfig, LLaDAModelLM
+from espo.models.vocab import load_tokenizer, special_ids
 from espo.models.wrapper import DiffusionLM
 
 LLADA_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "attn_out", "ff_proj", "up_proj", "ff_out")
@@ -135,7 +135,7 @@ def load_weights(network: torch.nn.Module, files: list[Path], dtype: torch.dtype
                          f"{' ...' if len(unexpected) > 5 else ''}.")
 
 
-def _open_shard(file: Path) -> Any:
+def _open_shard(file: Path) -> object:
     try:
         return safe_open(str(file), framework="pt", device="cpu")
     except Exception as err:  # noqa: BLE001 - safetensors' own error type names no file
@@ -147,66 +147,6 @@ def _assign(network: torch.nn.Module, key: str, value: torch.Tensor) -> None:
     owner_name, _, leaf = key.rpartition(".")
     owner = network.get_submodule(owner_name)
     setattr(owner, leaf, torch.nn.Parameter(value, requires_grad=value.is_floating_point()))
-
-
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model", "vocab.txt")
-
-
-def load_tokenizer(directory: Path, *, trust_remote_code: bool = False) -> Any:
-    """The tokenizer saved beside the weights, without remote code for the native families.
-
-    ``tokenizer.json`` loads as a fast tokenizer. Dream's ``DreamTokenizer`` (remote code) is a Qwen2 byte-level
-    BPE over ``vocab.json``/``merges.txt``, so it loads as ``Qwen2Tokenizer``. Anything else goes through
-    ``AutoTokenizer``.
-    """
-    from transformers import AutoTokenizer, PreTrainedTokenizerFast, Qwen2Tokenizer
-
-    if not any((directory / name).is_file() for name in TOKENIZER_FILES):
-        # Else transformers guesses and asks to "install sentencepiece", which is not the problem.
-        raise FileNotFoundError(f"{directory} has no tokenizer files (none of {', '.join(TOKENIZER_FILES)}): copy "
-                                "the base model's tokenizer files beside the weights.")
-    config_file = directory / "tokenizer_config.json"
-    tok_config = json.loads(config_file.read_text()) if config_file.is_file() else {}
-    if tok_config.get("tokenizer_class") == "DreamTokenizer" and (directory / "vocab.json").is_file():
-        tokenizer_class: Any = Qwen2Tokenizer
-    elif (directory / "tokenizer.json").is_file():
-        # A tokenizer.json needs no config sniffing (AutoTokenizer would read config.json's unknown model_type).
-        tokenizer_class = PreTrainedTokenizerFast
-    else:
-        tokenizer_class = AutoTokenizer
-    try:
-        kwargs = {"trust_remote_code": True} if trust_remote_code and tokenizer_class is AutoTokenizer else {}
-        return tokenizer_class.from_pretrained(str(directory), **kwargs)
-    except Exception as err:  # noqa: BLE001 - re-raised with the directory named
-        raise ValueError(f"Could not load the tokenizer in {directory}: {err}") from err
-
-
-def _special_ids(config: dict, tokenizer: Any, directory: Path) -> tuple[int, list[int]]:
-    tokenizer_mask = getattr(tokenizer, "mask_token_id", None)
-    mask = config.get("mask_token_id", tokenizer_mask)
-    if mask is None:
-        raise ValueError(f"{directory}: no mask token: config.json has no mask_token_id and the tokenizer no "
-                         "mask_token. A masked-diffusion model needs one; add \"mask_token_id\" to config.json.")
-    if tokenizer_mask is not None and tokenizer_mask != mask:
-        raise ValueError(f"{directory}: config.json says mask_token_id {mask}, the tokenizer's mask_token has id "
-                         f"{tokenizer_mask}.")
-    vocab = config.get("embedding_size") or config.get("vocab_size")
-    size = len(tokenizer) if hasattr(tokenizer, "__len__") else None
-    if (vocab is not None and not 0 <= mask < vocab) or (size is not None and not 0 <= mask < size):
-        raise ValueError(f"{directory}: mask token id {mask} is outside the vocabulary (model {vocab}, "
-                         f"tokenizer {size} tokens).")
-    eos = config.get("eos_token_id")
-    if eos is None:
-        eos = getattr(tokenizer, "eos_token_id", None)
-    if eos is None:
-        raise ValueError(f"{directory}: no EOS id in config.json (eos_token_id) or the tokenizer (eos_token).")
-    eos_ids = list(eos) if isinstance(eos, list) else [eos]
-    # Instruct models end turns with <|eot_id|> (LLaDA) or <|im_end|> (Dream/Qwen): it ends a completion as surely.
-    for name in ("<|eot_id|>", "<|im_end|>"):
-        eot = getattr(tokenizer, "convert_tokens_to_ids", lambda _: None)(name)
-        if isinstance(eot, int) and eot != getattr(tokenizer, "unk_token_id", None) and eot not in eos_ids:
-            eos_ids.append(eot)
-    return int(mask), [int(i) for i in eos_ids]
 
 
 def family_of(raw: dict, family: str = "auto") -> str:
@@ -258,7 +198,7 @@ def load_model(
         cfg = fam.config_class.from_dict(raw)
         files = _weight_files(directory)
         tokenizer = load_tokenizer(directory)
-        mask_id, eos_ids = _special_ids(raw, tokenizer, directory)
+        mask_id, eos_ids = special_ids(raw, tokenizer, directory)
         with torch.device("meta"):
             network = fam.network_class(cfg)
         load_weights(network, files, target, torch.device(device or "cpu"))

@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from espo.models.export import export_pretrained
 from espo.models.llada import LLaDAConfig, LLaDAModelLM
 from espo.models.loading import LLADA_LORA_TARGETS
 from espo.models.tokenizer import build_char_tokenizer
@@ -47,7 +48,7 @@ def tiny_model(seed: int = 0, dtype: torch.dtype = torch.float32, **overrides: i
 
 def make_tiny_checkpoint(directory: str | Path, seed: int = 0, **overrides: int | float) -> Path:
     """Writes a tiny random checkpoint directory (config.json, model.safetensors, tokenizer files)."""
-    return tiny_model(seed, **overrides).save_pretrained(directory)
+    return export_pretrained(tiny_model(seed, **overrides), directory)
 
 
 # ---------------------------------------------------------------------------------------------------------

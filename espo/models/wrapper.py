@@ -7,13 +7,10 @@ needs logits: with a 126,464-token vocabulary the full logits tensor is the memo
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import save_file
 from torch import nn
 
 
@@ -71,27 +68,6 @@ class DiffusionLM(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         return self.lm_head(self.hidden_states(input_ids, attention_mask))
-
-    def save_pretrained(self, directory: str | Path, state_dict: dict[str, torch.Tensor] | None = None) -> Path:
-        """Writes ``config.json``, ``model.safetensors`` and the tokenizer files, loadable by ``load_model``.
-
-        Args:
-            directory: Output directory (created).
-            state_dict: The network's weights to write instead of its own (e.g. the full state dict gathered
-                from FSDP2 shards, see ``espo.scale.full_state_dict``).
-        """
-        out = Path(directory)
-        out.mkdir(parents=True, exist_ok=True)
-        config = self.network.config.to_dict()
-        dtype = str(next(self.network.parameters()).dtype).removeprefix("torch.")
-        config.update(mask_token_id=self.mask_token_id, eos_token_id=self.eos_token_ids[0], torch_dtype=dtype)
-        (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-        weights = self.network.state_dict() if state_dict is None else state_dict
-        state = {k: v.detach().contiguous().cpu() for k, v in weights.items()}
-        save_file(state, str(out / "model.safetensors"), metadata={"format": "pt"})
-        if self.tokenizer is not None:
-            self.tokenizer.save_pretrained(str(out))
-        return out
 
 
 def as_logits(output: Any) -> torch.Tensor:

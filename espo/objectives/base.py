@@ -1,8 +1,13 @@
-"""The ``Objective`` interface and the ``Rollout`` batch it consumes.
+"""The ``Objective`` interface, the ``Rollout`` batch it consumes and ``RatioObjective``'s shared passes.
 
-The module drives one RL step as: sample -> reward -> ``advantages`` -> ``prepare`` (no-grad passes: old
-and reference likelihoods, mask draws, for every inner iteration) -> for each iteration j and micro-batch:
-``loss`` -> backward -> optimiser step. Objectives never sample and never step optimisers.
+One RL step runs: sample -> reward -> ``advantages`` -> ``prepare`` (no-grad passes: old and reference
+likelihoods, mask draws, for every inner iteration) -> for each iteration j and micro-batch: ``loss`` ->
+backward -> optimiser step. Objectives never sample and never step optimisers.
+
+``RatioObjective`` owns the loop every clipped-ratio objective (ESPO, diffu-GRPO, coupled-GRPO) shares: draw
+the masks of every inner iteration, then score the old policy for j >= 1 (at j = 0 it equals the detached
+current pass) and the reference for every j, on the same masks; subclasses supply the draws and the
+estimator (``draw``, ``estimate``).
 """
 
 from __future__ import annotations
@@ -14,7 +19,8 @@ from typing import Any
 
 import torch
 
-from espo.objectives.advantages import group_advantages
+from espo.objectives.advantages import Baseline, StdScope, group_advantages
+from espo.objectives.kl import KLEstimator
 
 Model = Callable[..., Any]
 
@@ -29,8 +35,8 @@ class Rollout:
         rewards: Scalar rewards [N].
         advantages: Advantages [N].
         group_size: Completions per prompt G (groups are consecutive rows).
-        attention_mask: [N, P + L], 0 on prompt padding; None when there is none.
         completion_mask: [N, L] bool, True up to and including the first EOS.
+        attention_mask: [N, P + L], 0 on prompt padding; None when there is none.
         extras: Row-aligned tensors [N, ...] an objective prepares (old/ref likelihoods, masks).
     """
 
@@ -39,8 +45,8 @@ class Rollout:
     rewards: torch.Tensor
     advantages: torch.Tensor
     group_size: int
+    completion_mask: torch.Tensor
     attention_mask: torch.Tensor | None = None
-    completion_mask: torch.Tensor | None = None
     extras: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def __len__(self) -> int:
@@ -51,9 +57,7 @@ class Rollout:
         return self.input_ids.shape[1] - self.prompt_len
 
     def lengths(self) -> torch.Tensor:
-        """Real completion lengths [N] (through the first EOS; the canvas length if no mask is known)."""
-        if self.completion_mask is None:
-            return torch.full((len(self),), self.completion_len, device=self.input_ids.device)
+        """Real completion lengths [N] (through the first EOS, at least 1)."""
         return self.completion_mask.sum(-1).clamp(min=1)
 
     def slice(self, start: int, end: int) -> Rollout:
@@ -62,7 +66,7 @@ class Rollout:
         return replace(
             self, input_ids=self.input_ids[start:end], rewards=self.rewards[start:end],
             advantages=self.advantages[start:end], attention_mask=cut(self.attention_mask),
-            completion_mask=cut(self.completion_mask), extras={k: v[start:end] for k, v in self.extras.items()},
+            completion_mask=self.completion_mask[start:end], extras={k: v[start:end] for k, v in self.extras.items()},
         )
 
     def split(self, size: int) -> list[Rollout]:
@@ -73,11 +77,15 @@ class Rollout:
 class Objective(ABC):
     """Base class of RL (and supervised) objectives for masked-diffusion LMs.
 
-    Subclasses implement ``loss``; they may override ``advantages`` and ``prepare``. Set
-    ``requires_rollouts = False`` for objectives trained on reference completions (SFT).
+    Subclasses implement ``loss``; they may override ``prepare``. Set ``requires_rollouts = False`` for
+    objectives trained on reference completions (SFT). ``advantages`` reads the three advantage settings
+    below, which a subclass sets from its arguments (the class values are the defaults).
     """
 
     requires_rollouts: bool = True
+    baseline: Baseline = "mean"
+    scale_rewards: bool = False
+    std_scope: StdScope = "group"
 
     @property
     def uses_reference(self) -> bool:
@@ -92,8 +100,9 @@ class Objective(ABC):
         return None
 
     def advantages(self, rewards: torch.Tensor, group_size: int) -> torch.Tensor:
-        """Advantages [N] from rewards [N] (default: group-mean baseline)."""
-        return group_advantages(rewards, group_size, baseline="mean")
+        """Advantages [N] from rewards [N]: the group baseline, optionally scaled by the group (or batch) std."""
+        return group_advantages(rewards, group_size, baseline=self.baseline, scale=self.scale_rewards,
+                                std_scope=self.std_scope)
 
     def prepare(
         self,
@@ -120,3 +129,69 @@ class Objective(ABC):
     @abstractmethod
     def loss(self, policy: Model, batch: Rollout, iteration: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Loss of one micro-batch at inner iteration ``iteration`` (0-based) and detached metrics."""
+
+
+def check_clip_settings(beta: float, eps_low: float, eps_high: float | None, kl_estimator: KLEstimator) -> None:
+    """The argument checks every clipped-ratio objective shares (raises ValueError)."""
+    if beta < 0 or eps_low < 0 or (eps_high is not None and eps_high < 0):
+        raise ValueError("beta, eps_low and eps_high must be non-negative.")
+    if kl_estimator not in ("k1", "k2", "k3"):
+        raise ValueError(f"Unknown KL estimator {kl_estimator!r}; choose k1, k2 or k3.")
+
+
+def check_std_scope(std_scope: str) -> None:
+    """``std_scope`` is ``"group"`` or ``"batch"`` (raises ValueError)."""
+    if std_scope not in ("group", "batch"):
+        raise ValueError(f"std_scope must be 'group' or 'batch', got {std_scope!r}.")
+
+
+class RatioObjective(Objective):
+    """An objective with an importance ratio to the rollout policy and a KL to the reference, on shared draws.
+
+    ``prepare`` calls ``draw`` (the masks of every inner iteration into ``rollout.extras``), then fills
+    ``extras["old_<key>"]`` [N, μ, ...] (NaN at j = 0, where ``loss`` uses the detached current pass) and,
+    when ``uses_reference``, ``extras["ref_<key>"]`` [N, μ, ...] with ``estimate`` of the policy and the
+    reference, micro-batch by micro-batch. ``key`` names the estimate (``"elbo"``, ``"logps"``).
+    """
+
+    key: str = "score"
+
+    @abstractmethod
+    def draw(self, rollout: Rollout, num_iterations: int, micro_batch_size: int, generator: torch.Generator) -> None:
+        """Draws the masks of every inner iteration into ``rollout.extras`` (row-aligned)."""
+
+    @abstractmethod
+    def estimate(self, model: Model, batch: Rollout, iteration: int) -> torch.Tensor:
+        """The likelihood estimate of ``batch`` under ``model`` on the draws of ``iteration`` ([b] or [b, L])."""
+
+    def _scores(self, model: Model, rollout: Rollout, iteration: int, micro_batch_size: int) -> torch.Tensor:
+        return torch.cat([self.estimate(model, mb, iteration) for mb in rollout.split(micro_batch_size)]).float()
+
+    def prepare(
+        self,
+        policy: Model,
+        reference: Model | None,
+        rollout: Rollout,
+        *,
+        num_iterations: int,
+        micro_batch_size: int,
+        generator: torch.Generator,
+    ) -> None:
+        self.draw(rollout, num_iterations, micro_batch_size, generator)
+        with torch.no_grad():
+            if num_iterations > 1:
+                later = [self._scores(policy, rollout, j, micro_batch_size) for j in range(1, num_iterations)]
+                unused = torch.full_like(later[0], float("nan"))  # j = 0: the current pass, detached
+                rollout.extras[f"old_{self.key}"] = torch.stack([unused, *later], dim=1)  # [N, μ, ...]
+            if self.uses_reference:
+                if reference is None:
+                    raise ValueError(f"{type(self).__name__} with beta > 0 needs a reference policy.")
+                rollout.extras[f"ref_{self.key}"] = torch.stack(
+                    [self._scores(reference, rollout, j, micro_batch_size) for j in range(num_iterations)], dim=1)
+
+    def old_and_reference(self, batch: Rollout, iteration: int, current: torch.Tensor
+                          ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The old and reference estimates of a micro-batch at ``iteration`` (reference None without a KL)."""
+        old = batch.extras[f"old_{self.key}"][:, iteration] if iteration > 0 else current.detach()
+        ref = batch.extras[f"ref_{self.key}"][:, iteration] if self.uses_reference else None
+        return old, ref

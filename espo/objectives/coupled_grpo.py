@@ -57,8 +57,7 @@ class CoupledGRPO(TokenPPO):
             raise ValueError(f"Need 0 < t_min <= t_max < 1, got {t_min}, {t_max}.")
         self.t_min, self.t_max, self.include_full_mask = t_min, t_max, include_full_mask
 
-    def _draw(self, rollout: Rollout, num_iterations: int, micro_batch_size: int,
-              generator: torch.Generator) -> None:
+    def draw(self, rollout: Rollout, num_iterations: int, micro_batch_size: int, generator: torch.Generator) -> None:
         n, length = len(rollout), rollout.completion_len
         masks = torch.zeros(n, num_iterations, length, dtype=torch.bool)
         t = torch.zeros(n, num_iterations)
@@ -71,7 +70,7 @@ class CoupledGRPO(TokenPPO):
         device = rollout.input_ids.device
         rollout.extras["pair_masks"], rollout.extras["pair_t"] = masks.to(device), t.to(device)
 
-    def _logps(self, model: Model, batch: Rollout, iteration: int) -> torch.Tensor:
+    def estimate(self, model: Model, batch: Rollout, iteration: int) -> torch.Tensor:
         return coupled_logps(model, batch.input_ids, batch.prompt_len, batch.extras["pair_masks"][:, iteration],
                              batch.extras["pair_t"][:, iteration], include_full_mask=self.include_full_mask,
                              attention_mask=batch.attention_mask)

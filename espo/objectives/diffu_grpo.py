@@ -54,13 +54,12 @@ class DiffuGRPO(TokenPPO):
             raise ValueError(f"p_mask_prompt must lie in [0, 1], got {p_mask_prompt}.")
         self.p_mask_prompt, self.random_masking = p_mask_prompt, random_masking
 
-    def _draw(self, rollout: Rollout, num_iterations: int, micro_batch_size: int,
-              generator: torch.Generator) -> None:
+    def draw(self, rollout: Rollout, num_iterations: int, micro_batch_size: int, generator: torch.Generator) -> None:
         draws = num_iterations if self.random_masking else 1
         masks = torch.stack([sample_prompt_masks(len(rollout), rollout.prompt_len, self.p_mask_prompt,
                                                  generator=generator) for _ in range(draws)], dim=1)  # [N, μ|1, P]
         rollout.extras["prompt_masks"] = masks.expand(-1, num_iterations, -1).to(rollout.input_ids.device)
 
-    def _logps(self, model: Model, batch: Rollout, iteration: int) -> torch.Tensor:
+    def estimate(self, model: Model, batch: Rollout, iteration: int) -> torch.Tensor:
         return mean_field_logps(model, batch.input_ids, batch.prompt_len, batch.extras["prompt_masks"][:, iteration],
                                 attention_mask=batch.attention_mask)

@@ -16,8 +16,8 @@ from typing import Literal
 
 import torch
 
-from espo.objectives.advantages import Baseline, group_advantages
-from espo.objectives.base import Model, Objective, Rollout
+from espo.objectives.advantages import Baseline
+from espo.objectives.base import Model, RatioObjective, Rollout, check_clip_settings
 from espo.objectives.kl import KLEstimator, kl_estimate
 from espo.objectives.mc_elbo import elbo_from_masks, sample_masks
 
@@ -73,7 +73,7 @@ def espo_loss(
     return loss, metrics
 
 
-class ESPO(Objective):
+class ESPO(RatioObjective):
     """ESPO with ESPO's defaults; every deviation from the reference code is a flag.
 
     Args:
@@ -92,6 +92,8 @@ class ESPO(Objective):
             from the reference's half-to-even rounding).
     """
 
+    key = "elbo"
+
     def __init__(
         self,
         beta: float = 1e-3,
@@ -105,14 +107,11 @@ class ESPO(Objective):
         scale_rewards: bool = False,
         uniform_counts: bool = False,
     ) -> None:
-        if beta < 0 or eps_low < 0 or (eps_high is not None and eps_high < 0):
-            raise ValueError("beta, eps_low and eps_high must be non-negative.")
+        check_clip_settings(beta, eps_low, eps_high, kl_estimator)
         if num_mc < 1:
             raise ValueError("num_mc must be at least 1.")
         if length_norm not in ("canvas", "true"):
             raise ValueError(f"length_norm must be 'canvas' or 'true', got {length_norm!r}.")
-        if kl_estimator not in ("k1", "k2", "k3"):
-            raise ValueError(f"Unknown KL estimator {kl_estimator!r}; choose k1, k2 or k3.")
         self.beta, self.eps_low = beta, eps_low
         self.eps_high = eps_low if eps_high is None else eps_high
         self.num_mc, self.coupled, self.kl_estimator = num_mc, coupled, kl_estimator
@@ -123,26 +122,10 @@ class ESPO(Objective):
     def uses_reference(self) -> bool:
         return self.beta > 0
 
-    def advantages(self, rewards: torch.Tensor, group_size: int) -> torch.Tensor:
-        return group_advantages(rewards, group_size, baseline=self.baseline, scale=self.scale_rewards)
-
-    def _elbo(self, model: Model, batch: Rollout, masks: torch.Tensor) -> torch.Tensor:
-        return elbo_from_masks(model, batch.input_ids, batch.prompt_len, masks, coupled=self.coupled,
-                               attention_mask=batch.attention_mask)
-
-    def prepare(
-        self,
-        policy: Model,
-        reference: Model | None,
-        rollout: Rollout,
-        *,
-        num_iterations: int,
-        micro_batch_size: int,
-        generator: torch.Generator,
-    ) -> None:
+    def draw(self, rollout: Rollout, num_iterations: int, micro_batch_size: int, generator: torch.Generator) -> None:
         n, length = len(rollout), rollout.completion_len
         # Stratification follows the micro-batches that loss() will see, as in the reference code.
-        masks = torch.stack([
+        rollout.extras["elbo_masks"] = torch.stack([
             torch.cat([
                 sample_masks(min(micro_batch_size, n - s), length, num_mc=self.num_mc, generator=generator,
                              uniform_counts=self.uniform_counts).transpose(0, 1)  # [b, M, L]
@@ -150,30 +133,15 @@ class ESPO(Objective):
             ])
             for _ in range(num_iterations)
         ], dim=1)  # [N, μ, M, L]
-        rollout.extras["elbo_masks"] = masks
-        device = rollout.input_ids.device
-        with torch.no_grad():
-            if num_iterations > 1:
-                old = torch.full((n, num_iterations), float("nan"), device=device)  # [N, μ]; j = 0 unused
-                for j in range(1, num_iterations):
-                    old[:, j] = self._score(policy, rollout, j, micro_batch_size)
-                rollout.extras["old_elbo"] = old
-            if self.uses_reference:
-                if reference is None:
-                    raise ValueError("ESPO with beta > 0 needs a reference policy.")
-                rollout.extras["ref_elbo"] = torch.stack(
-                    [self._score(reference, rollout, j, micro_batch_size) for j in range(num_iterations)], dim=1)
 
-    def _score(self, model: Model, rollout: Rollout, j: int, micro_batch_size: int) -> torch.Tensor:
-        parts = [self._elbo(model, mb, mb.extras["elbo_masks"][:, j].transpose(0, 1).to(mb.input_ids.device))
-                 for mb in rollout.split(micro_batch_size)]
-        return torch.cat(parts).float()  # [N]
+    def estimate(self, model: Model, batch: Rollout, iteration: int) -> torch.Tensor:
+        masks = batch.extras["elbo_masks"][:, iteration].transpose(0, 1)  # [M, b, L]
+        return elbo_from_masks(model, batch.input_ids, batch.prompt_len, masks.to(batch.input_ids.device),
+                               coupled=self.coupled, attention_mask=batch.attention_mask)  # [b]
 
     def loss(self, policy: Model, batch: Rollout, iteration: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        masks = batch.extras["elbo_masks"][:, iteration].transpose(0, 1)  # [M, b, L]
-        current = self._elbo(policy, batch, masks.to(batch.input_ids.device))  # [b]
-        old = batch.extras["old_elbo"][:, iteration] if iteration > 0 else current.detach()  # [b]
-        ref = batch.extras["ref_elbo"][:, iteration] if self.uses_reference else None  # [b]
+        current = self.estimate(policy, batch, iteration)  # [b]
+        old, ref = self.old_and_reference(batch, iteration, current)  # [b], [b] or None
         length = float(batch.completion_len) if self.length_norm == "canvas" else batch.lengths().float()
         return espo_loss(current, old, ref, batch.advantages, length, eps_low=self.eps_low,
                          eps_high=self.eps_high, beta=self.beta, kl_estimator=self.kl_estimator)

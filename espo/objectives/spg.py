@@ -15,8 +15,8 @@ from typing import Literal
 
 import torch
 
-from espo.objectives.advantages import Baseline, StdScope, group_advantages
-from espo.objectives.base import Model, Objective, Rollout
+from espo.objectives.advantages import Baseline, StdScope
+from espo.objectives.base import Model, Objective, Rollout, check_std_scope
 from espo.objectives.mean_field import token_logps
 from espo.objectives.spg_bounds import sample_block_masks, spg_bounds
 
@@ -63,8 +63,7 @@ class SPG(Objective):
         self.negative_bound, self.eubo_beta, self.mix_weight = negative_bound, eubo_beta, mix_weight
         self.block_length, self.num_t, self.t_min, self.t_max = block_length, num_t, t_min, t_max
         self.p_mask_clean, self.baseline, self.scale_rewards = p_mask_clean, baseline, scale_rewards
-        if std_scope not in ("group", "batch"):
-            raise ValueError(f"std_scope must be 'group' or 'batch', got {std_scope!r}.")
+        check_std_scope(std_scope)
         self.std_scope = std_scope
 
     def check(self, gen_length: int) -> None:
@@ -74,10 +73,6 @@ class SPG(Objective):
         if self.num_t > gen_length // self.block_length:
             raise ValueError(f"SPG's num_t {self.num_t} exceeds the {gen_length // self.block_length} blocks of "
                              "the completion canvas.")
-
-    def advantages(self, rewards: torch.Tensor, group_size: int) -> torch.Tensor:
-        return group_advantages(rewards, group_size, baseline=self.baseline, scale=self.scale_rewards,
-                                std_scope=self.std_scope)
 
     def prepare(
         self,
@@ -89,12 +84,9 @@ class SPG(Objective):
         micro_batch_size: int,
         generator: torch.Generator,
     ) -> None:
-        mask = rollout.completion_mask
-        if mask is None:
-            mask = torch.ones(len(rollout), rollout.completion_len, dtype=torch.bool)
         masks = torch.stack([
-            sample_block_masks(mask, rollout.prompt_len, block_length=self.block_length, num_t=self.num_t,
-                               generator=generator, t_min=self.t_min, t_max=self.t_max,
+            sample_block_masks(rollout.completion_mask, rollout.prompt_len, block_length=self.block_length,
+                               num_t=self.num_t, generator=generator, t_min=self.t_min, t_max=self.t_max,
                                p_mask_clean=self.p_mask_clean).transpose(0, 1)  # [N, m, T]
             for _ in range(num_iterations)
         ], dim=1)  # [N, μ, m, T]
@@ -109,8 +101,6 @@ class SPG(Objective):
     def loss(self, policy: Model, batch: Rollout, iteration: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         masks = batch.extras["spg_masks"][:, iteration].transpose(0, 1)  # [m, b, T]
         cmask = batch.completion_mask
-        if cmask is None:
-            cmask = torch.ones(len(batch), batch.completion_len, dtype=torch.bool, device=batch.input_ids.device)
         logp = token_logps(policy, batch.input_ids, batch.prompt_len, masks,
                            attention_mask=batch.attention_mask)  # [m, b, L]
         lower, upper = spg_bounds(logp, masks[..., batch.prompt_len:], cmask, eubo_beta=self.eubo_beta)  # [b]

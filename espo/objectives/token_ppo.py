@@ -1,4 +1,4 @@
-"""Token-level clipped-ratio objectives (diffu-GRPO, coupled-GRPO): the shared loss and prepare/loss loop.
+"""Token-level clipped-ratio objectives (diffu-GRPO, coupled-GRPO): the shared loss.
 
 With per-token log-likelihood estimates φ_θ, φ_old, φ_ref on the same masks:
 
@@ -12,13 +12,12 @@ the old policy (TraceRL-style; zero at the first inner iteration) or none.
 
 from __future__ import annotations
 
-from abc import abstractmethod
 from typing import Literal
 
 import torch
 
-from espo.objectives.advantages import Baseline, StdScope, group_advantages
-from espo.objectives.base import Model, Objective, Rollout
+from espo.objectives.advantages import Baseline, StdScope
+from espo.objectives.base import Model, RatioObjective, Rollout, check_clip_settings, check_std_scope
 from espo.objectives.kl import KLEstimator, kl_estimate
 
 KLTarget = Literal["reference", "old", "none"]
@@ -81,20 +80,21 @@ def clipped_token_loss(
     return loss, metrics
 
 
-class TokenPPO(Objective):
+class TokenPPO(RatioObjective):
     """Base of token-level clipped-ratio objectives; subclasses pick the likelihood estimator.
 
-    Subclasses implement ``_draw`` (mask draws for every inner iteration into ``rollout.extras``) and
-    ``_logps`` (per-token estimates [b, L] of a micro-batch at iteration j on those masks).
+    Subclasses implement ``draw`` (mask draws for every inner iteration into ``rollout.extras``) and
+    ``estimate`` (per-token estimates [b, L] of a micro-batch at iteration j on those masks); the old and
+    reference passes are ``RatioObjective.prepare``'s.
     """
+
+    key = "logps"
 
     def __init__(self, beta: float, eps_low: float, eps_high: float | None, kl_estimator: KLEstimator,
                  kl_target: KLTarget, baseline: Baseline, scale_rewards: bool, loss_reduction: Reduction,
                  std_scope: StdScope = "group") -> None:
-        if beta < 0 or eps_low < 0 or (eps_high is not None and eps_high < 0):
-            raise ValueError("beta, eps_low and eps_high must be non-negative.")
-        if kl_estimator not in ("k1", "k2", "k3"):
-            raise ValueError(f"Unknown KL estimator {kl_estimator!r}; choose k1, k2 or k3.")
+        check_clip_settings(beta, eps_low, eps_high, kl_estimator)
+        check_std_scope(std_scope)
         if kl_target not in ("reference", "old", "none"):
             raise ValueError(f"kl_target must be 'reference', 'old' or 'none', got {kl_target!r}.")
         if loss_reduction not in ("token", "sequence"):
@@ -103,65 +103,17 @@ class TokenPPO(Objective):
         self.eps_high = eps_low if eps_high is None else eps_high
         self.kl_estimator, self.kl_target = kl_estimator, kl_target
         self.baseline, self.scale_rewards, self.loss_reduction = baseline, scale_rewards, loss_reduction
-        if std_scope not in ("group", "batch"):
-            raise ValueError(f"std_scope must be 'group' or 'batch', got {std_scope!r}.")
         self.std_scope = std_scope
 
     @property
     def uses_reference(self) -> bool:
         return self.beta > 0 and self.kl_target == "reference"
 
-    def advantages(self, rewards: torch.Tensor, group_size: int) -> torch.Tensor:
-        return group_advantages(rewards, group_size, baseline=self.baseline, scale=self.scale_rewards,
-                                std_scope=self.std_scope)
-
-    @abstractmethod
-    def _draw(self, rollout: Rollout, num_iterations: int, micro_batch_size: int,
-              generator: torch.Generator) -> None:
-        """Draws the masks of every inner iteration into ``rollout.extras`` (row-aligned)."""
-
-    @abstractmethod
-    def _logps(self, model: Model, batch: Rollout, iteration: int) -> torch.Tensor:
-        """Per-token estimates [b, L] of ``batch`` on the masks of ``iteration``."""
-
-    def _score(self, model: Model, rollout: Rollout, j: int, micro_batch_size: int) -> torch.Tensor:
-        return torch.cat([self._logps(model, mb, j) for mb in rollout.split(micro_batch_size)]).float()  # [N, L]
-
-    def prepare(
-        self,
-        policy: Model,
-        reference: Model | None,
-        rollout: Rollout,
-        *,
-        num_iterations: int,
-        micro_batch_size: int,
-        generator: torch.Generator,
-    ) -> None:
-        self._draw(rollout, num_iterations, micro_batch_size, generator)
-        n, length, device = len(rollout), rollout.completion_len, rollout.input_ids.device
-        with torch.no_grad():
-            if num_iterations > 1:
-                old = torch.full((n, num_iterations, length), float("nan"), device=device)  # j = 0 unused
-                for j in range(1, num_iterations):
-                    old[:, j] = self._score(policy, rollout, j, micro_batch_size)
-                rollout.extras["old_logps"] = old  # [N, μ, L]
-            if self.uses_reference:
-                if reference is None:
-                    raise ValueError(f"{type(self).__name__} with beta > 0 needs a reference policy.")
-                rollout.extras["ref_logps"] = torch.stack(
-                    [self._score(reference, rollout, j, micro_batch_size) for j in range(num_iterations)], dim=1)
-
     def loss(self, policy: Model, batch: Rollout, iteration: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        current = self._logps(policy, batch, iteration)  # [b, L]
-        old = batch.extras["old_logps"][:, iteration] if iteration > 0 else current.detach()  # [b, L]
-        ref = None
-        if self.uses_reference:
-            ref = batch.extras["ref_logps"][:, iteration]
-        elif self.kl_target == "old" and self.beta > 0:
+        current = self.estimate(policy, batch, iteration)  # [b, L]
+        old, ref = self.old_and_reference(batch, iteration, current)  # [b, L]
+        if self.kl_target == "old" and self.beta > 0:
             ref = old
-        mask = batch.completion_mask
-        if mask is None:
-            mask = torch.ones_like(current, dtype=torch.bool)
-        return clipped_token_loss(current, old, ref, batch.advantages, mask, eps_low=self.eps_low,
+        return clipped_token_loss(current, old, ref, batch.advantages, batch.completion_mask, eps_low=self.eps_low,
                                   eps_high=self.eps_high, beta=self.beta, kl_estimator=self.kl_estimator,
                                   reduction=self.loss_reduction)

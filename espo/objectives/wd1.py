@@ -84,8 +84,7 @@ class WD1(Objective):
     def loss(self, policy: Model, batch: Rollout, iteration: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         logps = mean_field_logps(policy, batch.input_ids, batch.prompt_len, batch.extras["prompt_masks"][:, iteration],
                                  attention_mask=batch.attention_mask)  # [b, L]
-        mask = batch.completion_mask
-        seq = logps.sum(-1) if mask is None else (logps * mask).sum(-1)  # [b]
+        seq = (logps * batch.completion_mask).sum(-1)  # [b]
         weights = batch.extras["wd1_weights"]  # [b]
         groups = len(batch) / batch.group_size  # the module averages micro-batches by rows
         loss = (weights * seq).sum() / groups

@@ -4,7 +4,7 @@
 
 Under ``ModelParallelStrategy`` Lightning writes a torch distributed checkpoint (DCP): a directory of
 ``__<rank>_0.distcp`` shards, ``.metadata`` and ``meta.pt`` (hyper-parameters, loop state). This reads it in
-one process, with no process group and no GPU: the base model (``model.model`` of the run, from
+one process, with no process group and no GPU: the base model (``model.policy.path`` of the run, from
 ``meta.pt``, or ``--model``) supplies the config and tokenizer, the checkpoint the weights. A regular
 Lightning ``.ckpt`` file (``save_distributed_checkpoint: false``, or a single-device run) works too.
 """
@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import argparse
 import warnings
+from dataclasses import asdict, is_dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -29,14 +31,22 @@ def _policy_state(module_state: dict[str, torch.Tensor]) -> dict[str, torch.Tens
     return {k.removeprefix(POLICY_PREFIX): v for k, v in module_state.items() if k.startswith(POLICY_PREFIX)}
 
 
+def _policy_settings(hparams: dict[str, Any]) -> dict[str, Any]:
+    """The run's ``model.policy`` settings as a dict; checkpoints from before ``PolicySpec`` kept them flat."""
+    spec = hparams.get("policy")
+    if spec is None:  # flat hyper-parameters: model, dtype, lora, load_in_4bit
+        return {"path": hparams.get("model"), **{k: hparams.get(k) for k in ("dtype", "lora", "load_in_4bit")}}
+    return asdict(spec) if is_dataclass(spec) else dict(spec)
+
+
 def load_checkpoint_policy(checkpoint: str | Path, model: str | None = None, dtype: str | None = None
                            ) -> DiffusionLM:
     """The trained policy of a Lightning checkpoint (DCP directory or ``.ckpt`` file), unsharded.
 
     Args:
         checkpoint: A sharded checkpoint directory or a single checkpoint file.
-        model: Base model directory or hub id (default: the run's ``model.model`` hyper-parameter).
-        dtype: Parameter dtype (default: the run's ``model.dtype``).
+        model: Base model directory or hub id (default: the run's ``model.policy.path`` hyper-parameter).
+        dtype: Parameter dtype (default: the run's ``model.policy.dtype``).
     """
     path = Path(checkpoint)
     if path.is_dir():
@@ -48,14 +58,14 @@ def load_checkpoint_policy(checkpoint: str | Path, model: str | None = None, dty
         meta = torch.load(path, map_location="cpu", weights_only=False)
     else:
         raise FileNotFoundError(f"No checkpoint at {path}.")
-    hparams = meta.get("hyper_parameters", {})
-    source = model or hparams.get("model")
+    spec = _policy_settings(meta.get("hyper_parameters", {}))
+    source = model or spec.get("path")
     if source is None:
         raise ValueError(f"{path} does not name its base model: pass model=... (--model).")
-    if hparams.get("load_in_4bit"):
-        raise ValueError(f"{path} is a 4-bit run: export it with model.export_dir at the end of training.")
-    policy = load_model(source, dtype=dtype or hparams.get("dtype"))
-    lora = hparams.get("lora")
+    if spec.get("load_in_4bit"):
+        raise ValueError(f"{path} is a 4-bit run: export it with model.export at the end of training.")
+    policy = load_model(source, dtype=dtype or spec.get("dtype"))
+    lora = spec.get("lora")
     if lora is not None:  # the checkpoint holds the peft-wrapped policy: wrap the base the same way first
         apply_lora(policy, lora if isinstance(lora, LoRASpec) else LoRASpec(**dict(lora)))
     expected = policy.state_dict()
@@ -88,8 +98,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("checkpoint", help="sharded checkpoint directory or .ckpt file")
     parser.add_argument("output", help="directory to write (config.json, model.safetensors, tokenizer)")
-    parser.add_argument("--model", default=None, help="base model (default: the run's model.model)")
-    parser.add_argument("--dtype", default=None, help="parameter dtype (default: the run's model.dtype)")
+    parser.add_argument("--model", default=None, help="base model (default: the run's model.policy.path)")
+    parser.add_argument("--dtype", default=None, help="parameter dtype (default: the run's model.policy.dtype)")
     args = parser.parse_args(argv)
     print(export_checkpoint(args.checkpoint, args.output, args.model, args.dtype))
 
