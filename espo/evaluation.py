@@ -11,7 +11,6 @@ its score to a JSONL file in the run's log directory, and the table to ``test_re
 
 from __future__ import annotations
 
-import copy
 import json
 import time
 from typing import Any
@@ -72,11 +71,9 @@ class Evaluation:
 
         A sampler without blocks (Dream's default ``block_length=None``) keeps denoising the whole canvas.
         """
-        sampler = copy.copy(base)
-        sampler._gen_length, sampler.steps, sampler.temperature = length, steps, self.temperature
-        if getattr(sampler, "block_length", None) is not None:
-            sampler.block_length = block
-        return sampler
+        blocks = getattr(base, "block_length", None) is not None
+        return base.with_schedule(gen_length=length, steps=steps, block_length=block if blocks else None,
+                                  temperature=self.temperature)
 
     def start(self, module: LightningModule) -> None:
         lengths = self.lengths or [module.sampler.gen_length]
