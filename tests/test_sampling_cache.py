@@ -256,3 +256,22 @@ def test_layer_kv_dual_overwrites_its_window_in_place():
     new = torch.full((1, 1, 2, 1), -1.0)
     keys, _ = kv.update(new, new)
     assert keys.flatten().tolist() == [0.0, 1.0, -1.0, -1.0, 4.0]
+
+
+def test_compiled_body_gives_the_same_tokens_with_bounded_graphs(llada, monkeypatch):
+    """Dynamo traces the body (eager backend: the tracing, guards and recompiles without a C++ toolchain)."""
+    import espo.sampling.compiled as compiled_module
+
+    real = torch.compile
+    monkeypatch.setattr(compiled_module.torch, "compile", lambda fn, **kw: real(fn, backend="eager", **kw))
+    torch._dynamo.reset()
+    model = copy.deepcopy(llada)
+    ids, attn = llada_prompts(llada)
+    kwargs = dict(steps=8, gen_length=16, block_length=8, attention_mask=attn, cache="dual", threshold=0.3)
+    want = generate(model, ids, **kwargs)
+    before = compiled_module.recompiles()
+    for length in (16, 32):  # another canvas width must not add graphs per width
+        got = generate(model, ids, **{**kwargs, "gen_length": length, "compile": True})
+        if length == 16:
+            assert torch.equal(got, want)
+    assert 0 < compiled_module.recompiles() - before <= 8
