@@ -155,7 +155,7 @@ def speed(args: argparse.Namespace) -> None:
                         st = Stats()
                         if options:
                             sampler = sampler_of(family, length, steps, block, options)
-                            run = lambda s=sampler, st=st: s.sample(model, ids, stats=st)  # noqa: E731
+                            run = lambda s=sampler, st=st, m=model, x=ids: s.sample(m, x, stats=st)  # noqa: E731
                         else:
                             run = reference_of(family, model, ids, length, steps, block)
                         sec, out, peak = timed(run, args.device)
