@@ -41,8 +41,9 @@ part() {  # part LIMIT TITLE COMMAND...
   return 0
 }
 
-echo "## GPU suite, $(date -u '+%Y-%m-%d %H:%M UTC'), $(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null \
-  | head -1 || echo 'no GPU'), torch $($PY -c 'import torch; print(torch.__version__)')"
+device="no GPU (CPU)"
+command -v nvidia-smi > /dev/null && device=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1)
+echo "## GPU suite, $(date -u '+%Y-%m-%d %H:%M UTC'), $device, torch $($PY -c 'import torch; print(torch.__version__)')"
 
 half=$((LIMITS[0] * 2 / 3))
 part "$half" "Rollouts: cache x threshold (bench/rollout.py)" \
