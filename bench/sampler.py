@@ -64,8 +64,8 @@ def run(variant: str, model: DiffusionLM, ids: torch.Tensor, mask: torch.Tensor,
         ) -> torch.Tensor:
     if variant == "reference":
         return reference_llada(model, ids, mask_id=model.mask_token_id, attention_mask=mask, **SETTING)
-    extra = {"exact": {}, "cache": {"prefix_cache": True}, "threshold0.9": {"threshold": 0.9},
-             "threshold0.7": {"threshold": 0.7}, "cache+threshold0.9": {"prefix_cache": True, "threshold": 0.9}}
+    extra = {"exact": {}, "cache": {"cache": "prefix"}, "threshold0.9": {"threshold": 0.9},
+             "threshold0.7": {"threshold": 0.7}, "cache+threshold0.9": {"cache": "prefix", "threshold": 0.9}}
     return generate(model, ids, attention_mask=mask, stats=stats, **SETTING, **extra[variant])
 
 

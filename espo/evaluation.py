@@ -12,7 +12,6 @@ its score to a JSONL file in the run's log directory, and the table to ``test_re
 
 from __future__ import annotations
 
-import copy
 import json
 import time
 from collections.abc import Callable
@@ -78,11 +77,9 @@ class Evaluation:
 
         A sampler without blocks (Dream's default ``block_length=None``) keeps denoising the whole canvas.
         """
-        sampler = copy.copy(base)
-        sampler._gen_length, sampler.steps, sampler.temperature = length, steps, self.temperature
-        if getattr(sampler, "block_length", None) is not None:
-            sampler.block_length = block
-        return sampler
+        blocks = getattr(base, "block_length", None) is not None
+        return base.with_schedule(gen_length=length, steps=steps, block_length=block if blocks else None,
+                                  temperature=self.temperature)
 
     def start(self, gen_length: int, device: torch.device) -> EvaluationRun:
         """A fresh run's state: one mean metric per length (``gen_length`` when ``lengths`` is None)."""

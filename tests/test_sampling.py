@@ -210,3 +210,21 @@ def test_sampler_class(model):
     want = generate(model, prompt, steps=8, gen_length=16, block_length=8, temperature=1.0,
                     attention_mask=attn, generator=torch.Generator().manual_seed(2))
     assert torch.equal(got, want)
+
+
+def test_with_schedule_derives_a_validated_sampler():
+    from espo.sampling import DreamSampler
+
+    base = LLaDASampler(gen_length=16, block_length=8, steps=8, temperature=1.0, cfg_scale=0.5, cache="dual")
+    derived = base.with_schedule(gen_length=32, steps=16, temperature=0.0)
+    assert (derived.gen_length, derived.steps, derived.block_length, derived.temperature) == (32, 16, 8, 0.0)
+    assert (derived.cfg_scale, derived.cache) == (0.5, "dual") and base.gen_length == 16  # a new object
+    with pytest.raises(ValueError, match="must divide"):
+        base.with_schedule(gen_length=20)
+    dream = DreamSampler(gen_length=16, steps=16, alg="topk_margin").with_schedule(gen_length=32, steps=8)
+    assert dream.block_length is None and dream.alg == "topk_margin" and dream.gen_length == 32
+
+
+def test_removed_prefix_cache_flag_is_refused(model):
+    with pytest.raises(TypeError, match="prefix_cache"):
+        LLaDASampler(gen_length=8, block_length=4, steps=4, prefix_cache=True)

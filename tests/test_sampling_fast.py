@@ -93,7 +93,7 @@ def test_prefix_cache_exact_with_one_step_per_block(model, cfg_scale):
     """Every step is a block's first step (a full forward), so the cache changes nothing."""
     ids, attn = prompts(model)
     kwargs = dict(steps=4, gen_length=16, block_length=4, attention_mask=attn, cfg_scale=cfg_scale)
-    assert torch.equal(generate(model, ids, prefix_cache=True, **kwargs), generate(model, ids, **kwargs))
+    assert torch.equal(generate(model, ids, cache="prefix", **kwargs), generate(model, ids, **kwargs))
 
 
 def test_prefix_cache_fills_and_runs_suffix_only(model, monkeypatch):
@@ -106,7 +106,7 @@ def test_prefix_cache_fills_and_runs_suffix_only(model, monkeypatch):
         return cached(input_ids, attention_mask, cache, offset)
 
     monkeypatch.setattr(model.network, "hidden_states_cached", recording)
-    out = generate(model, ids, steps=8, gen_length=16, block_length=8, temperature=1.0, prefix_cache=True,
+    out = generate(model, ids, steps=8, gen_length=16, block_length=8, temperature=1.0, cache="prefix",
                    attention_mask=attn, generator=torch.Generator().manual_seed(0))
     assert not (out == model.mask_token_id).any()
     width = ids.shape[1] + 16
@@ -117,7 +117,7 @@ def test_prefix_cache_needs_native_model(model):
     plain = lambda input_ids, attention_mask=None: model(input_ids, attention_mask)  # noqa: E731
     with pytest.raises(ValueError, match="hidden_states_cached"):
         generate(plain, prompts(model)[0], steps=4, gen_length=8, block_length=4, mask_id=model.mask_token_id,
-                 prefix_cache=True)
+                 cache="prefix")
 
 
 class EosModel:
@@ -200,7 +200,7 @@ def test_head_only_at_committable_positions(model, monkeypatch):
 
 def test_sampler_yaml_options(model):
     sampler = LLaDASampler(gen_length=8, block_length=4, steps=4, temperature=0.0, threshold=0.9,
-                           prefix_cache=True, early_exit=True)
+                           cache="prefix", early_exit=True)
     assert "threshold=0.9" in repr(sampler) and "early_exit=True" in repr(sampler)
     ids, attn = prompts(model)
     out = sampler.sample(model, ids, attention_mask=attn)
@@ -236,7 +236,7 @@ def test_early_exit_with_prefix_cache_and_cfg(model):
         biased.network.model.transformer.ff_out.weight[eos] += 0.6 * biased.network.model.transformer.ff_out.weight[
             eos].sign()
     ids, attn = prompts(model)
-    kwargs = dict(steps=12, gen_length=24, block_length=8, attention_mask=attn, prefix_cache=True, cfg_scale=0.5)
+    kwargs = dict(steps=12, gen_length=24, block_length=8, attention_mask=attn, cache="prefix", cfg_scale=0.5)
     want = generate(biased, ids, **kwargs)
     stats = Stats()
     got = generate(biased, ids, early_exit=True, stats=stats, **kwargs)

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from espo.models.llada import RMSNorm
+from espo.models.llada import LayerKV, RMSNorm
 
 
 @dataclass
@@ -128,14 +128,16 @@ class DreamAttention(nn.Module):
         self.v_proj = nn.Linear(cfg.hidden_size, self.kv_heads * self.head_dim, bias=True)
         self.o_proj = nn.Linear(self.heads * self.head_dim, cfg.hidden_size, bias=False)
 
-    def forward(self, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: torch.Tensor | None
-                ) -> torch.Tensor:
+    def forward(self, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: torch.Tensor | None,
+                kv: LayerKV | None = None) -> torch.Tensor:
         b, t, _ = h.shape
         q = self.q_proj(h).view(b, t, self.heads, self.head_dim).transpose(1, 2)  # [B, H, T, D]
         k = self.k_proj(h).view(b, t, self.kv_heads, self.head_dim).transpose(1, 2)  # [B, Hkv, T, D]
         v = self.v_proj(h).view(b, t, self.kv_heads, self.head_dim).transpose(1, 2)
         cos, sin = cos[:, None], sin[:, None]  # [B, 1, T, D]
         q, k = _rotate(q, cos, sin), _rotate(k, cos, sin)
+        if kv is not None:  # sampling's KV cache: record keys/values, or attend to the recorded ones
+            k, v = kv.update(k, v)
         if self.kv_heads != self.heads:
             group = self.heads // self.kv_heads  # KV head j serves query heads j*group ... j*group+group-1
             k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
@@ -164,9 +166,9 @@ class DreamDecoderLayer(nn.Module):
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.mlp = DreamMLP(cfg)
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: torch.Tensor | None
-                ) -> torch.Tensor:
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask)
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: torch.Tensor | None,
+                kv: LayerKV | None = None) -> torch.Tensor:
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask, kv)
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
@@ -249,6 +251,40 @@ class DreamModel(nn.Module):
         cos, sin = dream_rope(position_ids, self.config.head_dim, self.config.rope_theta, x.dtype)
         for layer in self.model.layers:
             x = layer(x, cos, sin, mask)
+        return self.model.norm(x)
+
+    def raw_hidden_states_cached(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, cache: list[LayerKV], offset: int = 0,
+    ) -> torch.Tensor:
+        """Unshifted hidden states of a window of positions ``offset..`` only, attending to cached keys/values.
+
+        The sampling cache's entry point, as LLaDA's ``hidden_states_cached`` (see there for the record and
+        reuse modes). Positions and the padding mask are those ``raw_hidden_states`` derives from the full
+        [B, T] mask, restricted to the window's queries, so at ``offset=0`` over the whole canvas this is
+        exactly ``raw_hidden_states``.
+
+        Args:
+            input_ids: Token ids [B, W] of positions ``offset..offset+W-1``.
+            attention_mask: Optional [B, T] 0/1 padding mask over all T positions.
+            cache: One ``LayerKV`` per layer.
+            offset: Position of ``input_ids[:, 0]``.
+
+        Returns:
+            Final-norm hidden states [B, W, D] (raw: position i predicts token i+1).
+        """
+        b, width = input_ids.shape
+        window = slice(offset, offset + width)
+        mask = None
+        if attention_mask is not None and not bool(attention_mask.all()):
+            valid = attention_mask.bool()  # [B, T]
+            mask = valid[:, None, window, None] & valid[:, None, None, :]  # [B, 1, W, T]
+            position_ids = (valid.long().cumsum(-1) - 1).masked_fill(~valid, 1)[:, window]  # [B, W]
+        else:
+            position_ids = torch.arange(offset, offset + width, device=input_ids.device).expand(b, width)
+        x = self.model.embed_tokens(input_ids)  # [B, W, D]
+        cos, sin = dream_rope(position_ids, self.config.head_dim, self.config.rope_theta, x.dtype)
+        for layer, kv in zip(self.model.layers, cache, strict=True):
+            x = layer(x, cos, sin, mask, kv)
         return self.model.norm(x)
 
     def hidden_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:

@@ -130,25 +130,38 @@ def apply_rope(t: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
 
 
 class LayerKV:
-    """One block's prefix key/value cache for sampling (see ``LLaDAModelLM.hidden_states_cached``).
+    """One layer's key/value cache for sampling (see ``espo.sampling.cache``).
 
     Args:
-        keep: Record mode: store the post-RoPE keys/values of the first ``keep`` positions of this call.
-            None: reuse mode: prepend the stored keys/values to this call's.
+        keep: Record mode: store the post-RoPE keys/values of the first ``keep`` positions of this call (all of
+            them when ``keep`` covers the call). None: reuse mode.
+
+    Attributes:
+        at: Reuse mode. None (prefix cache): this call's positions follow the stored ones, which are prepended.
+            An int (dual cache): this call's keys/values overwrite the stored ones from position ``at`` on, and
+            the queries attend to all stored positions (prefix, current window, suffix).
     """
 
     def __init__(self, keep: int | None = None) -> None:
         self.keep = keep
+        self.at: int | None = None
         self.k: torch.Tensor | None = None  # [B, Hkv, P, D]
         self.v: torch.Tensor | None = None
 
     def update(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self.keep is not None:
-            self.k, self.v = k[:, :, : self.keep].clone(), v[:, :, : self.keep].clone()
+            whole = self.keep >= k.shape[2]  # a fresh tensor: no copy needed to keep all of it
+            self.k = k if whole else k[:, :, : self.keep].clone()
+            self.v = v if whole else v[:, :, : self.keep].clone()
             return k, v
         if self.k is None:
             return k, v
-        return torch.cat([self.k, k], dim=2), torch.cat([self.v, v], dim=2)
+        if self.at is None:
+            return torch.cat([self.k, k], dim=2), torch.cat([self.v, v], dim=2)
+        width = k.shape[2]
+        self.k[:, :, self.at: self.at + width] = k  # the window's fresh keys replace its stale ones in place
+        self.v[:, :, self.at: self.at + width] = v
+        return self.k, self.v
 
     def select(self, rows: torch.Tensor) -> None:
         """Keeps the cached batch rows ``rows`` (rows that stopped decoding leave the batch)."""
@@ -182,7 +195,7 @@ class LLaDABlock(nn.Module):
         k = self.k_proj(h).view(b, t, self.kv_heads, self.head_dim).transpose(1, 2)  # [B, Hkv, T, D]
         v = self.v_proj(h).view(b, t, self.kv_heads, self.head_dim).transpose(1, 2)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        if kv is not None:  # sampling's prefix cache: record the first positions' keys/values, or reuse them
+        if kv is not None:  # sampling's KV cache: record keys/values, or attend to the recorded ones
             k, v = kv.update(k, v)
         if self.kv_heads != self.n_heads:
             group = self.n_heads // self.kv_heads
@@ -279,20 +292,22 @@ class LLaDAModelLM(nn.Module):
         cache: list[LayerKV],
         offset: int = 0,
     ) -> torch.Tensor:
-        """``hidden_states`` for positions ``offset..`` only, attending to a cached prefix (sampling).
+        """``hidden_states`` for a window of positions ``offset..`` only, attending to cached keys/values.
 
         With ``LayerKV(keep=P)`` entries and ``offset=0`` this is exactly ``hidden_states`` and records the
-        keys/values of positions ``< P``; with recorded entries and ``offset=P`` only the suffix is computed,
-        its queries attending to the recorded prefix keys/values plus its own (Fast-dLLM's prefix cache).
+        keys/values of positions ``< P``. With recorded entries and ``offset=P`` only the window is computed:
+        prefix cache (``at=None``): the window is the suffix and its queries attend to the recorded prefix plus
+        its own keys/values; dual cache (``at=offset``, all T positions recorded): the window's keys/values
+        replace the recorded ones at its positions and its queries attend to all T.
 
         Args:
-            input_ids: Token ids [B, T - offset] of positions ``offset..T-1``.
+            input_ids: Token ids [B, W] of positions ``offset..offset+W-1``.
             attention_mask: Optional [B, T] padding mask over all T key positions.
             cache: One ``LayerKV`` per block.
-            offset: Position of ``input_ids[:, 0]`` (the cached prefix length).
+            offset: Position of ``input_ids[:, 0]``.
 
         Returns:
-            Final-norm hidden states [B, T - offset, d_model].
+            Final-norm hidden states [B, W, d_model].
         """
         tr = self.model.transformer
         x = tr.wte(input_ids)

@@ -7,11 +7,14 @@ stop decoding early never shift another row's randomness.
 
 from __future__ import annotations
 
+import dataclasses
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from typing import Any
 
 import torch
+
+from espo.sampling.cache import CACHE_MODES
 
 
 def check_blocks(gen_length: int, block_length: int, steps: int) -> int:
@@ -30,8 +33,11 @@ def check_blocks(gen_length: int, block_length: int, steps: int) -> int:
     return num_blocks
 
 
-def check_common(temperature: float, threshold: float | None, cfg_scale: float = 0.0) -> None:
+def check_common(temperature: float, threshold: float | None, cfg_scale: float = 0.0, cache: str = "none"
+                 ) -> None:
     """Validates the knobs every rule shares."""
+    if cache not in CACHE_MODES:
+        raise ValueError(f"cache must be one of {CACHE_MODES}; got {cache!r}.")
     if not temperature >= 0:  # also rejects NaN
         raise ValueError(f"temperature must be >= 0; got {temperature}.")
     if threshold is not None and not threshold == threshold:
@@ -88,12 +94,13 @@ def threshold_commit(confidence: torch.Tensor, masked: torch.Tensor, threshold: 
 
 
 class Sampler(ABC):
-    """A completion sampler a config can name: maps prompts to prompt ‖ completion."""
+    """A completion sampler a config can name: maps prompts to prompt ‖ completion.
 
-    @property
-    @abstractmethod
-    def gen_length(self) -> int:
-        """Completion length in tokens."""
+    Implementations are dataclasses whose fields are the settings (declared once, validated once in
+    ``__post_init__``); ``gen_length`` is one of them.
+    """
+
+    gen_length: int
 
     @abstractmethod
     def sample(
@@ -115,3 +122,20 @@ class Sampler(ABC):
         Returns:
             Long tensor [B, P + gen_length].
         """
+
+    def with_schedule(self, *, gen_length: int | None = None, steps: int | None = None,
+                      block_length: int | None = None, temperature: float | None = None) -> Sampler:
+        """A new sampler with the same rule and options at another schedule (e.g. the evaluation one).
+
+        Args:
+            gen_length: Completion length; None keeps this sampler's.
+            steps: Denoising steps; None keeps.
+            block_length: Tokens per block; None keeps.
+            temperature: Token temperature; None keeps.
+
+        Raises:
+            ValueError: When the new schedule is invalid (validated like any construction).
+        """
+        changes = {"gen_length": gen_length, "steps": steps, "block_length": block_length,
+                   "temperature": temperature}
+        return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})

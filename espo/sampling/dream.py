@@ -23,12 +23,14 @@ the batch, which is the same number whenever rows have equal counts, as in Dream
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
 
 from espo.models.wrapper import mask_token_of
 from espo.sampling.base import Sampler, check_blocks, check_common, gumbel_, rank_commit, threshold_commit, uniform
+from espo.sampling.cache import CacheMode
 from espo.sampling.engine import Rule, Stats, StepContext, denoise
 from espo.sampling.llada import eos_ids_of
 
@@ -144,130 +146,62 @@ class DreamRule(Rule):
         return rank_commit(confidence, k, masked), candidates
 
 
-def _check(gen_length: int, block_length: int, steps: int, alg: str, temperature: float, top_p: float | None,
-           top_k: int | None, alg_temp: float | None, eps: float, threshold: float | None) -> None:
-    check_blocks(gen_length, block_length, steps)
-    check_common(temperature, threshold)
-    if alg not in _ALGORITHMS:
-        raise ValueError(f"alg must be one of {_ALGORITHMS}; got {alg!r}.")
-    if top_p is not None and not 0 < top_p:
-        raise ValueError(f"top_p must be positive; got {top_p}.")
-    if top_k is not None and top_k < 1:
-        raise ValueError(f"top_k must be at least 1; got {top_k}.")
-    if alg_temp is not None and not alg_temp >= 0:
-        raise ValueError(f"alg_temp must be >= 0; got {alg_temp}.")
-    if not 0 < eps < 1:
-        raise ValueError(f"eps must be in (0, 1); got {eps}.")
-    if threshold is not None and alg == "origin":
-        raise ValueError("threshold (parallel decoding) ranks by confidence; alg='origin' has none.")
-
-
-@torch.no_grad()
-def dream_generate(
-    model: Callable[..., Any],
-    prompt_ids: torch.Tensor,
-    *,
-    steps: int,
-    gen_length: int,
-    block_length: int | None = None,
-    alg: Algorithm = "entropy",
-    temperature: float = 0.0,
-    top_p: float | None = None,
-    top_k: int | None = None,
-    alg_temp: float | None = None,
-    eps: float = 1e-3,
-    mask_id: int | None = None,
-    attention_mask: torch.Tensor | None = None,
-    generator: torch.Generator | None = None,
-    threshold: float | None = None,
-    early_exit: bool = False,
-    eos_ids: Sequence[int] | None = None,
-    stats: Stats | None = None,
-) -> torch.Tensor:
-    """Samples completions with one of Dream's algorithms (see the module docstring).
-
-    Args:
-        model: A ``DiffusionLM`` (position i predicts token i) or a callable returning such logits.
-        prompt_ids: Prompt token ids [B, P], left-padded.
-        steps: Denoising steps (Dream's ``steps``), spread evenly over the blocks.
-        gen_length: Completion length (Dream's ``max_new_tokens``).
-        block_length: Tokens per block; None: one block (Dream's behaviour).
-        alg: ``"origin"``, ``"maskgit_plus"``, ``"topk_margin"`` or ``"entropy"``.
-        temperature: Token temperature; 0 is greedy.
-        top_p: Nucleus filter; None or >= 1 is off.
-        top_k: Top-k filter; None is off.
-        alg_temp: Position-choice temperature; None or 0 picks the most confident positions.
-        eps: Final time of ``linspace(1, eps, steps + 1)``.
-        mask_id: The ``[MASK]`` id; default: the model's ``mask_token_id``.
-        attention_mask: Optional prompt padding mask [B, P].
-        generator: Source of every random draw (required for ``origin``, ``temperature > 0``, ``alg_temp``).
-        threshold: Opt-in parallel decoding: commit every masked position whose confidence (in the
-            algorithm's units) is above τ, at least one per step; not for ``origin``.
-        early_exit: Opt-in early exit, as in :func:`espo.sampling.generate`.
-        eos_ids: EOS ids for ``early_exit``; default: ``model.eos_token_ids``.
-        stats: Optional ``Stats`` counters.
-
-    Returns:
-        Long tensor [B, P + gen_length].
-    """
-    block_length = gen_length if block_length is None else block_length
-    _check(gen_length, block_length, steps, alg, temperature, top_p, top_k, alg_temp, eps, threshold)
-    mask_id = mask_token_of(model, mask_id)
-    if (alg == "origin" or temperature > 0 or alg_temp) and generator is None:
-        raise ValueError("Dream's origin algorithm, temperature > 0 and alg_temp > 0 need an explicit "
-                         "torch.Generator (generator=...); the global RNG is never used.")
-    return denoise(
-        model, prompt_ids, DreamRule(alg, temperature, top_p, top_k, alg_temp, eps), gen_length=gen_length,
-        block_length=block_length, steps=steps, mask_id=mask_id, attention_mask=attention_mask,
-        generator=generator, threshold=threshold, early_exit=early_exit,
-        eos_ids=eos_ids_of(model, eos_ids) if early_exit else (), stats=stats,
-    )
-
-
+@dataclass
 class DreamSampler(Sampler):
-    """Dream's decoding (see :func:`dream_generate`) with a fixed configuration.
+    """Dream's decoding algorithms (see the module docstring), exactly Dream's ``_sample`` with the opt-ins off.
 
     The defaults are ESPO's Dream rollouts: ``alg="entropy"``, ``alg_temp=0``, temperature 1 with
     ``top_p=0.95``, one block.
 
     Args:
-        gen_length: Completion length in tokens.
-        steps: Denoising steps.
+        gen_length: Completion length in tokens (Dream's ``max_new_tokens``).
+        steps: Denoising steps (Dream's ``steps``), spread evenly over the blocks.
         block_length: Tokens per block; None: the whole completion is one block (Dream).
         alg: ``"origin"``, ``"maskgit_plus"``, ``"topk_margin"`` or ``"entropy"``.
         temperature: Token temperature; 0 is greedy.
         top_p: Nucleus filter; None or >= 1 is off.
         top_k: Top-k filter; None is off.
         alg_temp: Position-choice temperature; None or 0 picks the most confident positions.
-        eps: Final time of the schedule.
-        threshold: Opt-in parallel decoding τ (not for ``origin``).
+        eps: Final time of ``linspace(1, eps, steps + 1)``.
+        threshold: Opt-in parallel decoding: commit every masked position whose confidence (in the
+            algorithm's units) is above τ, at least one per step; not for ``origin``.
+        cache: ``"none"`` (exact), or the opt-in approximate key/value caches ``"prefix"`` and ``"dual"`` (see
+            ``espo.sampling.cache``; they pay off with blocks: set ``block_length``).
         early_exit: Opt-in: rows whose text is final stop costing forward passes (rest of canvas: EOS).
+        compile: Opt-in: ``torch.compile`` the per-step model body (see ``espo.sampling.compiled``).
     """
 
-    def __init__(
-        self,
-        gen_length: int = 256,
-        steps: int = 256,
-        block_length: int | None = None,
-        alg: Algorithm = "entropy",
-        temperature: float = 1.0,
-        top_p: float | None = 0.95,
-        top_k: int | None = None,
-        alg_temp: float | None = 0.0,
-        eps: float = 1e-3,
-        threshold: float | None = None,
-        early_exit: bool = False,
-    ) -> None:
-        _check(gen_length, block_length or gen_length, steps, alg, temperature, top_p, top_k, alg_temp, eps,
-               threshold)
-        self._gen_length, self.steps, self.block_length, self.alg = gen_length, steps, block_length, alg
-        self.temperature, self.top_p, self.top_k, self.alg_temp = temperature, top_p, top_k, alg_temp
-        self.eps, self.threshold, self.early_exit = eps, threshold, early_exit
+    gen_length: int = 256
+    steps: int = 256
+    block_length: int | None = None
+    alg: Algorithm = "entropy"
+    temperature: float = 1.0
+    top_p: float | None = 0.95
+    top_k: int | None = None
+    alg_temp: float | None = 0.0
+    eps: float = 1e-3
+    threshold: float | None = None
+    cache: CacheMode = "none"
+    early_exit: bool = False
+    compile: bool = False
 
-    @property
-    def gen_length(self) -> int:
-        return self._gen_length
+    def __post_init__(self) -> None:
+        check_blocks(self.gen_length, self.block_length or self.gen_length, self.steps)
+        check_common(self.temperature, self.threshold, cache=self.cache)
+        if self.alg not in _ALGORITHMS:
+            raise ValueError(f"alg must be one of {_ALGORITHMS}; got {self.alg!r}.")
+        if self.top_p is not None and not 0 < self.top_p:
+            raise ValueError(f"top_p must be positive; got {self.top_p}.")
+        if self.top_k is not None and self.top_k < 1:
+            raise ValueError(f"top_k must be at least 1; got {self.top_k}.")
+        if self.alg_temp is not None and not self.alg_temp >= 0:
+            raise ValueError(f"alg_temp must be >= 0; got {self.alg_temp}.")
+        if not 0 < self.eps < 1:
+            raise ValueError(f"eps must be in (0, 1); got {self.eps}.")
+        if self.threshold is not None and self.alg == "origin":
+            raise ValueError("threshold (parallel decoding) ranks by confidence; alg='origin' has none.")
 
+    @torch.no_grad()
     def sample(
         self,
         model: Callable[..., Any],
@@ -275,17 +209,73 @@ class DreamSampler(Sampler):
         *,
         attention_mask: torch.Tensor | None = None,
         generator: torch.Generator | None = None,
+        mask_id: int | None = None,
+        eos_ids: Sequence[int] | None = None,
         stats: Stats | None = None,
     ) -> torch.Tensor:
-        return dream_generate(
-            model, prompt_ids, steps=self.steps, gen_length=self._gen_length, block_length=self.block_length,
-            alg=self.alg, temperature=self.temperature, top_p=self.top_p, top_k=self.top_k,
-            alg_temp=self.alg_temp, eps=self.eps, attention_mask=attention_mask, generator=generator,
-            threshold=self.threshold, early_exit=self.early_exit, stats=stats,
+        """Samples completions.
+
+        Args:
+            model: A ``DiffusionLM`` (position i predicts token i) or a callable returning such logits
+                (``cache`` other than ``"none"`` needs the native Dream or LLaDA network).
+            prompt_ids: Prompt token ids [B, P], left-padded.
+            attention_mask: Optional prompt padding mask [B, P].
+            generator: Source of every random draw (required for ``origin``, ``temperature > 0``, ``alg_temp``).
+            mask_id: The ``[MASK]`` id; default: the model's ``mask_token_id``.
+            eos_ids: EOS ids for ``early_exit``; default: ``model.eos_token_ids``.
+            stats: Optional ``Stats`` counters.
+
+        Returns:
+            Long tensor [B, P + gen_length].
+        """
+        mask_id = mask_token_of(model, mask_id)
+        if (self.alg == "origin" or self.temperature > 0 or self.alg_temp) and generator is None:
+            raise ValueError("Dream's origin algorithm, temperature > 0 and alg_temp > 0 need an explicit "
+                             "torch.Generator (generator=...); the global RNG is never used.")
+        rule = DreamRule(self.alg, self.temperature, self.top_p, self.top_k, self.alg_temp, self.eps)
+        return denoise(
+            model, prompt_ids, rule, gen_length=self.gen_length, block_length=self.block_length or self.gen_length,
+            steps=self.steps, mask_id=mask_id, attention_mask=attention_mask, generator=generator,
+            threshold=self.threshold, cache=self.cache, compile=self.compile, early_exit=self.early_exit,
+            eos_ids=eos_ids_of(model, eos_ids) if self.early_exit else (), stats=stats,
         )
 
-    def __repr__(self) -> str:
-        return (f"DreamSampler(gen_length={self._gen_length}, steps={self.steps}, block_length={self.block_length}, "
-                f"alg={self.alg!r}, temperature={self.temperature}, top_p={self.top_p}, top_k={self.top_k}, "
-                f"alg_temp={self.alg_temp}, eps={self.eps}, threshold={self.threshold}, "
-                f"early_exit={self.early_exit})")
+
+def dream_generate(
+    model: Callable[..., Any],
+    prompt_ids: torch.Tensor,
+    *,
+    steps: int,
+    gen_length: int,
+    temperature: float = 0.0,
+    attention_mask: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+    mask_id: int | None = None,
+    eos_ids: Sequence[int] | None = None,
+    stats: Stats | None = None,
+    **options: Any,
+) -> torch.Tensor:
+    """Samples completions with one of Dream's algorithms: ``DreamSampler(...).sample(...)`` in one call.
+
+    Args:
+        model: See :meth:`DreamSampler.sample`.
+        prompt_ids: Prompt token ids [B, P], left-padded.
+        steps: Denoising steps.
+        gen_length: Completion length.
+        temperature: Token temperature; 0 (the default here) is greedy.
+        attention_mask: Optional prompt padding mask [B, P].
+        generator: Source of every random draw.
+        mask_id: The ``[MASK]`` id; default: the model's.
+        eos_ids: EOS ids for ``early_exit``.
+        stats: Optional ``Stats`` counters.
+        **options: The other :class:`DreamSampler` settings (``block_length``, ``alg`` (default ``entropy``),
+            ``top_p`` (default None here), ``top_k``, ``alg_temp`` (default None here), ``eps``,
+            ``threshold``, ``cache``, ``early_exit``, ``compile``).
+
+    Returns:
+        Long tensor [B, P + gen_length].
+    """
+    options = {"top_p": None, "alg_temp": None, **options}  # the function's defaults: Dream's own, unfiltered
+    sampler = DreamSampler(gen_length=gen_length, steps=steps, temperature=temperature, **options)
+    return sampler.sample(model, prompt_ids, attention_mask=attention_mask, generator=generator, mask_id=mask_id,
+                          eos_ids=eos_ids, stats=stats)

@@ -6,7 +6,8 @@ block to commit and to what. This module owns everything around it:
 * the canvas (prompt ‖ masks), the padding mask, blocks left to right;
 * the model calls, with the LM head applied only at the positions the rule asks for (in chunks, so no
   ``[B, T, V]`` or even ``[B, L, V]`` float32 tensor is ever built for a model exposing
-  ``hidden_states``/``lm_head``), classifier-free guidance, and the optional prefix cache;
+  ``hidden_states``/``lm_head``), classifier-free guidance, the optional prefix/dual key/value cache and
+  the optional compiled body;
 * early exit: rows whose completion text is final stop costing forward passes;
 * parallel decoding's stopping rule (a block ends when it has no masks left).
 """
@@ -21,7 +22,8 @@ from typing import Any
 import torch
 
 from espo.models.wrapper import call_model
-from espo.sampling.cache import PrefixCache
+from espo.sampling.cache import CacheMode, KVCache
+from espo.sampling.compiled import compiled
 
 #: Elements of one chunk of logits (2**25 float32 = 128 MiB): bounds the head's memory at any vocabulary.
 HEAD_CHUNK_ELEMENTS = 2**25
@@ -68,10 +70,19 @@ class Rule(ABC):
 
 @dataclass
 class Stats:
-    """Counters of one sampling call (for benchmarks and the docs' model-calls-per-token numbers)."""
+    """Counters of one sampling call (for benchmarks and the docs' model-calls-per-token numbers).
+
+    Attributes:
+        model_calls: Calls of the model body (classifier-free guidance's two halves count as one).
+        row_forwards: Batch rows over those calls (conditional rows only).
+        body_positions: Token positions through the body (rows x columns, guidance's halves both counted).
+        steps: Denoising steps over all blocks.
+        per_block_steps: Steps of each block.
+    """
 
     model_calls: int = 0
     row_forwards: int = 0
+    body_positions: int = 0
     steps: int = 0
     per_block_steps: list[int] = field(default_factory=list)
 
@@ -80,11 +91,18 @@ class _Model:
     """Model calls for one sampling run: hidden states of a block, then the head on chosen positions."""
 
     def __init__(self, model: Any, attention_mask: torch.Tensor | None, prompt_len: int, mask_id: int,
-                 cfg_scale: float, prefix_cache: bool, stats: Stats) -> None:
+                 cfg_scale: float, cache: CacheMode, compile: bool, stats: Stats) -> None:
         self.model, self.attention_mask, self.prompt_len, self.mask_id = model, attention_mask, prompt_len, mask_id
         self.cfg_scale, self.stats = cfg_scale, stats
         self.split = hasattr(model, "hidden_states") and hasattr(model, "lm_head")
-        self.cache = PrefixCache.for_model(model) if prefix_cache else None
+        self.cache = None if cache == "none" else KVCache.for_model(model, cache)
+        if self.cache is not None:
+            self.body = compiled(self.cache.forward) if compile else self.cache.forward
+            self.cache.forward = self.body
+        elif self.split:
+            self.body = compiled(model.hidden_states) if compile else model.hidden_states
+        else:
+            self.body = compiled(_call(model)) if compile else _call(model)
         self.vocab: int | None = None
 
     def block(self, canvas: torch.Tensor, rows: torch.Tensor, start: int, end: int, block: int
@@ -99,11 +117,12 @@ class _Model:
             ids = torch.cat([ids, uncond])  # [2R, T]
             attn = None if attn is None else torch.cat([attn, attn])
         if self.cache is not None:
+            before = self.cache.positions
             out = self.cache.block_hidden(ids, attn, rows, start, end, block, cfg=self.cfg_scale > 0)
-        elif self.split:
-            out = self.model.hidden_states(ids, attn)[:, start:end]  # [R', L, D]
+            self.stats.body_positions += self.cache.positions - before
         else:
-            out = call_model(self.model, ids, attn)[:, start:end]  # [R', L, V]
+            out = self.body(ids, attn)[:, start:end]  # [R', L, D] hidden states, or [R', L, V] logits
+            self.stats.body_positions += ids.numel()
         self.stats.model_calls += 1
         self.stats.row_forwards += len(rows)
         if self.cfg_scale > 0:
@@ -123,6 +142,11 @@ class _Model:
             return logits
         un = self.model.lm_head(uncond) if self.split else uncond
         return un + (self.cfg_scale + 1) * (logits - un)
+
+
+def _call(model: Any) -> Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor]:
+    """A plain callable's full logits as a two-argument function (what the compiled body wraps)."""
+    return lambda ids, attn: call_model(model, ids, attn)
 
 
 def _vocab(model: _Model, canvas: torch.Tensor, start: int, end: int, block: int) -> Callable[[], int]:
@@ -178,7 +202,8 @@ def denoise(
     attention_mask: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
     threshold: float | None = None,
-    prefix_cache: bool = False,
+    cache: CacheMode = "none",
+    compile: bool = False,
     early_exit: bool = False,
     eos_ids: Sequence[int] = (),
     cfg_scale: float = 0.0,
@@ -206,7 +231,7 @@ def denoise(
             raise ValueError(f"attention_mask must have the shape of prompt_ids; got {shapes}.")
         ones = attention_mask.new_ones(batch, gen_length)
         attention_mask = torch.cat([attention_mask.to(device), ones.to(device)], dim=1)  # [B, T]
-    calls = _Model(model, attention_mask, prompt_len, mask_id, cfg_scale, prefix_cache, stats)
+    calls = _Model(model, attention_mask, prompt_len, mask_id, cfg_scale, cache, compile, stats)
     eos = torch.tensor(list(eos_ids), dtype=torch.long, device=device)
     completion = canvas[:, prompt_len:]  # [B, G] (a view)
 

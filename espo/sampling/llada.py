@@ -13,12 +13,13 @@ not in what:
   random draw comes from an explicit ``torch.Generator``; the global RNG is never touched.
 
 Opt-in extras (off by default, which reproduces the reference exactly): ``threshold`` (parallel decoding),
-``prefix_cache`` and ``early_exit``; see ``docs/sampling.md``.
+``cache`` (``"prefix"`` or ``"dual"``), ``early_exit`` and ``compile``; see ``docs/sampling.md``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
@@ -33,6 +34,7 @@ from espo.sampling.base import (
     threshold_commit,
     uniform,
 )
+from espo.sampling.cache import CacheMode
 from espo.sampling.engine import Rule, Stats, StepContext, denoise
 
 Remasking = Literal["low_confidence", "random"]
@@ -112,17 +114,103 @@ class LLaDARule(Rule):
         return rank_commit(confidence, k, masked), candidates
 
 
-def _check(gen_length: int, block_length: int, steps: int, temperature: float, remasking: str,
-           threshold: float | None, cfg_scale: float) -> None:
-    check_blocks(gen_length, block_length, steps)
-    check_common(temperature, threshold, cfg_scale)
-    if remasking not in _REMASKING:
-        raise ValueError(f"remasking must be one of {_REMASKING}; got {remasking!r}.")
-    if threshold is not None and remasking != "low_confidence":
-        raise ValueError("threshold (parallel decoding) ranks by confidence: use remasking='low_confidence'.")
+@dataclass
+class LLaDASampler(Sampler):
+    """LLaDA's block-wise remasking sampler, exactly LLaDA's ``generate.py`` with the opt-ins off.
+
+    Candidates are ``argmax(logits / T + g)`` with Gumbel noise ``g = -log(-log u)``, ``u ~ U(0, 1)`` in
+    float64. Since ``log`` is monotone and ``T > 0``, this is the same argmax as LLaDA's
+    ``exp(logits) / (-log u) ** T`` (take the log and divide by ``T``), i.e. a sample from
+    ``softmax(logits / T)``, but without overflowing ``exp``. At ``T = 0`` the candidate is the plain argmax.
+
+    Args:
+        gen_length: Completion length in tokens; a multiple of ``block_length``.
+        block_length: Tokens per semi-autoregressive block.
+        steps: Total denoising steps; a multiple of ``gen_length // block_length``.
+        temperature: Gumbel temperature of the candidate tokens; 0 is greedy.
+        remasking: Which masked positions to commit first: ``"low_confidence"`` (most probable candidates,
+            untempered probability) or ``"random"``.
+        cfg_scale: Classifier-free guidance scale; 0 is off. Logits become ``u + (s + 1)(c - u)`` with ``u``
+            the logits of the canvas whose prompt is all masks.
+        threshold: Opt-in parallel decoding: instead of the schedule, commit every masked token of the block
+            whose confidence is above this τ, and at least the most confident one; a block ends when it has no
+            masks (``steps`` is only validated). τ >= 1 commits exactly one token per step. None: LLaDA's
+            fixed schedule.
+        cache: ``"none"`` (exact), or the opt-in approximate key/value caches ``"prefix"`` (prompt and finished
+            blocks) and ``"dual"`` (also the masked blocks after the current one); see ``espo.sampling.cache``.
+        early_exit: Opt-in: a row whose text is final (a committed EOS with no mask to its left) gets the rest
+            of its canvas set to the padding EOS and stops costing forward passes. The text through the first
+            EOS is exactly what it would be without; only the canvas after it is EOS padding.
+        compile: Opt-in: ``torch.compile`` the per-step model body (see ``espo.sampling.compiled``).
+    """
+
+    gen_length: int = 256
+    block_length: int = 32
+    steps: int = 128
+    temperature: float = 1.0
+    remasking: Remasking = "low_confidence"
+    cfg_scale: float = 0.0
+    threshold: float | None = None
+    cache: CacheMode = "none"
+    early_exit: bool = False
+    compile: bool = False
+
+    def __post_init__(self) -> None:
+        check_blocks(self.gen_length, self.block_length, self.steps)
+        check_common(self.temperature, self.threshold, self.cfg_scale, self.cache)
+        if self.remasking not in _REMASKING:
+            raise ValueError(f"remasking must be one of {_REMASKING}; got {self.remasking!r}.")
+        if self.threshold is not None and self.remasking != "low_confidence":
+            raise ValueError("threshold (parallel decoding) ranks by confidence: use remasking='low_confidence'.")
+
+    @torch.no_grad()
+    def sample(
+        self,
+        model: Callable[..., Any],
+        prompt_ids: torch.Tensor,
+        *,
+        attention_mask: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+        mask_id: int | None = None,
+        eos_ids: Sequence[int] | None = None,
+        stats: Stats | None = None,
+    ) -> torch.Tensor:
+        """Samples completions.
+
+        Args:
+            model: A ``DiffusionLM`` or any callable taking ``input_ids`` (and ``attention_mask=`` when one is
+                given) and returning logits [B, T, V] or an object with ``.logits`` (``cache`` other than
+                ``"none"`` needs the native LLaDA network).
+            prompt_ids: Prompt token ids [B, P], left-padded when lengths differ.
+            attention_mask: Optional prompt padding mask [B, P] (1 = real token); extended with ones over the
+                completion and passed to the model at every step.
+            generator: Source of all random draws; required when ``temperature > 0`` or
+                ``remasking == "random"``. Noise is drawn on its device.
+            mask_id: The ``[MASK]`` id; defaults to the model's own ``mask_token_id``.
+            eos_ids: EOS ids for ``early_exit`` (the first is the padding EOS); default: ``model.eos_token_ids``.
+            stats: Optional ``Stats`` that counts model calls, rows and positions per call, and steps.
+
+        Returns:
+            Long tensor [B, P + gen_length]: the prompt followed by the fully unmasked completion.
+
+        Raises:
+            ValueError: On a missing mask id or generator, or a prompt that already contains the mask id.
+        """
+        mask_id = mask_token_of(model, mask_id)
+        if (self.temperature > 0 or self.remasking == "random") and generator is None:
+            raise ValueError(
+                "Sampling with temperature > 0 or random remasking needs an explicit torch.Generator "
+                "(generator=...); the global RNG is never used."
+            )
+        return denoise(
+            model, prompt_ids, LLaDARule(self.temperature, self.remasking), gen_length=self.gen_length,
+            block_length=self.block_length, steps=self.steps, mask_id=mask_id, attention_mask=attention_mask,
+            generator=generator, threshold=self.threshold, cache=self.cache, compile=self.compile,
+            early_exit=self.early_exit, eos_ids=eos_ids_of(model, eos_ids) if self.early_exit else (),
+            cfg_scale=self.cfg_scale, stats=stats,
+        )
 
 
-@torch.no_grad()
 def generate(
     model: Callable[..., Any],
     prompt_ids: torch.Tensor,
@@ -131,140 +219,37 @@ def generate(
     gen_length: int,
     block_length: int,
     temperature: float = 0.0,
-    remasking: Remasking = "low_confidence",
-    mask_id: int | None = None,
     attention_mask: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
-    cfg_scale: float = 0.0,
-    threshold: float | None = None,
-    prefix_cache: bool = False,
-    early_exit: bool = False,
+    mask_id: int | None = None,
     eos_ids: Sequence[int] | None = None,
     stats: Stats | None = None,
+    **options: Any,
 ) -> torch.Tensor:
-    """Samples completions with LLaDA's block-wise low-confidence (or random) remasking.
-
-    Candidates are ``argmax(logits / T + g)`` with Gumbel noise ``g = -log(-log u)``, ``u ~ U(0, 1)`` in
-    float64. Since ``log`` is monotone and ``T > 0``, this is the same argmax as LLaDA's
-    ``exp(logits) / (-log u) ** T`` (take the log and divide by ``T``), i.e. a sample from
-    ``softmax(logits / T)``, but without overflowing ``exp``. At ``T = 0`` the candidate is the plain argmax.
+    """Samples completions with LLaDA's block-wise remasking: ``LLaDASampler(...).sample(...)`` in one call.
 
     Args:
-        model: A ``DiffusionLM`` or any callable taking ``input_ids`` (and ``attention_mask=`` when one is
-            given) and returning logits [B, T, V] or an object with ``.logits``.
+        model: See :meth:`LLaDASampler.sample`.
         prompt_ids: Prompt token ids [B, P], left-padded when lengths differ.
         steps: Total denoising steps; a multiple of the number of blocks.
         gen_length: Completion length; a multiple of ``block_length``.
         block_length: Tokens per semi-autoregressive block.
-        temperature: Gumbel temperature of the candidates; 0 is greedy.
-        remasking: ``"low_confidence"`` commits the candidates of highest (untempered) probability first;
-            ``"random"`` commits masked positions in random order.
-        mask_id: The ``[MASK]`` id; defaults to the model's own ``mask_token_id``.
-        attention_mask: Optional prompt padding mask [B, P] (1 = real token); extended with ones over the
-            completion and passed to the model at every step.
-        generator: Source of all random draws; required when ``temperature > 0`` or
-            ``remasking == "random"``. Noise is drawn on its device.
-        cfg_scale: Classifier-free guidance scale (LLaDA's ``cfg_scale``); 0 is off. Logits become
-            ``u + (s + 1)(c - u)`` with ``u`` the logits of the canvas whose prompt is all masks.
-        threshold: Parallel decoding (opt-in): instead of the schedule, commit every masked position of the
-            block whose confidence is above τ, and at least the most confident one; a block then ends when
-            it has no masks (``steps`` is only validated). τ >= 1 commits exactly one token per step.
-        prefix_cache: Opt-in Fast-dLLM prefix cache (see ``espo.sampling.cache``): approximate within a block.
-        early_exit: Opt-in: a row whose text is final (a committed EOS with no mask to its left) gets the rest
-            of its canvas set to the padding EOS and stops costing forward passes. The text through the first
-            EOS is exactly what it would be without; only the canvas after it is EOS padding.
-        eos_ids: EOS ids for ``early_exit`` (the first is the padding EOS); default: ``model.eos_token_ids``.
-        stats: Optional ``Stats`` that counts model calls, rows per call and steps.
+        temperature: Gumbel temperature of the candidates; 0 (the default here) is greedy.
+        attention_mask: Optional prompt padding mask [B, P].
+        generator: Source of all random draws.
+        mask_id: The ``[MASK]`` id; defaults to the model's own.
+        eos_ids: EOS ids for ``early_exit``.
+        stats: Optional ``Stats`` counters.
+        **options: The other :class:`LLaDASampler` settings: ``remasking``, ``cfg_scale``, ``threshold``,
+            ``cache`` (``"none"``, ``"prefix"``, ``"dual"``), ``early_exit``, ``compile``.
 
     Returns:
-        Long tensor [B, P + gen_length]: the prompt followed by the fully unmasked completion.
+        Long tensor [B, P + gen_length].
 
     Raises:
-        ValueError: On an invalid schedule, remasking rule, temperature, missing mask id or generator, or a
-            prompt that already contains the mask id.
+        ValueError: On an invalid setting (see :class:`LLaDASampler`) or sampling input.
     """
-    _check(gen_length, block_length, steps, temperature, remasking, threshold, cfg_scale)
-    mask_id = mask_token_of(model, mask_id)
-    if (temperature > 0 or remasking == "random") and generator is None:
-        raise ValueError(
-            "Sampling with temperature > 0 or random remasking needs an explicit torch.Generator "
-            "(generator=...); the global RNG is never used."
-        )
-    return denoise(
-        model, prompt_ids, LLaDARule(temperature, remasking), gen_length=gen_length, block_length=block_length,
-        steps=steps, mask_id=mask_id, attention_mask=attention_mask, generator=generator, threshold=threshold,
-        prefix_cache=prefix_cache, early_exit=early_exit, eos_ids=eos_ids_of(model, eos_ids) if early_exit else (),
-        cfg_scale=cfg_scale, stats=stats,
-    )
-
-
-class LLaDASampler(Sampler):
-    """LLaDA's block-wise remasking sampler (see :func:`generate`) with a fixed configuration.
-
-    Args:
-        gen_length: Completion length in tokens; a multiple of ``block_length``.
-        block_length: Tokens per semi-autoregressive block.
-        steps: Total denoising steps; a multiple of ``gen_length // block_length``.
-        temperature: Gumbel temperature of the candidate tokens; 0 is greedy.
-        remasking: Which masked positions to commit first: ``"low_confidence"`` (most probable candidates)
-            or ``"random"``.
-        cfg_scale: Classifier-free guidance scale; 0 is off.
-        threshold: Opt-in parallel decoding: commit every masked token of the block whose confidence is above
-            this τ (at least one per step); None keeps LLaDA's fixed schedule.
-        prefix_cache: Opt-in prefix key/value cache for finished blocks (approximate within a block).
-        early_exit: Opt-in: rows whose text is final stop costing forward passes; the rest of their canvas
-            becomes EOS padding.
-    """
-
-    def __init__(
-        self,
-        gen_length: int = 256,
-        block_length: int = 32,
-        steps: int = 128,
-        temperature: float = 1.0,
-        remasking: Remasking = "low_confidence",
-        cfg_scale: float = 0.0,
-        threshold: float | None = None,
-        prefix_cache: bool = False,
-        early_exit: bool = False,
-    ) -> None:
-        _check(gen_length, block_length, steps, temperature, remasking, threshold, cfg_scale)
-        self._gen_length = gen_length
-        self.block_length = block_length
-        self.steps = steps
-        self.temperature = temperature
-        self.remasking: Remasking = remasking
-        self.cfg_scale, self.threshold = cfg_scale, threshold
-        self.prefix_cache, self.early_exit = prefix_cache, early_exit
-
-    @property
-    def gen_length(self) -> int:
-        return self._gen_length
-
-    def sample(
-        self,
-        model: Callable[..., Any],
-        prompt_ids: torch.Tensor,
-        *,
-        attention_mask: torch.Tensor | None = None,
-        generator: torch.Generator | None = None,
-        stats: Stats | None = None,
-    ) -> torch.Tensor:
-        return generate(
-            model, prompt_ids, steps=self.steps, gen_length=self._gen_length, block_length=self.block_length,
-            temperature=self.temperature, remasking=self.remasking, mask_id=None,
-            attention_mask=attention_mask, generator=generator, cfg_scale=self.cfg_scale,
-            threshold=self.threshold, prefix_cache=self.prefix_cache, early_exit=self.early_exit, stats=stats,
-        )
-
-    def __repr__(self) -> str:
-        extras = "".join(
-            f", {name}={value!r}" for name, value, default in (
-                ("cfg_scale", self.cfg_scale, 0.0), ("threshold", self.threshold, None),
-                ("prefix_cache", self.prefix_cache, False), ("early_exit", self.early_exit, False))
-            if value != default
-        )
-        return (
-            f"LLaDASampler(gen_length={self._gen_length}, block_length={self.block_length}, "
-            f"steps={self.steps}, temperature={self.temperature}, remasking={self.remasking!r}{extras})"
-        )
+    sampler = LLaDASampler(gen_length=gen_length, block_length=block_length, steps=steps, temperature=temperature,
+                           **options)
+    return sampler.sample(model, prompt_ids, attention_mask=attention_mask, generator=generator, mask_id=mask_id,
+                          eos_ids=eos_ids, stats=stats)
