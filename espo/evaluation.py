@@ -72,6 +72,8 @@ class Evaluation:
 
         A sampler without blocks (Dream's default ``block_length=None``) keeps denoising the whole canvas.
         """
+        if hasattr(base, "with_schedule"):  # samplers that own their schedule (the block-diffusion sampler)
+            return base.with_schedule(length, steps, block, self.temperature)
         sampler = copy.copy(base)
         sampler._gen_length, sampler.steps, sampler.temperature = length, steps, self.temperature
         if getattr(sampler, "block_length", None) is not None:

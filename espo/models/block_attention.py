@@ -149,6 +149,10 @@ class BlockDiffusionNetwork(nn.Module):
     def rope(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         raise NotImplementedError
 
+    def new_cache(self) -> list[BlockKV]:
+        """An empty KV cache, one :class:`BlockKV` per layer."""
+        return [BlockKV() for _ in self.layer_list()]
+
     def _run(self, input_ids: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor,
              caches: list[BlockKV] | None = None) -> torch.Tensor:
         x = self.embed(input_ids)  # [B, T, D]

@@ -82,6 +82,10 @@ class DiffusionLM(nn.Module):
         ``context_ids`` (one forward over both copies; see ``espo.models.block_attention``)."""
         return self.network.hidden_states_with_context(noisy_ids, context_ids, attention_mask)
 
+    def new_block_cache(self) -> list:
+        """Block-diffusion models: an empty exact KV cache (one entry per layer) for ``hidden_states_cached``."""
+        return self.network.new_cache()
+
     def hidden_states_cached(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, caches: list,
                              offset: int, *, store: bool) -> torch.Tensor:
         """Block-diffusion models: hidden states of one block against the exact KV cache of earlier ones."""

@@ -1,8 +1,10 @@
-"""Samplers: LLaDA's block-wise remasking, Dream's algorithms, parallel decoding, prefix cache, early exit."""
+"""Samplers: LLaDA's block-wise remasking, Dream's algorithms, parallel decoding, prefix cache, early exit, and
+block diffusion (SDAR, LLaDA2) with an exact KV cache."""
 
 from espo.sampling.base import Sampler
+from espo.sampling.block import BlockDiffusionSampler
 from espo.sampling.dream import DreamSampler, dream_generate
 from espo.sampling.engine import Stats
 from espo.sampling.llada import LLaDASampler, generate
 
-__all__ = ["DreamSampler", "LLaDASampler", "Sampler", "Stats", "dream_generate", "generate"]
+__all__ = ["BlockDiffusionSampler", "DreamSampler", "LLaDASampler", "Sampler", "Stats", "dream_generate", "generate"]
