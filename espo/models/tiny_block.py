@@ -85,5 +85,5 @@ def make_tiny_llada2_published(directory: str | Path, seed: int = 0, num_shards:
     network.reset_parameters(generator)
     for name, buf in network.named_buffers():  # a trained model's balancing bias is not zero
         if name.endswith("expert_bias"):
-            buf.copy_(torch.randn(buf.shape, generator=generator) * 0.05)
+            buf.copy_(torch.randn(buf.shape, generator=generator) * 0.01)
     return _write(out, network, cfg.to_dict(), tokenizer, num_shards)
