@@ -86,3 +86,21 @@ def test_espo_fit_command_runs_on_both_layouts(dirs, tmp_path):
         main(["fit", "--config", str(path)])
         [summary] = (tmp_path / family).glob("run/version_*/summary.json")
         assert json.loads(summary.read_text())["steps"] == 2
+
+
+@pytest.mark.parametrize("family,block", [("sdar", 4), ("llada2", 32)])
+def test_block_recipes_instantiate_without_loading_model_or_data(family, block):
+    from espo.cli import cli
+
+    configs = Path(__file__).resolve().parents[1] / "configs"
+    parsed = cli(["--config", str(configs / f"{family}_gsm8k.yaml")], run=False)
+    sampler = parsed.model.sampler
+    assert isinstance(sampler, BlockDiffusionSampler) and sampler.block_length == block
+    assert sampler.remasking == "low_confidence_dynamic" and parsed.model.policy is None
+    assert parsed.model.hparams.lora is not None
+    # The FSDP2 variant needs GPUs to instantiate; every config parses in tests/test_cli.py.
+    fsdp = yaml.safe_load((configs / f"{family}_gsm8k_fsdp.yaml").read_text())
+    assert fsdp["trainer"]["strategy"]["class_path"].endswith("ModelParallelStrategy")
+    assert "lora" not in fsdp["model"] and fsdp["model"]["activation_checkpointing"] is True
+    lora_recipe = yaml.safe_load((configs / f"{family}_gsm8k.yaml").read_text())
+    assert fsdp["model"]["sampler"] == lora_recipe["model"]["sampler"]
