@@ -184,7 +184,8 @@ class BlockDiffusionNetwork(nn.Module):
         pos = _positions(valid, b, t, noisy_ids.device)
         mask = context_mask(t, valid, self.block_size, noisy_ids.device)
         ids = torch.cat([noisy_ids, context_ids], dim=1)  # [B, 2T]
-        return self._run(ids, torch.cat([pos, pos], dim=1), mask)[:, :t]
+        # A copy, not a view of the [B, 2T, D] output: FSDP2 drops its backward hook on views modified in place.
+        return self._run(ids, torch.cat([pos, pos], dim=1), mask)[:, :t].contiguous()
 
     def hidden_states_cached(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
                              caches: list[BlockKV], offset: int, *, store: bool) -> torch.Tensor:
