@@ -212,3 +212,26 @@ def test_lora_targets_and_checkpointing_units(family, sdar_dir, llada2_dir):
     model.train()
     model.lm_head(model.hidden_states_with_context(ids, ids)).sum().backward()
     assert all(p.grad is not None for n, p in model.named_parameters() if p.requires_grad)
+
+
+@pytest.mark.parametrize("family", ["sdar", "llada2_moe"])
+def test_lora_policy_exports_merged_and_reloads(family, sdar_dir, llada2_dir, tmp_path):
+    pytest.importorskip("peft")
+    from espo.models import export_pretrained
+
+    model = load_model(sdar_dir if family == "sdar" else llada2_dir, dtype="float32")
+    apply_lora(model, LoRASpec(r=2))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.05, generator=torch.Generator().manual_seed(len(name)))
+    ids = torch.randint(5, 40, (2, 9), generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        want = model(ids)
+    reloaded = load_model(export_pretrained(model, tmp_path / "export"), dtype="float32")
+    assert reloaded.family == family and reloaded.block_size == 4
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(ids), want, atol=1e-5, rtol=1e-4)
+    if family == "llada2_moe":
+        assert torch.equal(dict(reloaded.named_buffers())["network.model.layers.1.mlp.gate.expert_bias"],
+                           dict(model.named_buffers())["network.base_model.model.model.layers.1.mlp.gate.expert_bias"])
