@@ -104,3 +104,22 @@ def test_block_recipes_instantiate_without_loading_model_or_data(family, block):
     assert "lora" not in fsdp["model"] and fsdp["model"]["activation_checkpointing"] is True
     lora_recipe = yaml.safe_load((configs / f"{family}_gsm8k.yaml").read_text())
     assert fsdp["model"]["sampler"] == lora_recipe["model"]["sampler"]
+
+
+def test_expert_load_is_logged_while_training(dirs, tmp_path):
+    from espo.expert_load import ExpertLoadLogger, load_metrics
+
+    balanced, collapsed = load_metrics(torch.tensor([[5, 5, 5, 5]])), load_metrics(torch.tensor([[20, 0, 0, 0]]))
+    assert float(balanced["moe/max_load"]) == 1.0 and float(balanced["moe/unused_experts"]) == 0.0
+    assert float(collapsed["moe/max_load"]) == 4.0 and float(collapsed["moe/unused_experts"]) == 0.75
+    sampler = BlockDiffusionSampler(gen_length=8, block_length=4, steps=2, temperature=1.0)
+    module = DiffusionRL(str(dirs["llada2_moe"]), ESPO(beta=0.01, num_mc=1), sampler, num_generations=2,
+                         optimizer=lambda p: torch.optim.AdamW(p, lr=1e-3))
+    import lightning.pytorch as pl
+
+    trainer = pl.Trainer(accelerator="cpu", devices=1, max_steps=2, logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path,
+                         callbacks=[ExpertLoadLogger()])
+    trainer.fit(module, datamodule=CountSevens(batch_size=2))
+    metrics = trainer.callback_metrics
+    assert 1.0 <= float(metrics["moe/max_load"]) <= 4.0 and 0.0 <= float(metrics["moe/unused_experts"]) < 1.0

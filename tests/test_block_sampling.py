@@ -169,3 +169,15 @@ def test_validation_and_schedule(models, small_model):
         BlockDiffusionSampler(gen_length=8).sample(models["sdar"], ids)
     s = BlockDiffusionSampler(gen_length=32, block_length=4, steps=4).with_schedule(128, 64, 32, 0.0)
     assert (s.gen_length, s.steps, s.temperature, s.block_length) == (128, 2, 0.0, 4)
+
+
+def test_evaluation_schedules_the_block_sampler_through_with_schedule():
+    from espo.evaluation import Evaluation
+
+    evaluation = Evaluation([128, 256], block_length=32, steps_ratio=1.0, temperature=0.0)
+    base = BlockDiffusionSampler(gen_length=64, block_length=4, steps=2, temperature=1.0, threshold=0.8)
+    steps, block = evaluation.schedule(256)
+    sampler = evaluation.sampler_for(base, 256, steps, block)
+    assert isinstance(sampler, BlockDiffusionSampler) and sampler is not base
+    assert (sampler.gen_length, sampler.steps, sampler.block_length, sampler.temperature) == (256, 4, 4, 0.0)
+    assert sampler.threshold == 0.8 and base.gen_length == 64  # options kept, the configured sampler untouched
