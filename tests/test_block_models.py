@@ -235,3 +235,48 @@ def test_lora_policy_exports_merged_and_reloads(family, sdar_dir, llada2_dir, tm
     if family == "llada2_moe":
         assert torch.equal(dict(reloaded.named_buffers())["network.model.layers.1.mlp.gate.expert_bias"],
                            dict(model.named_buffers())["network.base_model.model.model.layers.1.mlp.gate.expert_bias"])
+
+
+@pytest.mark.parametrize("family", ["sdar", "llada2_moe"])
+def test_views_sharing_a_clean_row_compute_it_once_with_equal_values_and_gradients(family, sdar_dir, llada2_dir):
+    """ESPO's views repeat each clean row: the reused-context path equals the joint [noisy ; clean] forward."""
+    from espo.models import block_attention
+
+    model = load_model(sdar_dir if family == "sdar" else llada2_dir, dtype=torch.float64)
+    clean = torch.randint(5, 40, (2, 12), generator=torch.Generator().manual_seed(6))
+    mask = torch.ones_like(clean)
+    mask[1, :2] = 0
+    views = 3
+    context, am = clean.repeat(views, 1), mask.repeat(views, 1)
+    corrupt = torch.rand(context.shape, generator=torch.Generator().manual_seed(7)) < 0.5
+    noisy = torch.where(corrupt, model.mask_token_id, context)
+    calls = []
+    original = block_attention.BlockDiffusionNetwork._run
+
+    def counting(self, input_ids, *args, **kwargs):
+        calls.append(tuple(input_ids.shape))
+        return original(self, input_ids, *args, **kwargs)
+
+    results = []
+    for reuse in (True, False):
+        model.zero_grad()
+        calls.clear()
+        block_attention.BlockDiffusionNetwork._run = counting
+        try:
+            # A distinct extra block per view (no earlier block reads it) defeats the deduplication: the joint path.
+            extra = (torch.arange(len(context))[:, None] + 5).expand(-1, 4)
+            ctx = context if reuse else torch.cat([context, extra], 1)
+            nz = noisy if reuse else torch.cat([noisy, extra], 1)
+            a = am if reuse else torch.cat([am, torch.ones_like(extra)], 1)
+            hidden = model.hidden_states_with_context(nz, ctx, a)[:, :12]
+        finally:
+            block_attention.BlockDiffusionNetwork._run = original
+        hidden.pow(2).sum().backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        results.append((hidden.detach(), grads, list(calls)))
+    (h_reuse, g_reuse, c_reuse), (h_joint, g_joint, c_joint) = results
+    assert c_reuse == [(2, 12), (6, 12)] and c_joint == [(6, 32)]
+    torch.testing.assert_close(h_reuse, h_joint, atol=1e-10, rtol=1e-10)
+    assert g_reuse.keys() == g_joint.keys()
+    for n in g_joint:
+        torch.testing.assert_close(g_reuse[n], g_joint[n], atol=1e-6, rtol=1e-6, msg=n)  # float64, summation order

@@ -68,20 +68,42 @@ def _with_padding(allowed: torch.Tensor, query_pos: torch.Tensor, key_pos: torch
     return ((allowed[None] & key_valid[:, None, :]) | diagonal[None])[:, None]  # [B, 1, Tq, Tk]
 
 
+def reused_context_mask(length: int, key_valid: torch.Tensor | None, block_size: int, device: torch.device
+                        ) -> torch.Tensor:
+    """Bool [B|1, 1, T, 2T] for noisy queries over keys ``[clean T ; noisy T]`` (the clean keys come cached):
+    the same pattern as :func:`context_mask`'s noisy rows."""
+    idx = torch.arange(length, device=device)
+    block = idx // block_size
+    earlier = block[None, :] < block[:, None]  # [T, T] clean key j of a strictly earlier block
+    same = block[None, :] == block[:, None]  # [T, T] noisy key j of the query's own block
+    allowed = torch.cat([earlier, same], dim=1)  # [T, 2T]
+    diagonal = torch.cat([torch.zeros(length, length, dtype=torch.bool, device=device),
+                          torch.eye(length, dtype=torch.bool, device=device)], dim=1)
+    if key_valid is None:
+        return allowed[None, None]
+    valid = torch.cat([key_valid, key_valid], dim=1)  # [B, 2T]
+    return ((allowed[None] & valid[:, None, :]) | diagonal[None])[:, None]
+
+
 class BlockKV:
     """One layer's exact key/value cache of finished blocks (post-norm, post-RoPE keys; grouped KV heads).
 
     ``store`` decides whether a call appends its keys/values (a finished block) or only reads the cache
-    (a denoising step of the current block).
+    (a denoising step of the current block). ``record`` keeps exactly this call's keys/values and ignores any
+    earlier ones: idempotent, so activation checkpointing may recompute the recording call in the backward.
     """
 
     def __init__(self) -> None:
         self.k: torch.Tensor | None = None  # [B, Hkv, P, D]
         self.v: torch.Tensor | None = None
         self.store = False
+        self.record = False
 
     def extend(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The cached keys/values followed by this call's (appended when ``store``)."""
+        if self.record:
+            self.k, self.v = k, v
+            return k, v
         if self.k is not None:
             k, v = torch.cat([self.k, k], dim=2), torch.cat([self.v, v], dim=2)
         if self.store:
@@ -180,12 +202,39 @@ class BlockDiffusionNetwork(nn.Module):
             attention_mask: Optional [B, T] padding mask (the same for both copies).
         """
         b, t = noisy_ids.shape
-        valid = _valid(attention_mask, b, t, noisy_ids.device)
-        pos = _positions(valid, b, t, noisy_ids.device)
-        mask = context_mask(t, valid, self.block_size, noisy_ids.device)
+        device = noisy_ids.device
+        valid = _valid(attention_mask, b, t, device)
+        pos = _positions(valid, b, t, device)
+        key = context_ids if valid is None else torch.cat([context_ids, valid.long()], dim=1)
+        unique, inverse = torch.unique(key, dim=0, return_inverse=True)
+        if len(unique) < b:  # views of the same rows (ESPO's Monte-Carlo draws): run each clean row once
+            return self._with_reused_context(noisy_ids, context_ids, valid, pos, inverse, len(unique))
+        mask = context_mask(t, valid, self.block_size, device)
         ids = torch.cat([noisy_ids, context_ids], dim=1)  # [B, 2T]
         # A copy, not a view of the [B, 2T, D] output: FSDP2 drops its backward hook on views modified in place.
         return self._run(ids, torch.cat([pos, pos], dim=1), mask)[:, :t].contiguous()
+
+    def _with_reused_context(self, noisy_ids: torch.Tensor, context_ids: torch.Tensor, valid: torch.Tensor | None,
+                             pos: torch.Tensor, inverse: torch.Tensor, count: int) -> torch.Tensor:
+        """The ``[noisy ; clean]`` forward with each distinct clean row computed once: its block-causal pass
+        records every layer's keys/values, which the noisy views of that row then read (exact: a clean
+        position's keys/values depend on clean earlier positions only)."""
+        b, t = noisy_ids.shape
+        device = noisy_ids.device
+        rows = torch.arange(b, device=device)
+        first = torch.full((count,), b, dtype=torch.long, device=device).scatter_reduce(0, inverse, rows, "amin")
+        clean_valid = None if valid is None else valid[first]
+        idx = torch.arange(t, device=device)
+        caches = self.new_cache()
+        for kv in caches:
+            kv.record = True
+        self._run(context_ids[first], pos[first], block_causal_mask(idx, idx, clean_valid, self.block_size), caches)
+        views = []
+        for kv in caches:
+            view = BlockKV()
+            view.k, view.v = kv.k[inverse], kv.v[inverse]  # [B, Hkv, T, D] each view's clean keys/values
+            views.append(view)
+        return self._run(noisy_ids, pos, reused_context_mask(t, valid, self.block_size, device), views)
 
     def hidden_states_cached(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
                              caches: list[BlockKV], offset: int, *, store: bool) -> torch.Tensor:
