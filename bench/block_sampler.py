@@ -117,24 +117,32 @@ def rollouts(args: argparse.Namespace, dtype: torch.dtype) -> None:
 
 
 def elbo_memory(args: argparse.Namespace, dtype: torch.dtype) -> None:
-    ids, mask = prompts(16, 64, args.device)
-    ids = torch.cat([ids, torch.randint(10, 30000, (16, 128), device=args.device)], dim=1)
-    mask = torch.cat([mask, torch.ones(16, 128, dtype=mask.dtype, device=args.device)], dim=1)
-    masks = sample_masks(16, 128, num_mc=2, generator=torch.Generator().manual_seed(3))
+    """Each model in a fresh subprocess: one-time allocations of the first run would skew the comparison."""
+    import subprocess
+
     print("| model | ELBO pass | peak MiB | memory vs LLaDA | seconds fwd+bwd |")
     print("|---|---|---|---|---|")
     base_peak = None
     for kind in ("llada", "sdar"):
-        model = build(kind, args.body, dtype, args.device).train()
-        base = reset_peak(args.device)
-        start = time.perf_counter()
-        elbo_from_masks(model, ids, 64, masks, attention_mask=mask).sum().backward()
-        seconds = time.perf_counter() - start
-        used = peak(args.device, base)
+        out = subprocess.run([sys.executable, __file__, "--part", "memory-one", "--kind", kind, "--device", args.device,
+                              "--dtype", args.dtype, "--body", args.body], capture_output=True, text=True, check=True)
+        used, seconds = (float(x) for x in out.stdout.split()[-2:])
         base_peak = base_peak or used
         what = "4 views x T" if kind == "llada" else "4 views x [noisy ; clean] (2T)"
         print(f"| {kind} | {what} | {used / 2**20:.0f} | {used / base_peak:.2f}x | {seconds:.1f} |")
-        del model
+
+
+def elbo_memory_one(args: argparse.Namespace, dtype: torch.dtype) -> None:
+    ids, mask = prompts(16, 64, args.device)
+    ids = torch.cat([ids, torch.randint(10, 30000, (16, 128), device=args.device)], dim=1)
+    mask = torch.cat([mask, torch.ones(16, 128, dtype=mask.dtype, device=args.device)], dim=1)
+    masks = sample_masks(16, 128, num_mc=2, generator=torch.Generator().manual_seed(3))
+    model = build(args.kind, args.body, dtype, args.device).train()
+    base = reset_peak(args.device)
+    start = time.perf_counter()
+    elbo_from_masks(model, ids, 64, masks, attention_mask=mask).sum().backward()
+    seconds = time.perf_counter() - start
+    print(peak(args.device, base), seconds)
 
 
 def main() -> None:
@@ -142,9 +150,13 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     parser.add_argument("--body", default="small", choices=sorted(BODIES))
-    parser.add_argument("--part", default="both", choices=["rollouts", "memory", "both"])
+    parser.add_argument("--part", default="both", choices=["rollouts", "memory", "both", "memory-one"])
+    parser.add_argument("--kind", default="llada", choices=["llada", "sdar"], help="memory-one: the model")
     args = parser.parse_args()
     dtype = getattr(torch, args.dtype)
+    if args.part == "memory-one":
+        elbo_memory_one(args, dtype)
+        return
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {args.device}, body {args.body}, "
           f"{args.dtype}")
     if args.part in ("rollouts", "both"):
