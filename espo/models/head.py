@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch.utils.checkpoint import checkpoint
 
-from espo.models.wrapper import call_model
+from espo.models.wrapper import body_hidden_states, call_model
 
 #: Positions per head chunk: 256 x 126,464 float32 logits are 129 MB.
 DEFAULT_HEAD_CHUNK = 256
@@ -36,6 +36,7 @@ def token_logprobs(
     attention_mask: torch.Tensor | None = None,
     *,
     chunk_size: int | None = DEFAULT_HEAD_CHUNK,
+    context: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """log p(target_k | input) at the selected positions, in float32.
 
@@ -47,6 +48,8 @@ def token_logprobs(
         targets: Target ids [K] for the K selected positions, in row-major order.
         attention_mask: Optional [B, T] padding mask.
         chunk_size: Positions per head chunk; None applies the head to all K positions at once.
+        context: The clean sequence [B, T]; block-diffusion models predict each block from its clean earlier
+            blocks (ignored by other models).
 
     Returns:
         Log-probabilities [K] (float32, differentiable).
@@ -54,7 +57,7 @@ def token_logprobs(
     if not (hasattr(model, "hidden_states") and hasattr(model, "lm_head")):
         logits = call_model(model, input_ids, attention_mask)[select]  # [K, V]
         return _chunk_logprobs(lambda x: x, logits, targets)
-    hidden = model.hidden_states(input_ids, attention_mask)[select]  # [K, D]
+    hidden = body_hidden_states(model, input_ids, attention_mask, context)[select]  # [K, D]
     if chunk_size is None or hidden.shape[0] <= chunk_size:
         return _chunk_logprobs(model.lm_head, hidden, targets)
     parts = []

@@ -19,11 +19,16 @@ from safetensors import safe_open
 
 from espo.models.dream import DreamConfig, DreamModel
 from espo.models.llada import LLaDAConfig, LLaDAModelLM
+from espo.models.llada2 import LLaDA2Config, LLaDA2MoeModelLM
+from espo.models.sdar import SDARConfig, SDARForCausalLM
 from espo.models.vocab import load_tokenizer, special_ids
 from espo.models.wrapper import DiffusionLM
 
 LLADA_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "attn_out", "ff_proj", "up_proj", "ff_out")
 DREAM_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+SDAR_LORA_TARGETS = DREAM_LORA_TARGETS
+# Attention plus every SwiGLU: dense layers, shared experts and each routed expert (not the router).
+LLADA2_LORA_TARGETS = ("query_key_value", "dense", "gate_proj", "up_proj", "down_proj")
 _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
            "float16": torch.float16, "fp16": torch.float16}
 # Files a model directory needs; *.py lets the remote-code path and exports keep the official modelling code.
@@ -43,6 +48,8 @@ class Family:
 FAMILIES = {
     "llada": Family("llada", LLaDAConfig, LLaDAModelLM, LLADA_LORA_TARGETS),
     "dream": Family("dream", DreamConfig, DreamModel, DREAM_LORA_TARGETS),
+    "sdar": Family("sdar", SDARConfig, SDARForCausalLM, SDAR_LORA_TARGETS),
+    "llada2_moe": Family("llada2_moe", LLaDA2Config, LLaDA2MoeModelLM, LLADA2_LORA_TARGETS),
 }
 
 
@@ -146,6 +153,9 @@ def _open_shard(file: Path) -> object:
 def _assign(network: torch.nn.Module, key: str, value: torch.Tensor) -> None:
     owner_name, _, leaf = key.rpartition(".")
     owner = network.get_submodule(owner_name)
+    if leaf in owner._buffers:  # a buffer in the checkpoint (LLaDA2's expert_bias) stays a buffer: never trained
+        owner._buffers[leaf] = value
+        return
     setattr(owner, leaf, torch.nn.Parameter(value, requires_grad=value.is_floating_point()))
 
 

@@ -29,7 +29,11 @@ from espo.models.wrapper import DiffusionLM
 #: The target list in d1's and ESPO's configs (peft suffix matching).
 PAPER_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 #: Where each family's blocks live, so targets never reach the LM head or embeddings.
-_BLOCK_PATTERNS = {"llada": r".*\.blocks\.\d+\.({names})", "dream": r".*\.layers\.\d+\.(self_attn|mlp)\.({names})"}
+_BLOCK_PATTERNS = {
+    "llada": r".*\.blocks\.\d+\.({names})", "dream": r".*\.layers\.\d+\.(self_attn|mlp)\.({names})",
+    "sdar": r".*\.layers\.\d+\.(self_attn|mlp)\.({names})",
+    "llada2_moe": r".*\.layers\.\d+\.(attention|mlp|mlp\.shared_experts|mlp\.experts\.\d+)\.({names})",
+}
 
 
 @dataclass
@@ -138,6 +142,11 @@ class AdapterDisabled:
     def hidden_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         with self.policy.network.disable_adapter():
             return self.policy.hidden_states(input_ids, attention_mask)
+
+    def hidden_states_with_context(self, noisy_ids: torch.Tensor, context_ids: torch.Tensor,
+                                   attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        with self.policy.network.disable_adapter():
+            return self.policy.hidden_states_with_context(noisy_ids, context_ids, attention_mask)
 
     def lm_head(self, hidden: torch.Tensor) -> torch.Tensor:
         with self.policy.network.disable_adapter():

@@ -58,9 +58,35 @@ class DiffusionLM(nn.Module):
         pad = getattr(self.tokenizer, "pad_token_id", None)
         return self.eos_token_ids[0] if pad is None else int(pad)
 
+    @property
+    def block_size(self) -> int | None:
+        """Block length of a block-diffusion network (SDAR, LLaDA2); None for fully bidirectional ones."""
+        size = getattr(self.network, "block_size", None)
+        return None if size is None else int(size)
+
+    @property
+    def is_block_diffusion(self) -> bool:
+        """Whether attention is block-causal: likelihoods then need :meth:`hidden_states_with_context`."""
+        return self.block_size is not None
+
     def hidden_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Final hidden states [B, T, D]."""
         return self.network.hidden_states(input_ids, attention_mask)
+
+    def hidden_states_with_context(self, noisy_ids: torch.Tensor, context_ids: torch.Tensor,
+                                   attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Block-diffusion models: hidden states [B, T, D] of ``noisy_ids`` with earlier blocks read from
+        ``context_ids`` (one forward over both copies; see ``espo.models.block_attention``)."""
+        return self.network.hidden_states_with_context(noisy_ids, context_ids, attention_mask)
+
+    def new_block_cache(self) -> list:
+        """Block-diffusion models: an empty exact KV cache (one entry per layer) for ``hidden_states_cached``."""
+        return self.network.new_cache()
+
+    def hidden_states_cached(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, caches: list,
+                             offset: int, *, store: bool) -> torch.Tensor:
+        """Block-diffusion models: hidden states of one block against the exact KV cache of earlier ones."""
+        return self.network.hidden_states_cached(input_ids, attention_mask, caches, offset, store=store)
 
     def lm_head(self, hidden: torch.Tensor) -> torch.Tensor:
         """Logits for hidden states [..., D] -> [..., V]."""
@@ -89,6 +115,7 @@ def logits_at(
     input_ids: torch.Tensor,
     select: torch.Tensor,
     attention_mask: torch.Tensor | None = None,
+    context: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Logits at the selected positions only.
 
@@ -98,14 +125,30 @@ def logits_at(
         input_ids: Token ids [B, T].
         select: Boolean [B, T]; True where logits are wanted.
         attention_mask: Optional [B, T] padding mask.
+        context: The clean sequence [B, T]; required by block-diffusion models (see :func:`body_hidden_states`).
 
     Returns:
         Logits [K, V] for the K selected positions, in row-major order.
     """
     if hasattr(model, "hidden_states") and hasattr(model, "lm_head"):
-        hidden = model.hidden_states(input_ids, attention_mask)  # [B, T, D]
+        hidden = body_hidden_states(model, input_ids, attention_mask, context)  # [B, T, D]
         return model.lm_head(hidden[select])  # [K, V]
     return call_model(model, input_ids, attention_mask)[select]  # [K, V]
+
+
+def body_hidden_states(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
+                       context: torch.Tensor | None) -> torch.Tensor:
+    """Hidden states [B, T, D] of a (possibly corrupted) sequence, for a likelihood.
+
+    A block-diffusion model predicts each block from the clean earlier blocks, so it needs ``context`` (the
+    clean sequence) and runs its ``[noisy ; clean]`` training forward; any other model ignores ``context``.
+    """
+    if getattr(model, "is_block_diffusion", False):
+        if context is None:
+            raise ValueError("A block-diffusion model scores a corrupted sequence against its clean context: "
+                             "pass context= (the clean sequence) to logits_at / token_logprobs.")
+        return model.hidden_states_with_context(input_ids, context, attention_mask)
+    return model.hidden_states(input_ids, attention_mask)
 
 
 def mask_token_of(model: Any, mask_id: int | None) -> int:

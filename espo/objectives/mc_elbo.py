@@ -14,6 +14,12 @@ n_r = round(k + r(L+1)/b) mod (L+1) (``torch.round``, half to even, as the refer
 random subset of n_r positions per row. ``uniform_counts=True`` rounds half up instead, which makes every
 row's count exactly uniform (half-to-even repeats some counts when (L+1)/b has a .5 fraction).
 
+Block-diffusion models (SDAR, LLaDA2) factorise log p(y) = Σ_b log p(y_b | x, y_<b) and each block has its
+own discrete ELBO. The same masks serve: a block's masked tokens are predicted from its own noisy block and the
+clean earlier blocks (one forward over [noisy ; clean], see ``espo.models.block_attention``), and since
+Σ_{n≥m} (1/n) P(|M ∩ b| = m | |M| = n) = 1/m, whole-completion masks with weight (L+1)/n are unbiased for
+Σ_b ELBO_b (checked by enumeration in tests/test_block_estimators.py).
+
 Masks are drawn separately from evaluation (:func:`sample_masks`, :func:`elbo_from_masks`) so the old,
 reference and current policies can be scored on the very same masks.
 """
@@ -108,7 +114,9 @@ def elbo_from_masks(
     am = None if attention_mask is None else attention_mask.repeat(k, 1)  # [K*B, T]
     targets = input_ids.expand(k, -1, -1)[full]  # [N_masked]
     # LM head only at masked positions, in chunks, float32 log-softmax: [N_masked, V] is never built whole.
-    logp = token_logprobs(model, noisy.flatten(0, 1), full.flatten(0, 1), targets, am)  # [N_masked]
+    # Block-diffusion models predict each block from the clean earlier blocks: the clean sequence is the context.
+    context = input_ids.repeat(k, 1)  # [K*B, T]
+    logp = token_logprobs(model, noisy.flatten(0, 1), full.flatten(0, 1), targets, am, context=context)
     per_pos = torch.zeros(passes.shape, dtype=logp.dtype, device=logp.device)  # [K, B, L]
     per_pos = per_pos.masked_scatter(passes, logp)
     sums = per_pos.sum(-1)  # [K, B]

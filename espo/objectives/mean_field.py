@@ -60,7 +60,11 @@ def token_logps(
     select = torch.zeros(k * b, t, dtype=torch.bool, device=input_ids.device)  # [K*B, T]
     select[:, prompt_len:] = True
     am = None if attention_mask is None else attention_mask.repeat(k, 1)  # [K*B, T]
-    logits = logits_at(model, noisy.flatten(0, 1), select, am)  # [K*B*L, V]
+    # Block-diffusion context: the clean completion, with the prompt as corrupted in each view (prompt masking
+    # is part of the condition; the completion's corruption is the diffusion noise).
+    in_prompt = torch.arange(t, device=input_ids.device) < prompt_len  # [T]
+    context = torch.where(in_prompt, noisy, input_ids.expand(k, -1, -1))  # [K, B, T]
+    logits = logits_at(model, noisy.flatten(0, 1), select, am, context=context.flatten(0, 1))  # [K*B*L, V]
     targets = input_ids[:, prompt_len:].expand(k, -1, -1).flatten()  # [K*B*L]
     logp = -F.cross_entropy(logits.float(), targets, reduction="none")  # [K*B*L]
     return logp.view(k, b, t - prompt_len)

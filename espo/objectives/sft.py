@@ -54,7 +54,7 @@ class MaskedSFT(Objective):
         p = batch.extras["sft_p"][:, iteration]  # [b]
         full = F.pad(masks, (batch.prompt_len, 0), value=False)  # [b, T]
         noisy = torch.where(full, mask_token_of(policy, None), batch.input_ids)  # [b, T]
-        logits = logits_at(policy, noisy, full, batch.attention_mask)  # [K, V]
+        logits = logits_at(policy, noisy, full, batch.attention_mask, context=batch.input_ids)  # [K, V]
         ce = F.cross_entropy(logits.float(), batch.input_ids[full], reduction="none")  # [K]
         per_pos = torch.zeros(masks.shape, dtype=ce.dtype, device=ce.device).masked_scatter(masks, ce)  # [b, L]
         per_seq = per_pos.sum(-1) / p / batch.completion_len  # [b]

@@ -30,7 +30,7 @@ from torch.distributed.tensor import DTensor
 from espo.models.loading import resolve_dtype
 
 #: Methods callers use besides ``forward``; each must trigger FSDP's unshard/reshard hooks.
-FORWARD_METHODS = ("hidden_states", "lm_head")
+FORWARD_METHODS = ("hidden_states", "lm_head", "hidden_states_with_context", "hidden_states_cached")
 
 
 def mixed_precision(param_dtype: str | torch.dtype | None) -> MixedPrecisionPolicy:

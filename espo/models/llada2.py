@@ -1,0 +1,308 @@
+"""Native LLaDA2 (inclusionAI LLaDA2.0/2.1-mini, ``model_type: llada2_moe``): a block-diffusion mixture of experts.
+
+Module names follow the hub ``modeling_llada2_moe.py``: ``model.word_embeddings``, ``model.layers.{i}.attention.
+query_key_value`` (fused q/k/v), ``attention.query_layernorm``/``key_layernorm`` (per-head RMSNorm),
+``attention.dense``, ``input_layernorm``, ``post_attention_layernorm``, ``mlp`` (a dense SwiGLU for the first
+``first_k_dense_replace`` layers, else the sparse block: ``mlp.gate.weight``, the ``mlp.gate.expert_bias`` buffer,
+``mlp.experts.{e}.gate_proj/up_proj/down_proj``, ``mlp.shared_experts.*``), ``model.norm`` and ``lm_head``.
+
+Router, as the official gate: logits in float32, sigmoid scores; ``scores + expert_bias`` choose the experts
+(group-limited: the ``topk_group`` groups of ``n_group`` with the best top-2 sums, then the top
+``num_experts_per_tok``), the unbiased scores of the chosen experts weight them, normalised to sum 1 when more
+than one is chosen, times ``routed_scaling_factor``. Shared experts add to every token. The model computes no
+auxiliary loss (``aux_loss`` is None in the official forward; balancing is the aux-loss-free ``expert_bias``,
+a buffer, never trained here). Each sparse block records its last expert load (:meth:`LLaDA2MoeModelLM.
+expert_load`). RoPE is partial (``partial_rotary_factor`` of each head, rotate-half), cos/sin cast to the
+activation dtype; RMSNorm normalises in float32 and casts back before the weight. Logits are not shifted.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from espo.models.block_attention import BlockDiffusionNetwork, BlockKV, apply_rotary, attend, rope_cos_sin
+from espo.models.dream import TiedHead
+from espo.models.llada import RMSNorm
+
+
+@dataclass
+class LLaDA2Config:
+    """The fields of LLaDA2's ``config.json`` that define the network.
+
+    Args:
+        hidden_size: Model width.
+        intermediate_size: Width of the dense MLP layers.
+        num_hidden_layers: Decoder layers.
+        num_attention_heads: Query heads.
+        num_key_value_heads: Key/value heads.
+        head_dim: Per-head width.
+        vocab_size: Rows of the embedding and of the head.
+        rope_theta: RoPE base.
+        partial_rotary_factor: Fraction of each head that RoPE rotates.
+        rms_norm_eps: RMSNorm epsilon.
+        max_position_embeddings: Longest trained position (informational).
+        use_qkv_bias: Bias on the fused q/k/v projection.
+        use_bias: Bias on the attention output projection (``dense``).
+        use_qk_norm: Per-head RMSNorm on queries and keys.
+        num_experts: Routed experts per sparse layer.
+        num_shared_experts: Shared experts (one SwiGLU ``num_shared_experts`` times as wide).
+        num_experts_per_tok: Experts chosen per token.
+        n_group: Expert groups of the group-limited router.
+        topk_group: Groups a token may choose from.
+        routed_scaling_factor: Scale of the routed experts' weights.
+        moe_intermediate_size: Width of each expert.
+        first_k_dense_replace: Leading layers with a dense MLP instead of experts.
+        tie_word_embeddings: Head shares the embedding matrix.
+        block_size: Block length of the block-diffusion attention. Not a published config field (LLaDA2 passes
+            ``block_length`` to ``generate``, default 32); read from ``config.json`` when present.
+        mask_token_id: The mask id.
+        eos_token_id: End-of-sequence id.
+        pad_token_id: Padding id (its embedding row gets no gradient).
+    """
+
+    hidden_size: int = 2048
+    intermediate_size: int = 5120
+    num_hidden_layers: int = 20
+    num_attention_heads: int = 16
+    num_key_value_heads: int = 4
+    head_dim: int = 128
+    vocab_size: int = 157184
+    rope_theta: float = 600000.0
+    partial_rotary_factor: float = 0.5
+    rms_norm_eps: float = 1e-6
+    max_position_embeddings: int = 16384
+    use_qkv_bias: bool = False
+    use_bias: bool = False
+    use_qk_norm: bool = True
+    num_experts: int = 256
+    num_shared_experts: int = 1
+    num_experts_per_tok: int = 8
+    n_group: int = 8
+    topk_group: int = 4
+    routed_scaling_factor: float = 2.5
+    moe_intermediate_size: int = 512
+    first_k_dense_replace: int = 1
+    tie_word_embeddings: bool = False
+    block_size: int = 32
+    mask_token_id: int | None = 156895
+    eos_token_id: int | None = 156892
+    pad_token_id: int | None = 156892
+
+    @property
+    def rotary_dim(self) -> int:
+        return int(self.head_dim * self.partial_rotary_factor)
+
+    @classmethod
+    def from_dict(cls, raw: dict) -> LLaDA2Config:
+        """Builds a config from ``config.json``; rejects settings this implementation does not cover."""
+        expected = {"hidden_act": "silu", "score_function": "sigmoid", "norm_head": False, "use_rmsnorm": True,
+                    "use_sliding_window": False}
+        for key, value in expected.items():
+            if raw.get(key, value) != value:
+                raise ValueError(f"LLaDA2 config field {key}={raw[key]!r} is not supported (expected {value!r}).")
+        scaling = raw.get("rope_scaling")
+        if scaling and (scaling.get("rope_type") or scaling.get("type")) not in (None, "default"):
+            raise ValueError(f"LLaDA2 config rope_scaling={scaling!r} is not supported (expected null).")
+        known = {f.name for f in fields(cls)}
+        values = {k: v for k, v in raw.items() if k in known and v is not None}
+        if "head_dim" not in values and "hidden_size" in values and "num_attention_heads" in values:
+            values["head_dim"] = values["hidden_size"] // values["num_attention_heads"]
+        cfg = cls(**values)
+        if cfg.num_experts % cfg.n_group or cfg.topk_group > cfg.n_group or cfg.rotary_dim % 2:
+            raise ValueError(f"LLaDA2 config: num_experts {cfg.num_experts} must divide into n_group {cfg.n_group} "
+                             f">= topk_group {cfg.topk_group}, and the rotary width {cfg.rotary_dim} be even.")
+        return cfg
+
+    def to_dict(self) -> dict:
+        """``config.json`` in the layout of the published LLaDA2 checkpoints."""
+        out = {
+            "architectures": ["LLaDA2MoeModelLM"], "attention_dropout": 0.0,
+            "auto_map": {"AutoConfig": "configuration_llada2_moe.LLaDA2MoeConfig",
+                         "AutoModel": "modeling_llada2_moe.LLaDA2MoeModel",
+                         "AutoModelForCausalLM": "modeling_llada2_moe.LLaDA2MoeModelLM"},
+            "embedding_dropout": 0.0, "hidden_act": "silu", "initializer_range": 0.02, "max_window_layers": 28,
+            "model_type": "llada2_moe", "moe_router_enable_expert_bias": True, "norm_head": False,
+            "norm_softmax": False, "norm_topk_prob": True, "output_dropout": 0.0, "output_router_logits": False,
+            "rope_scaling": None, "rotary_dim": self.rotary_dim, "router_dtype": "fp32",
+            "score_function": "sigmoid", "use_cache": False, "use_rmsnorm": True,
+            "using_split_qkv_in_self_attention": False,
+        }
+        out.update({f.name: getattr(self, f.name) for f in fields(self)})
+        return dict(sorted(out.items()))
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> LLaDA2Config:
+        return cls.from_dict(json.loads(Path(path).read_text()))
+
+
+class LLaDA2Attention(nn.Module):
+    """``attention``: fused ``query_key_value``, per-head q/k RMSNorm, partial RoPE, grouped SDPA, ``dense``."""
+
+    def __init__(self, cfg: LLaDA2Config) -> None:
+        super().__init__()
+        self.heads, self.kv_heads, self.head_dim = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
+        width = (self.heads + 2 * self.kv_heads) * self.head_dim
+        self.query_key_value = nn.Linear(cfg.hidden_size, width, bias=cfg.use_qkv_bias)
+        self.use_qk_norm = cfg.use_qk_norm
+        if cfg.use_qk_norm:
+            self.query_layernorm = RMSNorm(self.head_dim, cfg.rms_norm_eps)
+            self.key_layernorm = RMSNorm(self.head_dim, cfg.rms_norm_eps)
+        self.dense = nn.Linear(self.heads * self.head_dim, cfg.hidden_size, bias=cfg.use_bias)
+
+    def forward(self, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: torch.Tensor,
+                kv: BlockKV | None) -> torch.Tensor:
+        b, t, _ = h.shape
+        qkv = self.query_key_value(h).view(b, t, self.heads + 2 * self.kv_heads, self.head_dim)
+        q, k, v = (part.transpose(1, 2) for part in qkv.split([self.heads, self.kv_heads, self.kv_heads], dim=2))
+        if self.use_qk_norm:
+            q, k = self.query_layernorm(q), self.key_layernorm(k)
+        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        return self.dense(attend(q, k, v, mask, kv))
+
+
+class LLaDA2MLP(nn.Module):
+    """A SwiGLU MLP (dense layers, each expert, the shared experts)."""
+
+    def __init__(self, hidden: int, intermediate: int) -> None:
+        super().__init__()
+        self.gate_proj = nn.Linear(hidden, intermediate, bias=False)
+        self.up_proj = nn.Linear(hidden, intermediate, bias=False)
+        self.down_proj = nn.Linear(intermediate, hidden, bias=False)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(F.silu(self.gate_proj(h)) * self.up_proj(h))
+
+
+class LLaDA2Gate(nn.Module):
+    """``mlp.gate``: the sigmoid, group-limited, bias-balanced router (see the module docstring)."""
+
+    def __init__(self, cfg: LLaDA2Config) -> None:
+        super().__init__()
+        self.top_k, self.n_group, self.topk_group = cfg.num_experts_per_tok, cfg.n_group, cfg.topk_group
+        self.scale = cfg.routed_scaling_factor
+        self.weight = nn.Parameter(torch.empty(cfg.num_experts, cfg.hidden_size))
+        self.register_buffer("expert_bias", torch.zeros(cfg.num_experts))  # in the checkpoint; never trained
+
+    def forward(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Expert ids [N, k] and float32 weights [N, k] for token states h [N, D]."""
+        scores = torch.sigmoid(F.linear(h.float(), self.weight.float()))  # [N, E]
+        routing = scores + self.expert_bias.float()  # the bias picks experts, it never weights them
+        n = routing.shape[0]
+        groups = routing.view(n, self.n_group, -1).topk(2, dim=-1).values.sum(-1)  # [N, G]
+        keep = torch.zeros_like(groups, dtype=torch.bool).scatter_(
+            1, groups.topk(self.topk_group, dim=-1).indices, True)  # [N, G]
+        keep = keep[:, :, None].expand(n, self.n_group, routing.shape[1] // self.n_group).reshape(n, -1)
+        chosen = routing.masked_fill(~keep, float("-inf")).topk(self.top_k, dim=-1).indices  # [N, k]
+        weights = scores.gather(1, chosen)  # [N, k]
+        if self.top_k > 1:
+            weights = weights / (weights.sum(-1, keepdim=True) + 1e-20)
+        return chosen, weights * self.scale
+
+
+class LLaDA2SparseMoeBlock(nn.Module):
+    """``mlp`` of a sparse layer: routed experts plus shared experts; records the last expert load."""
+
+    def __init__(self, cfg: LLaDA2Config) -> None:
+        super().__init__()
+        self.experts = nn.ModuleList(LLaDA2MLP(cfg.hidden_size, cfg.moe_intermediate_size)
+                                     for _ in range(cfg.num_experts))
+        self.gate = LLaDA2Gate(cfg)
+        self.shared_experts = (LLaDA2MLP(cfg.hidden_size, cfg.moe_intermediate_size * cfg.num_shared_experts)
+                               if cfg.num_shared_experts else None)
+        self.last_load: torch.Tensor | None = None  # tokens per expert in the last forward (detached)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        flat = h.reshape(-1, h.shape[-1])  # [N, D]
+        chosen, weights = self.gate(flat)  # [N, k], [N, k]
+        out = torch.zeros(flat.shape, dtype=torch.float32, device=flat.device)  # [N, D]
+        for e, expert in enumerate(self.experts):
+            rows, slot = (chosen == e).nonzero(as_tuple=True)  # tokens routed to e, and in which of k slots
+            if rows.numel():
+                out.index_add_(0, rows, expert(flat[rows]).float() * weights[rows, slot, None])
+        self.last_load = torch.bincount(chosen.flatten(), minlength=len(self.experts)).detach()
+        out = out.to(h.dtype).view_as(h)
+        return out if self.shared_experts is None else out + self.shared_experts(h)
+
+
+class LLaDA2DecoderLayer(nn.Module):
+    """One pre-norm layer, experts included: the FSDP wrap and activation-checkpointing unit."""
+
+    def __init__(self, cfg: LLaDA2Config, index: int) -> None:
+        super().__init__()
+        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.attention = LLaDA2Attention(cfg)
+        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.mlp = (LLaDA2SparseMoeBlock(cfg) if cfg.num_experts and index >= cfg.first_k_dense_replace
+                    else LLaDA2MLP(cfg.hidden_size, cfg.intermediate_size))
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: torch.Tensor,
+                kv: BlockKV | None = None) -> torch.Tensor:
+        x = x + self.attention(self.input_layernorm(x), cos, sin, mask, kv)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class LLaDA2BaseModel(nn.Module):
+    """``model``: embeddings, layers, final norm."""
+
+    def __init__(self, cfg: LLaDA2Config) -> None:
+        super().__init__()
+        self.word_embeddings = nn.Embedding(cfg.vocab_size, cfg.hidden_size, padding_idx=cfg.pad_token_id)
+        self.layers = nn.ModuleList(LLaDA2DecoderLayer(cfg, i) for i in range(cfg.num_hidden_layers))
+        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+
+
+class LLaDA2MoeModelLM(BlockDiffusionNetwork):
+    """The LLaDA2 network with the published names; ``lm_head`` maps any [..., hidden] states to logits."""
+
+    block_class = LLaDA2DecoderLayer
+
+    def __init__(self, cfg: LLaDA2Config) -> None:
+        super().__init__()
+        self.config = cfg
+        self.block_size = cfg.block_size
+        self.model = LLaDA2BaseModel(cfg)
+        self.lm_head = (TiedHead(self.model.word_embeddings) if cfg.tie_word_embeddings
+                        else nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False))
+
+    def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.model.word_embeddings(input_ids)
+
+    def layer_list(self) -> nn.ModuleList:
+        return self.model.layers
+
+    def final_norm(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model.norm(x)
+
+    def rope(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        return rope_cos_sin(positions, self.config.rotary_dim, self.config.rope_theta, dtype)
+
+    def expert_load(self) -> torch.Tensor | None:
+        """Tokens routed to each expert in the last forward, per sparse layer [layers, E] (None before any)."""
+        loads = [m.mlp.last_load for m in self.model.layers if isinstance(m.mlp, LLaDA2SparseMoeBlock)]
+        return None if not loads or any(x is None for x in loads) else torch.stack(loads)
+
+    def reset_parameters(self, generator: torch.Generator, std: float = 0.02) -> None:
+        """Random init from ``generator`` only: normal(std) matrices, zero biases, unit norms, zero expert bias."""
+        out_std = std / math.sqrt(2 * self.config.num_hidden_layers)
+        for name, p in self.named_parameters():
+            with torch.no_grad():
+                if "norm" in name:
+                    p.fill_(1.0)
+                elif name.endswith(".bias"):
+                    p.zero_()
+                else:
+                    s = out_std if name.endswith(("dense.weight", "down_proj.weight")) else std
+                    p.copy_(torch.randn(p.shape, generator=generator, dtype=torch.float) * s)
+        for name, buf in self.named_buffers():
+            if name.endswith("expert_bias"):
+                buf.zero_()
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        return self.lm_head(self.hidden_states(input_ids, attention_mask))

@@ -1,0 +1,89 @@
+"""Tiny block-diffusion checkpoints in the published layouts of SDAR and LLaDA2, for tests, recipes and benches.
+
+Each writer produces what ``load_model`` reads from the hub: every ``config.json`` field of the family's
+published config (``model_type`` ``sdar`` / ``llada2_moe``, ``auto_map``, ``block_size``), the published
+parameter names in two safetensors shards with ``model.safetensors.index.json``, ``generation_config.json``
+and the tokenizer files (the project's character tokenizer, so tiny models can learn the CPU tasks).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from espo.models.export import save_sharded
+from espo.models.llada2 import LLaDA2Config, LLaDA2MoeModelLM
+from espo.models.sdar import SDARConfig, SDARForCausalLM
+from espo.models.tokenizer import build_char_tokenizer
+
+#: Tiny SDAR sizes (GQA, explicit head_dim different from hidden/heads, as Qwen3 allows).
+TINY_SDAR_PUBLISHED = {"hidden_size": 32, "intermediate_size": 48, "num_hidden_layers": 2,
+                       "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 16, "block_size": 4}
+#: Tiny LLaDA2 sizes: one dense layer then sparse ones; 4 experts in 2 groups, 2 per token from 1 group.
+TINY_LLADA2_PUBLISHED = {"hidden_size": 32, "intermediate_size": 48, "num_hidden_layers": 2,
+                         "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 8, "num_experts": 4,
+                         "num_shared_experts": 1, "num_experts_per_tok": 2, "n_group": 2, "topk_group": 1,
+                         "moe_intermediate_size": 16, "first_k_dense_replace": 1, "block_size": 4,
+                         "partial_rotary_factor": 0.5, "routed_scaling_factor": 2.5}
+
+
+def _write(out: Path, network: torch.nn.Module, config: dict, tokenizer: Any, num_shards: int) -> Path:
+    save_sharded(network.state_dict(), out, num_shards=num_shards)
+    (out / "config.json").write_text(json.dumps({**config, "torch_dtype": "float32",
+                                                 "transformers_version": "4.52.4"}, indent=2) + "\n")
+    (out / "generation_config.json").write_text(json.dumps(
+        {"bos_token_id": tokenizer.bos_token_id, "eos_token_id": config["eos_token_id"],
+         "pad_token_id": config["pad_token_id"], "transformers_version": "4.52.4"}, indent=2) + "\n")
+    tokenizer.save_pretrained(str(out))
+    return out
+
+
+def _ids(tokenizer: Any) -> dict[str, int]:
+    return {"vocab_size": len(tokenizer) + 8, "mask_token_id": tokenizer.mask_token_id,
+            "eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.pad_token_id}
+
+
+def make_tiny_sdar_published(directory: str | Path, seed: int = 0, num_shards: int = 2, **overrides: Any) -> Path:
+    """Writes a random tiny SDAR in the published layout.
+
+    Args:
+        directory: Output directory.
+        seed: Initialisation seed.
+        num_shards: Safetensors shards (with an index when more than one).
+        **overrides: ``SDARConfig`` fields (on top of :data:`TINY_SDAR_PUBLISHED`).
+    """
+    out = Path(directory)
+    out.mkdir(parents=True, exist_ok=True)
+    tokenizer = build_char_tokenizer()
+    cfg = SDARConfig(**{**TINY_SDAR_PUBLISHED, **_ids(tokenizer), "bos_token_id": tokenizer.bos_token_id,
+                        "max_position_embeddings": 512, "tie_word_embeddings": False, **overrides})
+    network = SDARForCausalLM(cfg)
+    network.reset_parameters(torch.Generator().manual_seed(seed))
+    return _write(out, network, cfg.to_dict(), tokenizer, num_shards)
+
+
+def make_tiny_llada2_published(directory: str | Path, seed: int = 0, num_shards: int = 2,
+                               **overrides: Any) -> Path:
+    """Writes a random tiny LLaDA2 (MoE) in the published layout, with a non-zero ``expert_bias``.
+
+    Args:
+        directory: Output directory.
+        seed: Initialisation seed.
+        num_shards: Safetensors shards.
+        **overrides: ``LLaDA2Config`` fields (on top of :data:`TINY_LLADA2_PUBLISHED`).
+    """
+    out = Path(directory)
+    out.mkdir(parents=True, exist_ok=True)
+    tokenizer = build_char_tokenizer()
+    cfg = LLaDA2Config(**{**TINY_LLADA2_PUBLISHED, **_ids(tokenizer), "max_position_embeddings": 512,
+                          **overrides})
+    network = LLaDA2MoeModelLM(cfg)
+    generator = torch.Generator().manual_seed(seed)
+    network.reset_parameters(generator)
+    for name, buf in network.named_buffers():  # a trained model's balancing bias is not zero
+        if name.endswith("expert_bias"):
+            buf.copy_(torch.randn(buf.shape, generator=generator) * 0.01)
+    return _write(out, network, cfg.to_dict(), tokenizer, num_shards)
