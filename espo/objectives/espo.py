@@ -88,8 +88,9 @@ class ESPO(Objective):
             ``"true"``: L = tokens through the first EOS (a deviation).
         baseline: ``"leave_one_out"`` (the paper) or ``"mean"``.
         scale_rewards: Divide advantages by the group std (off in every ESPO recipe).
-        uniform_counts: Round stratified mask counts half up so they are exactly uniform (a deviation
-            from the reference's half-to-even rounding).
+        reference_rounding: Round the stratified mask counts half to even as the reference code. Off by
+            default: the counts are then exactly uniform for every shape, while the reference's rounding makes
+            some rows' counts non-uniform (and their ELBO biased) when r(L+1)/b has a .5 fraction.
     """
 
     def __init__(
@@ -103,7 +104,7 @@ class ESPO(Objective):
         length_norm: Literal["canvas", "true"] = "canvas",
         baseline: Baseline = "leave_one_out",
         scale_rewards: bool = False,
-        uniform_counts: bool = False,
+        reference_rounding: bool = False,
     ) -> None:
         if beta < 0 or eps_low < 0 or (eps_high is not None and eps_high < 0):
             raise ValueError("beta, eps_low and eps_high must be non-negative.")
@@ -117,7 +118,7 @@ class ESPO(Objective):
         self.eps_high = eps_low if eps_high is None else eps_high
         self.num_mc, self.coupled, self.kl_estimator = num_mc, coupled, kl_estimator
         self.length_norm, self.baseline, self.scale_rewards = length_norm, baseline, scale_rewards
-        self.uniform_counts = uniform_counts
+        self.reference_rounding = reference_rounding
 
     @property
     def uses_reference(self) -> bool:
@@ -145,7 +146,7 @@ class ESPO(Objective):
         masks = torch.stack([
             torch.cat([
                 sample_masks(min(micro_batch_size, n - s), length, num_mc=self.num_mc, generator=generator,
-                             uniform_counts=self.uniform_counts).transpose(0, 1)  # [b, M, L]
+                             reference_rounding=self.reference_rounding).transpose(0, 1)  # [b, M, L]
                 for s in range(0, n, micro_batch_size)
             ])
             for _ in range(num_iterations)
