@@ -18,7 +18,7 @@ import torch
 
 from espo.objectives.advantages import Baseline, group_advantages
 from espo.objectives.base import Model, Objective, Rollout
-from espo.objectives.kl import KLEstimator, kl_estimate
+from espo.objectives.kl import KLEstimator, check_kl_estimator, kl_estimate
 from espo.objectives.mc_elbo import elbo_from_masks, sample_masks
 
 
@@ -45,7 +45,8 @@ def espo_loss(
         eps_low: Lower clip range ε_low.
         eps_high: Upper clip range ε_high.
         beta: KL coefficient.
-        kl_estimator: ``"k2"`` (ESPO), ``"k1"`` or ``"k3"``.
+        kl_estimator: ``"k2"`` (ESPO), ``"k1"``, ``"k3"`` or ``"k1_espo"`` (the official code's k1: value Δ,
+            gradient ∇Ê·(1 + Δ), as its k1 ablation ran).
     """
     log_ratio = (elbo - old_elbo) / length  # [B]
     ratio = torch.exp(log_ratio)  # [B]
@@ -83,7 +84,8 @@ class ESPO(Objective):
         eps_high: Upper clip range; None means ``eps_low``.
         num_mc: Monte-Carlo mask draws per ELBO (2 in the paper; each costs one forward per pass).
         coupled: Add the complementary mask pass (always on in the reference code).
-        kl_estimator: ``"k2"`` as the paper; ``"k1"``/``"k3"`` for ablations.
+        kl_estimator: ``"k2"`` as the paper; ``"k1"``/``"k3"`` for ablations; ``"k1_espo"`` for the paper's
+            k1 ablation as its code ran it (value Δ, gradient ∇Ê·(1 + Δ); see ``espo.objectives.kl``).
         length_norm: ``"canvas"``: L = completion canvas length for every sequence (the paper);
             ``"true"``: L = tokens through the first EOS (a deviation).
         baseline: ``"leave_one_out"`` (the paper) or ``"mean"``.
@@ -112,8 +114,7 @@ class ESPO(Objective):
             raise ValueError("num_mc must be at least 1.")
         if length_norm not in ("canvas", "true"):
             raise ValueError(f"length_norm must be 'canvas' or 'true', got {length_norm!r}.")
-        if kl_estimator not in ("k1", "k2", "k3"):
-            raise ValueError(f"Unknown KL estimator {kl_estimator!r}; choose k1, k2 or k3.")
+        check_kl_estimator(kl_estimator)
         self.beta, self.eps_low = beta, eps_low
         self.eps_high = eps_low if eps_high is None else eps_high
         self.num_mc, self.coupled, self.kl_estimator = num_mc, coupled, kl_estimator

@@ -19,7 +19,7 @@ import torch
 
 from espo.objectives.advantages import Baseline, StdScope, group_advantages
 from espo.objectives.base import Model, Objective, Rollout
-from espo.objectives.kl import KLEstimator, kl_estimate
+from espo.objectives.kl import KLEstimator, check_kl_estimator, kl_estimate
 
 KLTarget = Literal["reference", "old", "none"]
 Reduction = Literal["token", "sequence"]
@@ -49,7 +49,7 @@ def clipped_token_loss(
         eps_low: Lower clip range.
         eps_high: Upper clip range.
         beta: KL coefficient.
-        kl_estimator: ``"k3"`` (d1, DiffuCoder), ``"k1"`` or ``"k2"``.
+        kl_estimator: ``"k3"`` (d1, DiffuCoder), ``"k1"``, ``"k2"`` or ``"k1_espo"`` (see ``espo.objectives.kl``).
         reduction: ``"token"`` or ``"sequence"`` (see the module docstring).
     """
     mask = completion_mask.to(logps.dtype)  # [B, L]
@@ -93,8 +93,7 @@ class TokenPPO(Objective):
                  std_scope: StdScope = "group") -> None:
         if beta < 0 or eps_low < 0 or (eps_high is not None and eps_high < 0):
             raise ValueError("beta, eps_low and eps_high must be non-negative.")
-        if kl_estimator not in ("k1", "k2", "k3"):
-            raise ValueError(f"Unknown KL estimator {kl_estimator!r}; choose k1, k2 or k3.")
+        check_kl_estimator(kl_estimator)
         if kl_target not in ("reference", "old", "none"):
             raise ValueError(f"kl_target must be 'reference', 'old' or 'none', got {kl_target!r}.")
         if loss_reduction not in ("token", "sequence"):
