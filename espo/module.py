@@ -182,7 +182,7 @@ class DiffusionRL(LightningModule):
         # Runs after the task's setup and before configure_model: inconsistent batch knobs fail before the
         # model loads.
         if stage == "fit":
-            self.objective.check(self.sampler.gen_length)
+            self.objective.check(self.sampler.gen_length, getattr(self.sampler, "block_length", None))
             if self.filter_zero_std_groups and self.trainer.world_size > 1:
                 # Each rank would drop a different number of rows and run a different number of forward,
                 # backward and all-reduce calls: the processes would deadlock.

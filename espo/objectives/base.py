@@ -84,10 +84,15 @@ class Objective(ABC):
         """Whether ``prepare`` needs a reference policy (a KL term with beta > 0)."""
         return False
 
-    def check(self, gen_length: int) -> None:
+    def check(self, gen_length: int, block_length: int | None = None) -> None:
         """Raises a ValueError when this objective cannot score completions of ``gen_length`` tokens.
 
-        Called when the run is set up, before the model loads, so a bad setting fails early.
+        Called when the run is set up, before the model loads, so a bad setting fails early. An objective
+        whose estimator follows the sampler's blocks (SPG) adopts ``block_length`` here when it has none.
+
+        Args:
+            gen_length: The sampler's completion canvas L.
+            block_length: The sampler's block length (None: the whole canvas is one block).
         """
         return None
 

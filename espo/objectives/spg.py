@@ -30,8 +30,10 @@ class SPG(Objective):
         negative_bound: Surrogate for A ≤ 0 (see the module docstring).
         eubo_beta: β of the upper bound (1.5 GSM8K/MATH/Countdown-mix, 2.0 Countdown-EUBO, 1.0 Sudoku).
         mix_weight: ω of the mixture (0.5).
-        block_length: Masking block size (the sampler's block length, 32, in the paper); must divide L.
-        num_t: Monte-Carlo draws per sequence and step (2); each costs one forward pass.
+        block_length: Masking block size; must divide L. None (the default): the sampler's block length, as
+            the paper (32 on its 256-token canvas); the whole canvas when the sampler has no blocks.
+        num_t: Monte-Carlo draws per sequence and step (2); each costs one forward pass. With more draws than
+            blocks, the blocks of a fresh random order are reused (the reference code asserts num_t <= blocks).
         t_min: Lower end of the in-block mask fraction (0).
         t_max: Upper end of the in-block mask fraction (1).
         p_mask_clean: Masking probability of the clean prompt and earlier blocks (0.15).
@@ -45,7 +47,7 @@ class SPG(Objective):
         negative_bound: NegativeBound = "mix",
         eubo_beta: float = 1.5,
         mix_weight: float = 0.5,
-        block_length: int = 32,
+        block_length: int | None = None,
         num_t: int = 2,
         t_min: float = 0.0,
         t_max: float = 1.0,
@@ -56,7 +58,7 @@ class SPG(Objective):
     ) -> None:
         if negative_bound not in ("mix", "eubo", "elbo", "zero"):
             raise ValueError(f"negative_bound must be mix, eubo, elbo or zero, got {negative_bound!r}.")
-        if eubo_beta <= 0 or not 0 <= mix_weight <= 1 or block_length < 1 or num_t < 1:
+        if eubo_beta <= 0 or not 0 <= mix_weight <= 1 or (block_length is not None and block_length < 1) or num_t < 1:
             raise ValueError("Need eubo_beta > 0, mix_weight in [0, 1], block_length >= 1 and num_t >= 1.")
         if not 0 <= t_min <= t_max <= 1 or not 0 <= p_mask_clean <= 1:
             raise ValueError("Need 0 <= t_min <= t_max <= 1 and p_mask_clean in [0, 1].")
@@ -66,14 +68,19 @@ class SPG(Objective):
         if std_scope not in ("group", "batch"):
             raise ValueError(f"std_scope must be 'group' or 'batch', got {std_scope!r}.")
         self.std_scope = std_scope
+        self._sampler_block: int | None = None  # adopted from the sampler in check()
 
-    def check(self, gen_length: int) -> None:
-        if gen_length % self.block_length:
-            raise ValueError(f"SPG's block_length {self.block_length} must divide the completion length {gen_length} "
-                             "(set model.objective.init_args.block_length, usually the sampler's block length).")
-        if self.num_t > gen_length // self.block_length:
-            raise ValueError(f"SPG's num_t {self.num_t} exceeds the {gen_length // self.block_length} blocks of "
-                             "the completion canvas.")
+    def check(self, gen_length: int, block_length: int | None = None) -> None:
+        if self.block_length is None:
+            self._sampler_block = block_length or gen_length
+        block = self.block_length or self._sampler_block
+        if gen_length % block:
+            raise ValueError(f"SPG's block_length {block} must divide the completion length {gen_length} "
+                             "(set model.objective.init_args.block_length, or leave it null for the sampler's).")
+
+    def mask_block(self, completion_len: int) -> int:
+        """The masking block: the configured one, else the sampler's, else the whole canvas."""
+        return self.block_length or self._sampler_block or completion_len
 
     def advantages(self, rewards: torch.Tensor, group_size: int) -> torch.Tensor:
         return group_advantages(rewards, group_size, baseline=self.baseline, scale=self.scale_rewards,
@@ -93,7 +100,8 @@ class SPG(Objective):
         if mask is None:
             mask = torch.ones(len(rollout), rollout.completion_len, dtype=torch.bool)
         masks = torch.stack([
-            sample_block_masks(mask, rollout.prompt_len, block_length=self.block_length, num_t=self.num_t,
+            sample_block_masks(mask, rollout.prompt_len, block_length=self.mask_block(rollout.completion_len),
+                               num_t=self.num_t,
                                generator=generator, t_min=self.t_min, t_max=self.t_max,
                                p_mask_clean=self.p_mask_clean).transpose(0, 1)  # [N, m, T]
             for _ in range(num_iterations)
