@@ -33,6 +33,7 @@ from espo.policy import configure_policy
 from espo.rollout import encode, roll_out
 from espo.sampling import Sampler
 from espo.scale import check_optimizer, gathered
+from espo.schedules import plan_schedule
 from espo.sizes import EffectiveSizes, effective_sizes
 from espo.tasks.base import Task
 from espo.tokens import completion_mask, encode_targets
@@ -50,7 +51,8 @@ class DiffusionRL(LightningModule):
         objective: The training objective (``ESPO``, ``MaskedSFT`` ...).
         sampler: The rollout sampler; its ``gen_length`` is the completion canvas L.
         optimizer: Optimiser factory over the trainable parameters.
-        lr_scheduler: Optional scheduler factory, stepped once per optimiser step.
+        lr_scheduler: Optional scheduler factory, stepped once per optimiser step. ``espo.schedules.WarmupSchedule``
+            is the papers' warm-up (constant or cosine); it is given the planned optimiser steps here.
         num_generations: Completions per prompt G (advantages are computed within each group).
         num_iterations: Inner optimiser steps μ per rollout batch.
         micro_batch_size: Rows per forward/backward in the updates (None: the whole rollout batch).
@@ -175,8 +177,18 @@ class DiffusionRL(LightningModule):
         check_optimizer(optimizer, params)
         if self.scheduler_factory is None:
             return optimizer
-        return {"optimizer": optimizer,
-                "lr_scheduler": {"scheduler": self.scheduler_factory(optimizer), "interval": "step"}}
+        scheduler = self.scheduler_factory(optimizer)
+        if self._trainer is not None:  # a WarmupSchedule learns the planned optimiser steps here
+            plan_schedule(scheduler, max_steps=self.trainer.max_steps, max_epochs=self.trainer.max_epochs,
+                          epoch_steps=self._epoch_steps())
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def _epoch_steps(self) -> int:
+        """Optimiser steps in one epoch of the training split: batches per process (the distributed sampler
+        pads to a multiple of the processes, the loader drops the last partial batch) times μ."""
+        task = self._task()
+        rows = len(task.splits["train"]) if "train" in getattr(task, "splits", {}) else 0
+        return -(-rows // self.trainer.world_size) // task.batch_size * self.num_iterations
 
     def setup(self, stage: str) -> None:
         # Runs after the task's setup and before configure_model: inconsistent batch knobs fail before the
