@@ -269,7 +269,8 @@ class DiffusionRL(LightningModule):
             input_ids=torch.cat([prompt_ids, completion], dim=1), prompt_len=prompt_ids.shape[1],
             rewards=rewards.to(self.device), advantages=advantages.to(self.device), group_size=g,
             attention_mask=torch.cat([prompt_mask, torch.ones_like(completion)], dim=1),
-            completion_mask=completion_mask(completion, self.policy.eos_token_ids, include_eos=True))
+            completion_mask=completion_mask(completion, self.policy.eos_token_ids, include_eos=True),
+            padding_eos_mask=completion_mask(completion, self.policy.eos_token_ids[:1], include_eos=True))
         metrics.update(update(self, rollout, step) if len(rollout) else noop_update(self))
         self.rollout_step += 1
         if "reward" in metrics:

@@ -10,13 +10,14 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
 from espo.objectives.advantages import group_advantages
 
 Model = Callable[..., Any]
+CountThrough = Literal["any_eos", "padding_eos"]
 
 
 @dataclass
@@ -30,7 +31,10 @@ class Rollout:
         advantages: Advantages [N].
         group_size: Completions per prompt G (groups are consecutive rows).
         attention_mask: [N, P + L], 0 on prompt padding; None when there is none.
-        completion_mask: [N, L] bool, True up to and including the first EOS.
+        completion_mask: [N, L] bool, True up to and including the first EOS (any of the model's EOS ids).
+        padding_eos_mask: [N, L] bool, True up to and including the first *padding* EOS, the model's first EOS
+            id (the tokenizer's ``eos_token``: ``<|endoftext|>`` for LLaDA, which pads after ``<|eot_id|>``).
+            d1 and wd1 count these tokens; None when unknown.
         extras: Row-aligned tensors [N, ...] an objective prepares (old/ref likelihoods, masks).
     """
 
@@ -41,6 +45,7 @@ class Rollout:
     group_size: int
     attention_mask: torch.Tensor | None = None
     completion_mask: torch.Tensor | None = None
+    padding_eos_mask: torch.Tensor | None = None
     extras: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def __len__(self) -> int:
@@ -62,8 +67,16 @@ class Rollout:
         return replace(
             self, input_ids=self.input_ids[start:end], rewards=self.rewards[start:end],
             advantages=self.advantages[start:end], attention_mask=cut(self.attention_mask),
-            completion_mask=cut(self.completion_mask), extras={k: v[start:end] for k, v in self.extras.items()},
+            completion_mask=cut(self.completion_mask), padding_eos_mask=cut(self.padding_eos_mask),
+            extras={k: v[start:end] for k, v in self.extras.items()},
         )
+
+    def counted(self, through: CountThrough) -> torch.Tensor | None:
+        """The completion tokens a token-level loss counts: through the first EOS of any kind (``"any_eos"``)
+        or through the first padding EOS (``"padding_eos"``, d1/wd1; the first-EOS mask when it is unknown)."""
+        if through == "padding_eos" and self.padding_eos_mask is not None:
+            return self.padding_eos_mask
+        return self.completion_mask
 
     def split(self, size: int) -> list[Rollout]:
         """Consecutive micro-batches of at most ``size`` rows."""

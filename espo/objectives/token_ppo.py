@@ -18,7 +18,7 @@ from typing import Literal
 import torch
 
 from espo.objectives.advantages import Baseline, StdScope, group_advantages
-from espo.objectives.base import Model, Objective, Rollout
+from espo.objectives.base import CountThrough, Model, Objective, Rollout
 from espo.objectives.kl import KLEstimator, check_kl_estimator, kl_estimate
 
 KLTarget = Literal["reference", "old", "none"]
@@ -90,7 +90,7 @@ class TokenPPO(Objective):
 
     def __init__(self, beta: float, eps_low: float, eps_high: float | None, kl_estimator: KLEstimator,
                  kl_target: KLTarget, baseline: Baseline, scale_rewards: bool, loss_reduction: Reduction,
-                 std_scope: StdScope = "group") -> None:
+                 std_scope: StdScope = "group", count_through: CountThrough = "any_eos") -> None:
         if beta < 0 or eps_low < 0 or (eps_high is not None and eps_high < 0):
             raise ValueError("beta, eps_low and eps_high must be non-negative.")
         check_kl_estimator(kl_estimator)
@@ -105,6 +105,9 @@ class TokenPPO(Objective):
         if std_scope not in ("group", "batch"):
             raise ValueError(f"std_scope must be 'group' or 'batch', got {std_scope!r}.")
         self.std_scope = std_scope
+        if count_through not in ("any_eos", "padding_eos"):
+            raise ValueError(f"count_through must be 'any_eos' or 'padding_eos', got {count_through!r}.")
+        self.count_through = count_through
 
     @property
     def uses_reference(self) -> bool:
@@ -158,7 +161,7 @@ class TokenPPO(Objective):
             ref = batch.extras["ref_logps"][:, iteration]
         elif self.kl_target == "old" and self.beta > 0:
             ref = old
-        mask = batch.completion_mask
+        mask = batch.counted(self.count_through)
         if mask is None:
             mask = torch.ones_like(current, dtype=torch.bool)
         return clipped_token_loss(current, old, ref, batch.advantages, mask, eps_low=self.eps_low,
