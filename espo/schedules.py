@@ -15,8 +15,9 @@ model:
 ```
 
 ``planned_steps`` may be a number (the paper's plan when it differs from this run's ``max_steps``),
-``"trainer"`` (``max_steps``, else ``max_epochs`` epochs) or ``"epoch"`` (one epoch of the training split,
-ESPO's ``num_train_epochs: 1``). ``DiffusionRL`` fills it in when the optimiser is built (:func:`plan_schedule`).
+``"trainer"`` (``max_steps``, else ``max_epochs`` epochs) or ``"epoch"`` (``epochs`` epochs of the training
+split: ESPO's ``num_train_epochs: 1``, d1's 10). ``DiffusionRL`` fills it in when the optimiser is built
+(:func:`plan_schedule`).
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ class WarmupSchedule(LRScheduler):
             (held there past it).
         min_lr_rate: Floor of the cosine as a fraction of the peak learning rate (DiffuCoder: 0.1).
         planned_steps: Optimiser steps of the plan: a number, ``"trainer"`` or ``"epoch"`` (see the module).
+        epochs: With ``planned_steps: epoch``, the planned epochs (the reference's ``num_train_epochs``).
         last_epoch: Index of the last step taken (-1: a fresh schedule), as every torch scheduler.
     """
 
@@ -54,6 +56,7 @@ class WarmupSchedule(LRScheduler):
         decay: Decay = "constant",
         min_lr_rate: float = 0.0,
         planned_steps: int | Plan = "trainer",
+        epochs: int = 1,
         last_epoch: int = -1,
     ) -> None:
         if not 0 <= warmup_ratio <= 1 or (warmup_steps is not None and warmup_steps < 0):
@@ -62,12 +65,15 @@ class WarmupSchedule(LRScheduler):
             raise ValueError(f"decay must be 'constant' or 'cosine', got {decay!r}.")
         if not 0 <= min_lr_rate <= 1:
             raise ValueError(f"min_lr_rate must lie in [0, 1], got {min_lr_rate}.")
+        if epochs < 1:
+            raise ValueError(f"epochs must be positive, got {epochs}.")
         if isinstance(planned_steps, int) and planned_steps < 1:
             raise ValueError(f"planned_steps must be positive, got {planned_steps}.")
         if not isinstance(planned_steps, int) and planned_steps not in ("trainer", "epoch"):
             raise ValueError(f"planned_steps must be a number, 'trainer' or 'epoch', got {planned_steps!r}.")
         self.warmup_ratio, self.warmup_steps = warmup_ratio, warmup_steps
         self.decay, self.min_lr_rate = decay, min_lr_rate
+        self.epochs = epochs
         self.plan_source: Plan | None = None if isinstance(planned_steps, int) else planned_steps
         self.total: int | None = planned_steps if isinstance(planned_steps, int) else None
         super().__init__(optimizer, last_epoch)
@@ -124,7 +130,7 @@ def plan_schedule(scheduler: object, *, max_steps: int, max_epochs: int | None, 
     if not isinstance(scheduler, WarmupSchedule) or scheduler.total is not None:
         return
     if scheduler.plan_source == "epoch":
-        scheduler.plan(epoch_steps)
+        scheduler.plan(scheduler.epochs * epoch_steps)
     elif max_steps is not None and max_steps > 0:
         scheduler.plan(max_steps)
     elif max_epochs is not None and max_epochs > 0:

@@ -57,6 +57,9 @@ def test_plan_from_trainer_or_epoch():
     epoch = WarmupSchedule(optimizer(), warmup_ratio=0.01, planned_steps="epoch")
     plan_schedule(epoch, max_steps=400, max_epochs=-1, epoch_steps=1000)
     assert epoch.total == 1000 and epoch.warmup() == 10
+    d1 = WarmupSchedule(optimizer(), warmup_ratio=1e-4, planned_steps="epoch", epochs=10)  # d1: 10 epochs
+    plan_schedule(d1, max_steps=7700, max_epochs=-1, epoch_steps=467 * 12)
+    assert d1.total == 56_040 and d1.warmup() == 6
     fixed = WarmupSchedule(optimizer(), warmup_ratio=0.001, planned_steps=499_750)
     plan_schedule(fixed, max_steps=5000, max_epochs=-1, epoch_steps=10)
     assert fixed.warmup() == 500  # the paper's plan, not this run's max_steps
@@ -92,7 +95,8 @@ def test_state_dict_round_trip_resumes_the_schedule():
 
 
 @pytest.mark.parametrize("kwargs", [{"warmup_ratio": 2.0}, {"warmup_steps": -1}, {"decay": "linear"},
-                                    {"min_lr_rate": 1.5}, {"planned_steps": 0}, {"planned_steps": "epochs"}])
+                                    {"min_lr_rate": 1.5}, {"planned_steps": 0}, {"epochs": 0},
+                                    {"planned_steps": "epochs"}])
 def test_bad_settings_fail_early(kwargs):
     with pytest.raises(ValueError):
         WarmupSchedule(optimizer(), **kwargs)
