@@ -30,6 +30,7 @@ from espo.models.lora import LoRASpec
 from espo.objectives import Objective, Rollout
 from espo.persistence import export, load_state, save_state
 from espo.policy import configure_policy
+from espo.reference_sync import ReferenceSync
 from espo.rollout import encode, roll_out
 from espo.sampling import Sampler
 from espo.scale import check_optimizer, gathered
@@ -85,6 +86,10 @@ class DiffusionRL(LightningModule):
             float32. None: compute in the parameter dtype.
         fsdp_gather_rollout: Under FSDP2, unshard the policy once for the whole rollout (one full copy of
             the weights per rank while sampling) instead of all-gathering every block at every denoising step.
+        reference_sync: Move a full-fine-tuning reference toward the policy, ref ← α·policy + (1 − α)·ref every
+            ``every`` optimiser steps (TRL's ``sync_ref_model``; ESPO's code recipe and DiffuCoder: 64 steps,
+            α 0.6). None (the default): the reference stays the starting point. Refused with LoRA (there TRL's
+            sync is a silent no-op) and without a reference (beta 0).
         filter_zero_std_groups: Drop prompt groups whose rewards are all equal before the update (they carry
             no group-relative signal); the dropped fraction is logged as ``filtered_groups``. A rollout with
             nothing left still counts its ``num_iterations`` optimiser steps, as no-op steps.
@@ -120,6 +125,7 @@ class DiffusionRL(LightningModule):
         fsdp_param_dtype: str | None = None,
         fsdp_gather_rollout: bool = True,
         filter_zero_std_groups: bool = False,
+        reference_sync: ReferenceSync | None = None,
     ) -> None:
         super().__init__()
         if num_generations < 1 or num_iterations < 1:
@@ -149,6 +155,13 @@ class DiffusionRL(LightningModule):
         self.activation_checkpointing, self.fsdp_param_dtype = activation_checkpointing, fsdp_param_dtype
         self.fsdp_gather_rollout = fsdp_gather_rollout
         self.filter_zero_std_groups = filter_zero_std_groups
+        if reference_sync is not None and lora is not None:
+            raise ValueError("model.reference_sync needs full fine-tuning: with LoRA the reference is the base with "
+                             "the adapter disabled (TRL's sync is a silent no-op there). Drop reference_sync or lora.")
+        if reference_sync is not None and not objective.uses_reference:
+            raise ValueError(f"model.reference_sync needs a reference policy, but {type(objective).__name__} has "
+                             "none (beta 0 or no KL term to a reference).")
+        self.reference_sync = reference_sync
         self.automatic_optimization = False
         self.policy: DiffusionLM | None = None
         self._reference: list[DiffusionLM] = []  # a list keeps the frozen copy out of state_dict/optimiser

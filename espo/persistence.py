@@ -45,11 +45,27 @@ def load_state(module: DiffusionRL, checkpoint: dict[str, Any]) -> None:
         rank_zero_warn(f"Resuming from a checkpoint saved when rollout step {module.rollout_step} failed after "
                        f"{state['updates_in_failed_step']} of its {module.num_iterations} optimiser steps: the "
                        "step is retried on weights that already include those updates.")
+    _match_synced_reference(module, checkpoint.get("state_dict"))
     saved = state.get("model")
     if saved is not None and saved != str(module.model_source):
         # The reference policy (and LoRA's base) is rebuilt from model.model, not stored in the checkpoint.
         rank_zero_warn(f"Resuming a run that started from {saved!r} with model.model={module.model_source!r}: "
                        "the reference policy now comes from the latter.")
+
+
+def _match_synced_reference(module: DiffusionRL, weights: dict[str, Any] | None) -> None:
+    """Makes a checkpoint's ``synced_reference.*`` entries fit the module: dropped when this run keeps no synced
+    reference (``espo test``, or a run without ``reference_sync``); the starting point when a run with
+    ``reference_sync`` resumes a checkpoint saved without it."""
+    if weights is None:
+        return  # sharded (DCP) checkpoints load only the entries the module asks for
+    prefix = "synced_reference."
+    reference = getattr(module, "synced_reference", None)
+    if reference is None:
+        for key in [k for k in weights if k.startswith(prefix)]:
+            del weights[key]
+    elif not any(k.startswith(prefix) for k in weights):
+        weights.update({prefix + k: v for k, v in reference.state_dict().items()})
 
 
 def export(module: DiffusionRL) -> None:

@@ -16,6 +16,7 @@ import torch
 from torch.distributed.tensor import DTensor
 
 from espo.objectives import Rollout
+from espo.reference_sync import sync_if_due
 from espo.rng import make_generator
 from espo.scale import release
 
@@ -61,6 +62,7 @@ def update(module: DiffusionRL, rollout: Rollout, step: int) -> dict[str, float]
         optimizer.zero_grad(set_to_none=True)
         if scheduler is not None:
             scheduler.step()
+        sync_if_due(module.reference_sync, module.trainer.global_step, module.policy, module.reference)
         module._updates_in_step += 1  # read by on_save_checkpoint if the step fails part-way
     totals["skipped_updates"] = float(module.skipped_updates)
     totals["time/prepare"] = prepared - start
@@ -76,6 +78,7 @@ def noop_update(module: DiffusionRL) -> dict[str, float]:
         optimizer.step()  # no parameter has a gradient: nothing moves, global_step advances
         if scheduler is not None:
             scheduler.step()
+        sync_if_due(module.reference_sync, module.trainer.global_step, module.policy, module.reference)
     return {"time/prepare": 0.0, "time/update": 0.0}
 
 

@@ -48,5 +48,6 @@ def test_recipe_carries_its_papers_settings(name):
         assert model["lr_scheduler"]["init_args"] == {"warmup_ratio": 1e-4, "planned_steps": "epoch", "epochs": 10}
     if objective in ("DiffuGRPO", "WD1"):
         assert model["objective"]["init_args"]["count_through"] == "padding_eos"
+    assert ("reference_sync" in model) == (objective == "CoupledGRPO")  # full fine-tuning only (DiffuCoder)
     if objective == "SPG":
         assert model["objective"]["init_args"]["block_length"] is None  # the sampler's 32
