@@ -32,7 +32,8 @@ class CoupledGRPO(TokenPPO):
         kl_target: ``"reference"``, ``"old"`` or ``"none"``.
         baseline: ``"leave_one_out"`` (DiffuCoder, hard-coded there) or ``"mean"``.
         scale_rewards: Divide advantages by the group std (off in DiffuCoder's recipes).
-        loss_reduction: ``"token"`` (the reference code) or ``"sequence"``.
+        loss_reduction: ``"token"`` (the reference code: a token mean per micro-batch), ``"sequence"``, or
+            ``"rollout"`` (one token mean over the whole rollout, across micro-batches and ranks).
         std_scope: With ``scale_rewards``: per-group std (GRPO) or the whole batch's std.
         count_through: Completion tokens the loss counts: ``"any_eos"`` (through the first EOS of any kind) or
             ``"padding_eos"`` (through the first padding EOS, as TRL's mask on the tokenizer's ``eos_token``).

@@ -29,8 +29,9 @@ class DiffuGRPO(TokenPPO):
         kl_target: ``"reference"`` (d1), ``"old"`` or ``"none"``.
         baseline: ``"mean"`` (d1) or ``"leave_one_out"``.
         scale_rewards: Divide advantages by the group std (d1 computes it but does not divide).
-        loss_reduction: ``"token"`` (d1's code: token mean over the micro-batch) or ``"sequence"`` (the paper's
-            per-sequence mean, then the batch mean).
+        loss_reduction: ``"token"`` (d1's code: token mean over the micro-batch), ``"sequence"`` (the paper's
+            per-sequence mean, then the batch mean) or ``"rollout"`` (one token mean over the whole rollout,
+            across micro-batches and ranks, so ``micro_batch_size`` does not change the objective).
         std_scope: With ``scale_rewards``: per-group std (GRPO) or the whole batch's std.
         count_through: Completion tokens the loss counts: ``"padding_eos"`` (d1: through the first
             ``<|endoftext|>``, so ``<|eot_id|>`` and one padding token are inside) or ``"any_eos"`` (through the

@@ -20,6 +20,7 @@ from espo.objectives.advantages import Baseline, group_advantages
 from espo.objectives.base import Model, Objective, Rollout
 from espo.objectives.kl import KLEstimator, check_kl_estimator, kl_estimate
 from espo.objectives.mc_elbo import elbo_from_masks, sample_masks
+from espo.objectives.rollout_scale import rank_rows
 
 
 def espo_loss(
@@ -93,6 +94,9 @@ class ESPO(Objective):
         reference_rounding: Round the stratified mask counts half to even as the reference code. Off by
             default: the counts are then exactly uniform for every shape, while the reference's rounding makes
             some rows' counts non-uniform (and their ELBO biased) when r(L+1)/b has a .5 fraction.
+        stratify: Rows whose mask counts are stratified together: ``"micro_batch"`` (the reference code, so
+            ``micro_batch_size`` changes the estimator's joint law) or ``"rollout"`` (every row of the rollout on
+            every rank; drawn for the global rollout on each rank and sliced).
     """
 
     def __init__(
@@ -107,6 +111,7 @@ class ESPO(Objective):
         baseline: Baseline = "leave_one_out",
         scale_rewards: bool = False,
         reference_rounding: bool = False,
+        stratify: Literal["micro_batch", "rollout"] = "micro_batch",
     ) -> None:
         if beta < 0 or eps_low < 0 or (eps_high is not None and eps_high < 0):
             raise ValueError("beta, eps_low and eps_high must be non-negative.")
@@ -120,6 +125,9 @@ class ESPO(Objective):
         self.num_mc, self.coupled, self.kl_estimator = num_mc, coupled, kl_estimator
         self.length_norm, self.baseline, self.scale_rewards = length_norm, baseline, scale_rewards
         self.reference_rounding = reference_rounding
+        if stratify not in ("micro_batch", "rollout"):
+            raise ValueError(f"stratify must be 'micro_batch' or 'rollout', got {stratify!r}.")
+        self.stratify = stratify
 
     @property
     def uses_reference(self) -> bool:
@@ -143,12 +151,18 @@ class ESPO(Objective):
         generator: torch.Generator,
     ) -> None:
         n, length = len(rollout), rollout.completion_len
-        # Stratification follows the micro-batches that loss() will see, as in the reference code.
+        if self.stratify == "rollout":
+            # One stratified draw over the global rollout, the same on every rank (same generator); keep ours.
+            start, total = rank_rows(n)
+            groups = [(total, start)]
+        else:
+            # Stratification follows the micro-batches that loss() will see, as in the reference code.
+            groups = [(min(micro_batch_size, n - s), 0) for s in range(0, n, micro_batch_size)]
         masks = torch.stack([
             torch.cat([
-                sample_masks(min(micro_batch_size, n - s), length, num_mc=self.num_mc, generator=generator,
-                             reference_rounding=self.reference_rounding).transpose(0, 1)  # [b, M, L]
-                for s in range(0, n, micro_batch_size)
+                sample_masks(rows, length, num_mc=self.num_mc, generator=generator,
+                             reference_rounding=self.reference_rounding).transpose(0, 1)[first:first + n]  # [b, M, L]
+                for rows, first in groups
             ])
             for _ in range(num_iterations)
         ], dim=1)  # [N, μ, M, L]

@@ -18,6 +18,7 @@ import torch
 from espo.objectives.advantages import Baseline, StdScope, group_advantages
 from espo.objectives.base import Model, Objective, Rollout
 from espo.objectives.mean_field import token_logps
+from espo.objectives.rollout_scale import rollout_token_scale
 from espo.objectives.spg_bounds import sample_block_masks, spg_bounds
 
 NegativeBound = Literal["mix", "eubo", "elbo", "zero"]
@@ -40,6 +41,8 @@ class SPG(Objective):
         baseline: ``"mean"`` (SPG) or ``"leave_one_out"``.
         scale_rewards: Divide advantages by the group std (off in SPG).
         std_scope: With ``scale_rewards``: per-group std or the whole batch's std.
+        loss_reduction: ``"micro_batch"``: length-weighted mean within each micro-batch (the reference code);
+            ``"rollout"``: length-weighted over the whole rollout, across micro-batches and ranks.
     """
 
     def __init__(
@@ -55,6 +58,7 @@ class SPG(Objective):
         baseline: Baseline = "mean",
         scale_rewards: bool = False,
         std_scope: StdScope = "group",
+        loss_reduction: Literal["micro_batch", "rollout"] = "micro_batch",
     ) -> None:
         if negative_bound not in ("mix", "eubo", "elbo", "zero"):
             raise ValueError(f"negative_bound must be mix, eubo, elbo or zero, got {negative_bound!r}.")
@@ -68,6 +72,9 @@ class SPG(Objective):
         if std_scope not in ("group", "batch"):
             raise ValueError(f"std_scope must be 'group' or 'batch', got {std_scope!r}.")
         self.std_scope = std_scope
+        if loss_reduction not in ("micro_batch", "rollout"):
+            raise ValueError(f"loss_reduction must be 'micro_batch' or 'rollout', got {loss_reduction!r}.")
+        self.loss_reduction = loss_reduction
         self._sampler_block: int | None = None  # adopted from the sampler in check()
 
     def check(self, gen_length: int, block_length: int | None = None) -> None:
@@ -107,6 +114,9 @@ class SPG(Objective):
             for _ in range(num_iterations)
         ], dim=1)  # [N, μ, m, T]
         rollout.extras["spg_masks"] = masks.to(rollout.input_ids.device)
+        if self.loss_reduction == "rollout":
+            scale = rollout_token_scale(mask.to(rollout.input_ids.device))  # a collective over ranks
+            rollout.extras["rollout_scale"] = torch.full((len(rollout),), scale, device=rollout.input_ids.device)
 
     def surrogate(self, lower: torch.Tensor, upper: torch.Tensor, advantages: torch.Tensor) -> torch.Tensor:
         """Per-sequence log-likelihood surrogate [B]: lower where A > 0, the negative bound elsewhere."""
@@ -124,6 +134,9 @@ class SPG(Objective):
         lower, upper = spg_bounds(logp, masks[..., batch.prompt_len:], cmask, eubo_beta=self.eubo_beta)  # [b]
         surrogate = self.surrogate(lower, upper, batch.advantages)  # [b]
         lengths = cmask.sum(-1).to(surrogate.dtype)  # [b]
-        loss = -(batch.advantages * surrogate * lengths).sum() / lengths.sum().clamp(min=1)
+        if self.loss_reduction == "rollout":  # Σ over the rollout / its total length, whatever the micro-batches
+            loss = -(batch.advantages * surrogate * lengths).sum() * batch.extras["rollout_scale"][0] / len(batch)
+        else:
+            loss = -(batch.advantages * surrogate * lengths).sum() / lengths.sum().clamp(min=1)
         return loss, {"policy_loss": loss.detach(), "lower_bound": lower.detach().mean(),
                       "upper_bound": upper.detach().mean()}

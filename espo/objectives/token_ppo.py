@@ -5,6 +5,9 @@ With per-token log-likelihood estimates φ_θ, φ_old, φ_ref on the same masks:
     ρ_ik = exp(φ_θ - φ_old),   ℓ_ik = -min(ρ_ik A_i, clip(ρ_ik, 1-ε_low, 1+ε_high) A_i) + β k(φ_θ - φ_ref)
     loss = Σ_ik ℓ_ik m_ik / Σ_ik m_ik                     (``token``: the reference codes' micro-batch token mean)
          = 1/B Σ_i Σ_k ℓ_ik m_ik / Σ_k m_ik                (``sequence``: the d1 paper's per-sequence mean)
+         = c/B Σ_ik ℓ_ik m_ik                              (``rollout``: c from ``rollout_token_scale``, so the
+                                                            optimiser step takes one token mean over the whole
+                                                            rollout on every rank, whatever the micro-batches)
 
 m is the completion mask (tokens through the first EOS). The KL target is the reference policy (the papers),
 the old policy (TraceRL-style; zero at the first inner iteration) or none.
@@ -20,9 +23,10 @@ import torch
 from espo.objectives.advantages import Baseline, StdScope, group_advantages
 from espo.objectives.base import CountThrough, Model, Objective, Rollout
 from espo.objectives.kl import KLEstimator, check_kl_estimator, kl_estimate
+from espo.objectives.rollout_scale import rollout_token_scale
 
 KLTarget = Literal["reference", "old", "none"]
-Reduction = Literal["token", "sequence"]
+Reduction = Literal["token", "sequence", "rollout"]
 
 
 def clipped_token_loss(
@@ -37,6 +41,7 @@ def clipped_token_loss(
     beta: float,
     kl_estimator: KLEstimator = "k3",
     reduction: Reduction = "token",
+    rollout_scale: float | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The clipped token-ratio loss of one micro-batch (pure maths, hand-checkable).
 
@@ -50,13 +55,18 @@ def clipped_token_loss(
         eps_high: Upper clip range.
         beta: KL coefficient.
         kl_estimator: ``"k3"`` (d1, DiffuCoder), ``"k1"``, ``"k2"`` or ``"k1_espo"`` (see ``espo.objectives.kl``).
-        reduction: ``"token"`` or ``"sequence"`` (see the module docstring).
+        reduction: ``"token"``, ``"sequence"`` or ``"rollout"`` (see the module docstring).
+        rollout_scale: c = N_local · W / T of ``espo.objectives.rollout_scale``; needed by ``"rollout"``.
     """
+    if reduction == "rollout" and rollout_scale is None:
+        raise ValueError("reduction 'rollout' needs the rollout_scale computed in prepare.")
     mask = completion_mask.to(logps.dtype)  # [B, L]
 
     def reduce(x: torch.Tensor) -> torch.Tensor:
         if reduction == "token":
             return (x * mask).sum() / mask.sum().clamp(min=1)
+        if reduction == "rollout":
+            return (x * mask).sum() * rollout_scale / x.shape[0]
         return ((x * mask).sum(-1) / mask.sum(-1).clamp(min=1)).mean()
 
     ratio = torch.exp(logps - old_logps)  # [B, L]
@@ -96,8 +106,8 @@ class TokenPPO(Objective):
         check_kl_estimator(kl_estimator)
         if kl_target not in ("reference", "old", "none"):
             raise ValueError(f"kl_target must be 'reference', 'old' or 'none', got {kl_target!r}.")
-        if loss_reduction not in ("token", "sequence"):
-            raise ValueError(f"loss_reduction must be 'token' or 'sequence', got {loss_reduction!r}.")
+        if loss_reduction not in ("token", "sequence", "rollout"):
+            raise ValueError(f"loss_reduction must be 'token', 'sequence' or 'rollout', got {loss_reduction!r}.")
         self.beta, self.eps_low = beta, eps_low
         self.eps_high = eps_low if eps_high is None else eps_high
         self.kl_estimator, self.kl_target = kl_estimator, kl_target
@@ -140,6 +150,12 @@ class TokenPPO(Objective):
         generator: torch.Generator,
     ) -> None:
         self._draw(rollout, num_iterations, micro_batch_size, generator)
+        if self.loss_reduction == "rollout":
+            counted = rollout.counted(self.count_through)
+            if counted is None:
+                counted = torch.ones(len(rollout), rollout.completion_len, dtype=torch.bool)
+            scale = rollout_token_scale(counted.to(rollout.input_ids.device))  # a collective over ranks
+            rollout.extras["rollout_scale"] = torch.full((len(rollout),), scale, device=rollout.input_ids.device)
         n, length, device = len(rollout), rollout.completion_len, rollout.input_ids.device
         with torch.no_grad():
             if num_iterations > 1:
@@ -166,4 +182,8 @@ class TokenPPO(Objective):
             mask = torch.ones_like(current, dtype=torch.bool)
         return clipped_token_loss(current, old, ref, batch.advantages, mask, eps_low=self.eps_low,
                                   eps_high=self.eps_high, beta=self.beta, kl_estimator=self.kl_estimator,
-                                  reduction=self.loss_reduction)
+                                  reduction=self.loss_reduction, rollout_scale=self._rollout_scale(batch))
+
+    def _rollout_scale(self, batch: Rollout) -> float | None:
+        scale = batch.extras.get("rollout_scale")
+        return None if scale is None else float(scale[0])
