@@ -30,11 +30,11 @@ from espo.models.lora import LoRASpec
 from espo.objectives import Objective, Rollout
 from espo.persistence import export, load_state, save_state
 from espo.policy import configure_policy
-from espo.reference_sync import ReferenceSync
+from espo.reference_sync import ReferenceSync, check_reference_sync
 from espo.rollout import encode, roll_out
 from espo.sampling import Sampler
 from espo.scale import check_optimizer, gathered
-from espo.schedules import plan_schedule
+from espo.schedules import epoch_steps, plan_schedule
 from espo.sizes import EffectiveSizes, effective_sizes
 from espo.tasks.base import Task
 from espo.tokens import completion_mask, encode_targets
@@ -155,12 +155,7 @@ class DiffusionRL(LightningModule):
         self.activation_checkpointing, self.fsdp_param_dtype = activation_checkpointing, fsdp_param_dtype
         self.fsdp_gather_rollout = fsdp_gather_rollout
         self.filter_zero_std_groups = filter_zero_std_groups
-        if reference_sync is not None and lora is not None:
-            raise ValueError("model.reference_sync needs full fine-tuning: with LoRA the reference is the base with "
-                             "the adapter disabled (TRL's sync is a silent no-op there). Drop reference_sync or lora.")
-        if reference_sync is not None and not objective.uses_reference:
-            raise ValueError(f"model.reference_sync needs a reference policy, but {type(objective).__name__} has "
-                             "none (beta 0 or no KL term to a reference).")
+        check_reference_sync(reference_sync, lora=lora is not None, objective=objective)
         self.reference_sync = reference_sync
         self.automatic_optimization = False
         self.policy: DiffusionLM | None = None
@@ -192,16 +187,11 @@ class DiffusionRL(LightningModule):
             return optimizer
         scheduler = self.scheduler_factory(optimizer)
         if self._trainer is not None:  # a WarmupSchedule learns the planned optimiser steps here
+            task = self._task()
+            rows = len(task.splits["train"]) if "train" in task.splits else 0
             plan_schedule(scheduler, max_steps=self.trainer.max_steps, max_epochs=self.trainer.max_epochs,
-                          epoch_steps=self._epoch_steps())
+                          epoch_steps=epoch_steps(rows, self.trainer.world_size, task.batch_size, self.num_iterations))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
-
-    def _epoch_steps(self) -> int:
-        """Optimiser steps in one epoch of the training split: batches per process (the distributed sampler
-        pads to a multiple of the processes, the loader drops the last partial batch) times μ."""
-        task = self._task()
-        rows = len(task.splits["train"]) if "train" in getattr(task, "splits", {}) else 0
-        return -(-rows // self.trainer.world_size) // task.batch_size * self.num_iterations
 
     def setup(self, stage: str) -> None:
         # Runs after the task's setup and before configure_model: inconsistent batch knobs fail before the

@@ -36,6 +36,16 @@ class ReferenceSync:
             raise ValueError(f"ReferenceSync needs every >= 1 and alpha in (0, 1]; got {self.every}, {self.alpha}.")
 
 
+def check_reference_sync(sync: ReferenceSync | None, *, lora: bool, objective: object) -> None:
+    """Refuses a sync that would do nothing: with LoRA, or for an objective without a reference policy."""
+    if sync is not None and lora:
+        raise ValueError("model.reference_sync needs full fine-tuning: with LoRA the reference is the base with "
+                         "the adapter disabled (TRL's sync is a silent no-op there). Drop reference_sync or lora.")
+    if sync is not None and not getattr(objective, "uses_reference", False):
+        raise ValueError(f"model.reference_sync needs a reference policy, but {type(objective).__name__} has "
+                         "none (beta 0 or no KL term to a reference).")
+
+
 def _local(tensor: torch.Tensor) -> torch.Tensor:
     return tensor.to_local() if isinstance(tensor, DTensor) else tensor
 

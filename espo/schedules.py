@@ -118,6 +118,12 @@ class WarmupSchedule(LRScheduler):
         return [base * self.factor(step) for base in self.base_lrs]
 
 
+def epoch_steps(rows: int, world_size: int, batch_size: int, num_iterations: int) -> int:
+    """Optimiser steps in one epoch: prompt batches per process (the distributed sampler pads the rows to a
+    multiple of the processes, the loader drops the last partial batch) times μ."""
+    return -(-rows // world_size) // batch_size * num_iterations
+
+
 def plan_schedule(scheduler: object, *, max_steps: int, max_epochs: int | None, epoch_steps: int) -> None:
     """Gives a :class:`WarmupSchedule` its planned optimiser steps; any other scheduler is left alone.
 
