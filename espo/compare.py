@@ -11,6 +11,10 @@ seed, step budget and log directory set), written to ``<out>/configs/`` and run 
 only the class on the command line would carry same-named settings (``beta``, ``eps_low``) over from the base
 config's objective.
 
+``--recipes paper --task <task>`` (no ``--config``) runs each objective with its own paper's whole recipe for
+the task instead (``espo.paper_recipes``: ESPO's run scripts, d1's, wd1's, SPG's, DiffuCoder's), beside this
+shared-budget mode.
+
 Writes ``results.md`` (mean training reward over the first and last fifth of the rollout steps, the change,
 seconds), ``results.json`` (every per-step reward) and ``reward_curves.png`` into ``--out``. The data seed
 stays the base config's, so every run sees the same prompts in the same order; ``--seeds`` sets the run seed
@@ -33,6 +37,7 @@ from typing import Any
 
 import yaml
 
+from espo.paper_recipes import paper_recipe, paper_run_config
 from espo.summary import fifths
 
 REPO_CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "objectives"
@@ -172,7 +177,11 @@ def plot(results: dict[str, list[dict[str, Any]]], path: Path, title: str) -> No
 def main(argv: list[str] | None = None) -> dict[str, list[dict[str, Any]]]:
     """Entry point of ``python -m espo.compare``; extra ``--key value`` arguments go to every ``espo fit``."""
     parser = argparse.ArgumentParser(prog="python -m espo.compare", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config", required=True, help="Base config (task, model, sampler, budget).")
+    parser.add_argument("--config", default=None, help="Base config (task, model, sampler, budget).")
+    parser.add_argument("--recipes", choices=("shared", "paper"), default="shared",
+                        help="shared: every objective on --config; paper: each objective's own paper recipe "
+                             "for --task (espo.paper_recipes).")
+    parser.add_argument("--task", default=None, help="With --recipes paper: gsm8k, math, countdown, sudoku, code.")
     parser.add_argument("--objectives", nargs="+", required=True, help="Class names or YAML paths.")
     parser.add_argument("--max_steps", type=int, default=None, help="trainer.max_steps (optimiser steps).")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="Run seeds.")
@@ -183,8 +192,12 @@ def main(argv: list[str] | None = None) -> dict[str, list[dict[str, Any]]]:
                         help="Where <snake_name>.yaml objective sections live (default: configs/objectives/, "
                              "which is tuned for the demo, with demo.yaml; otherwise none).")
     args, extra = parser.parse_known_args(argv)
+    if (args.recipes == "paper") != (args.task is not None) or (args.recipes == "shared") == (args.config is None):
+        parser.error("give --config (shared recipes) or --recipes paper with --task")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    if args.recipes == "paper":
+        return _paper_mode(args, extra, out)
     base = yaml.safe_load(Path(args.config).read_text())
     command = "python -m espo.compare " + " ".join(argv if argv is not None else sys.argv[1:])
     if args.render_only:
@@ -208,6 +221,22 @@ def main(argv: list[str] | None = None) -> dict[str, list[dict[str, Any]]]:
     steps = max((len(r["rewards"]) for runs in results.values() for r in runs), default=0)
     plot(results, out / "reward_curves.png",
          f"{Path(args.config).name}: {steps} rollout steps, seeds {' '.join(map(str, args.seeds))}")
+    return results
+
+
+def _paper_mode(args: argparse.Namespace, extra: list[str], out: Path) -> dict[str, list[dict[str, Any]]]:
+    """Each objective with its paper's recipe for ``args.task`` (checked before anything runs)."""
+    for spec in args.objectives:
+        paper_recipe(spec, args.task)  # a missing recipe fails now, not after hours of the others
+    command = "python -m espo.compare " + " ".join(sys.argv[1:])
+    results: dict[str, list[dict[str, Any]]] = {spec: [] for spec in args.objectives}
+    for seed in args.seeds:
+        for spec in args.objectives:
+            cfg = paper_run_config(spec, args.task, seed, args.max_steps, out)
+            results[spec].append({"seed": seed, **run_one(cfg, out / "configs" / f"{spec}_seed{seed}.yaml", extra)})
+            (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+    write_table(results, out, command)
+    plot(results, out / "reward_curves.png", f"paper recipes, {args.task}: seeds {' '.join(map(str, args.seeds))}")
     return results
 
 

@@ -27,14 +27,16 @@ from rich.console import Console
 from espo.evaluation import Evaluation, EvaluationRun
 from espo.models import DiffusionLM
 from espo.objectives import Objective
-from espo.persistence import ExportSpec, export, load_state, save_state
+from espo.persistence import ExportSpec, export, load_state, match_synced_reference, save_state
 from espo.policy import PolicySpec, build_policy, data_parallel_mesh
 from espo.prediction import Prediction
 from espo.preflight import check_prompts_render
+from espo.reference_sync import ReferenceSync, check_reference_sync
 from espo.rng import make_generator
 from espo.rollout import RolloutSettings, roll_out
 from espo.sampling import Sampler
 from espo.scale import check_optimizer
+from espo.schedules import epoch_steps, plan_schedule
 from espo.sizes import EffectiveSizes, effective_sizes
 from espo.tasks.base import Task
 from espo.update import Counters, UpdateSettings, update
@@ -52,7 +54,8 @@ class DiffusionRL(LightningModule):
         objective: The training objective (``ESPO``, ``MaskedSFT`` ...).
         sampler: The rollout sampler; its ``gen_length`` is the completion canvas L.
         optimizer: Optimiser factory over the trainable parameters.
-        lr_scheduler: Optional scheduler factory, stepped once per optimiser step.
+        lr_scheduler: Optional scheduler factory, stepped once per optimiser step. ``espo.schedules.WarmupSchedule``
+            is the papers' warm-up (constant or cosine); it is given the planned optimiser steps here.
         evaluation: How ``espo test`` generates and scores (lengths, block length, steps ratio, temperature).
         export: Write the trained policy as a model directory when training ends (None: no export).
         num_generations: Completions per prompt G (advantages are computed within each group).
@@ -65,6 +68,10 @@ class DiffusionRL(LightningModule):
         sft_sample_every: With an SFT objective, sample and score every this many steps (0: never).
         max_consecutive_skips: Stop the run with an error after this many optimiser steps in a row were
             skipped for a non-finite loss or gradient (0 or None: never stop).
+        reference_sync: Move a full-fine-tuning reference toward the policy, ref ← α·policy + (1 − α)·ref every
+            ``every`` optimiser steps (TRL's ``sync_ref_model``; ESPO's code recipe and DiffuCoder: 64 steps,
+            α 0.6). None (the default): the reference stays the starting point. Refused with LoRA (there TRL's
+            sync is a silent no-op) and without a reference (beta 0).
         filter_zero_std_groups: Drop prompt groups whose rewards are all equal before the update (they carry
             no group-relative signal); the dropped fraction is logged as ``filtered_groups``. A rollout with
             nothing left still counts its ``num_iterations`` optimiser steps, as no-op steps.
@@ -89,6 +96,7 @@ class DiffusionRL(LightningModule):
         sft_sample_every: int = 10,
         max_consecutive_skips: int | None = 10,
         filter_zero_std_groups: bool = False,
+        reference_sync: ReferenceSync | None = None,
     ) -> None:
         super().__init__()
         if num_generations < 1 or num_iterations < 1:
@@ -107,8 +115,9 @@ class DiffusionRL(LightningModule):
         self.evaluation, self.export_spec, self.seed = evaluation, export, seed
         self.rollout_settings = RolloutSettings(num_generations, rollout_batch_size, max_prompt_length,
                                                 sft_sample_every, filter_zero_std_groups, policy.fsdp_gather_rollout)
+        check_reference_sync(reference_sync, lora=policy.lora is not None, objective=objective)
         self.update_settings = UpdateSettings(num_iterations, micro_batch_size, max_grad_norm, seed,
-                                              max_consecutive_skips)
+                                              max_consecutive_skips, reference_sync)
         self.counters = Counters()
         self.sizes: EffectiveSizes | None = None
         self.automatic_optimization = False
@@ -147,6 +156,9 @@ class DiffusionRL(LightningModule):
             self.policy, reference = build_policy(self.policy_spec, mesh=data_parallel_mesh(self.device_mesh),
                                                   with_reference=self.objective.uses_reference and not testing)
             self._reference = [] if reference is None else [reference]
+            if self.update_settings.reference_sync is not None and reference is not None:
+                # A synced reference moves away from the starting point: registered, so checkpoints carry it.
+                self.synced_reference = reference
 
     @property
     def reference(self) -> DiffusionLM | None:
@@ -162,15 +174,21 @@ class DiffusionRL(LightningModule):
         check_optimizer(optimizer, params)
         if self.scheduler_factory is None:
             return optimizer
-        return {"optimizer": optimizer,
-                "lr_scheduler": {"scheduler": self.scheduler_factory(optimizer), "interval": "step"}}
+        scheduler = self.scheduler_factory(optimizer)
+        if self._trainer is not None:  # a WarmupSchedule learns the planned optimiser steps here
+            task = self._task()
+            rows = len(task.splits["train"]) if "train" in task.splits else 0
+            per_epoch = epoch_steps(rows, self.trainer.world_size, task.rank_batch_size, self.num_iterations)
+            plan_schedule(scheduler, max_steps=self.trainer.max_steps, max_epochs=self.trainer.max_epochs,
+                          epoch_steps=per_epoch)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def setup(self, stage: str) -> None:
         # Runs after the task's setup and before configure_model: inconsistent batch knobs fail before the
         # model loads.
         check_prompts_render(self.policy_spec.path, self._task(), "train" if stage == "fit" else "test")
         if stage == "fit":
-            self.objective.check(self.sampler.gen_length)
+            self.objective.check(self.sampler.gen_length, getattr(self.sampler, "block_length", None))
             if self.rollout_settings.filter_zero_std_groups and self.trainer.world_size > 1:
                 # Each rank would drop a different number of rows and run a different number of forward,
                 # backward and all-reduce calls: the processes would deadlock.
@@ -250,3 +268,4 @@ class DiffusionRL(LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         load_state(checkpoint, self.counters, self.policy_spec.path, self.num_iterations)
+        match_synced_reference(checkpoint.get("state_dict"), getattr(self, "synced_reference", None))

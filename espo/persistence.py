@@ -76,6 +76,27 @@ def load_state(checkpoint: dict[str, Any], counters: Counters, model_source: str
                        "the reference policy now comes from the latter.")
 
 
+def match_synced_reference(weights: dict[str, Any] | None, reference: torch.nn.Module | None) -> None:
+    """Makes a checkpoint's ``synced_reference.*`` entries fit the module (``model.reference_sync``).
+
+    Dropped when this run keeps no synced reference (``espo test``, or a run without ``reference_sync``); the
+    starting point's weights when a run with ``reference_sync`` resumes a checkpoint saved without it.
+
+    Args:
+        weights: The checkpoint's ``state_dict`` (None for sharded checkpoints, which load only what the
+            module asks for).
+        reference: The module's registered synced reference, or None.
+    """
+    if weights is None:
+        return
+    prefix = "synced_reference."
+    if reference is None:
+        for key in [k for k in weights if k.startswith(prefix)]:
+            del weights[key]
+    elif not any(k.startswith(prefix) for k in weights):
+        weights.update({prefix + k: v for k, v in reference.state_dict().items()})
+
+
 def export(policy: DiffusionLM, spec: ExportSpec | None, *, sharded: bool, is_global_zero: bool) -> None:
     """Writes the policy as ``spec`` asks (nothing when None); ``sharded``: the policy is under FSDP2."""
     if spec is None:

@@ -138,7 +138,9 @@ def roll_out(policy: DiffusionLM, sampler: Sampler, task: Task, objective: Objec
     rollout = Rollout(
         input_ids=torch.cat([ids, completion], dim=1), prompt_len=ids.shape[1], rewards=rewards[rows].to(device),
         advantages=advantages[rows].to(device), group_size=g, completion_mask=cmask,
-        attention_mask=torch.cat([mask, torch.ones_like(completion)], dim=1))
+        attention_mask=torch.cat([mask, torch.ones_like(completion)], dim=1),
+        # d1/wd1 count tokens through the first padding EOS (the tokenizer's eos_token), not any EOS id.
+        padding_eos_mask=completion_mask(completion, policy.eos_token_ids[:1], include_eos=True))
     return RolloutResult(rollout, metrics, records, reward)
 
 

@@ -20,6 +20,7 @@ from torch.distributed.tensor import DTensor
 
 from espo.models import DiffusionLM
 from espo.objectives import Objective, Rollout
+from espo.reference_sync import ReferenceSync, sync_if_due
 from espo.rng import make_generator
 from espo.rollout import RolloutResult
 from espo.scale import release
@@ -57,6 +58,7 @@ class UpdateSettings:
     max_grad_norm: float | None
     seed: int
     max_consecutive_skips: int | None
+    reference_sync: ReferenceSync | None = None
 
 
 def update(result: RolloutResult, *, policy: DiffusionLM, reference: DiffusionLM | None, objective: Objective,
@@ -82,7 +84,7 @@ def update(result: RolloutResult, *, policy: DiffusionLM, reference: DiffusionLM
         metrics = _optimise(result.rollout, policy, reference, objective, optimizer, scheduler, backward, counters,
                             settings)
     else:
-        metrics = _noop(optimizer, scheduler, settings.num_iterations)
+        metrics = _noop(optimizer, scheduler, policy, reference, counters, settings)
     counters.rollout_step += 1
     counters.updates_in_step = None
     return metrics
@@ -129,20 +131,34 @@ def _optimise(rollout: Rollout, policy: DiffusionLM, reference: DiffusionLM | No
         if scheduler is not None:
             scheduler.step()
         counters.updates_in_step += 1  # read by persistence.save_state if the step fails part-way
+        _sync_reference(policy, reference, counters, settings, j)
     totals["skipped_updates"] = float(counters.skipped_updates)
     totals["time/prepare"] = prepared - start
     totals["time/update"] = time.perf_counter() - prepared
     return totals
 
 
-def _noop(optimizer: Any, scheduler: Any, num_iterations: int) -> dict[str, float]:
+def _noop(optimizer: Any, scheduler: Any, policy: DiffusionLM, reference: DiffusionLM | None, counters: Counters,
+          settings: UpdateSettings) -> dict[str, float]:
     """Counts ``num_iterations`` optimiser steps without gradients (every group was filtered out)."""
     optimizer.zero_grad(set_to_none=True)
-    for _ in range(num_iterations):
+    for j in range(settings.num_iterations):
         optimizer.step()  # no parameter has a gradient: nothing moves, global_step advances
         if scheduler is not None:
             scheduler.step()
+        _sync_reference(policy, reference, counters, settings, j)
     return {"time/prepare": 0.0, "time/update": 0.0}
+
+
+def _sync_reference(policy: DiffusionLM, reference: DiffusionLM | None, counters: Counters,
+                    settings: UpdateSettings, j: int) -> None:
+    """``model.reference_sync`` after optimiser step ``j`` of this rollout step, as TRL's callback at a step's end.
+
+    Optimiser steps are counted as ``rollout_step x num_iterations + j + 1``: the trainer's ``global_step`` in
+    every run except one resumed inside a failed rollout step (that step is retried from its start).
+    """
+    done = counters.rollout_step * settings.num_iterations + j + 1
+    sync_if_due(settings.reference_sync, done, policy, reference)
 
 
 def _stop_if_stuck(counters: Counters, limit: int | None) -> None:

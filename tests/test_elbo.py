@@ -90,17 +90,6 @@ def test_masks_counts_are_stratified_and_subsets_random():
     assert len({tuple(m.tolist()) for m in same_count}) > 1  # positions differ between rows
 
 
-def test_half_to_even_rounding_is_reproduced_and_flag_makes_counts_uniform():
-    # b = 2, L = 2: spread k + 1.5 hits .5 fractions, where half-to-even repeats counts.
-    g1, g2 = torch.Generator().manual_seed(0), torch.Generator().manual_seed(0)
-    faithful = sample_masks(2, 2, num_mc=3000, generator=g1).sum(-1)[:, 1]
-    uniform = sample_masks(2, 2, num_mc=3000, generator=g2, uniform_counts=True).sum(-1)[:, 1]
-    faithful_freq = torch.bincount(faithful, minlength=3) / 3000.0
-    uniform_freq = torch.bincount(uniform, minlength=3) / 3000.0
-    assert (uniform_freq - 1 / 3).abs().max() < 0.04
-    assert (faithful_freq - 1 / 3).abs().max() > 0.1  # round(1.5)=2, round(2.5)=2, round(3.5)=4 -> 1
-
-
 def test_num_mc_averages_draws(small_model):
     ids = torch.randint(5, 60, (3, 7))
     g = torch.Generator().manual_seed(5)

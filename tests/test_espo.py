@@ -64,6 +64,25 @@ def test_kl_estimators():
     assert torch.allclose(kl_estimate(delta, "k1"), delta)
     assert torch.allclose(kl_estimate(delta, "k2"), torch.tensor([0.0, 0.5, 2.0]))
     assert torch.allclose(kl_estimate(delta, "k3"), torch.exp(-delta) + delta - 1)
+    assert torch.allclose(kl_estimate(delta, "k1_espo"), delta)  # same value as k1
+
+
+def test_k1_espo_gradient_by_hand():
+    # A = 0: only the KL term has a gradient. Rows: Ê = (-3, -5), Ê_ref = (-4, -2) -> Δ = (1, -3); B = 2, L = 4.
+    # loss = β/(B·L) Σ_i k_i, so dloss/dÊ_i = β/(B·L) · dk_i/dÊ_i: k1 gives 1, the ESPO code's k1 gives 1 + Δ_i.
+    beta, b, length = 0.5, 2, 4.0
+    ref = torch.tensor([-4.0, -2.0])
+    grads, values = {}, {}
+    for name in ("k1", "k1_espo"):
+        elbo = torch.tensor([-3.0, -5.0], requires_grad=True)
+        loss, m = espo_loss(elbo, elbo.detach(), ref, torch.zeros(2), length, eps_low=0.2, eps_high=0.2,
+                            beta=beta, kl_estimator=name)
+        loss.backward()
+        grads[name], values[name] = elbo.grad, m["kl"].item()
+    scale = beta / (b * length)
+    assert torch.allclose(grads["k1"], torch.tensor([scale, scale]))
+    assert torch.allclose(grads["k1_espo"], torch.tensor([scale * (1 + 1), scale * (1 - 3)]))
+    assert values["k1"] == pytest.approx(values["k1_espo"]) == pytest.approx((1 - 3) / (b * length))
 
 
 def make_rollout(model, n: int = 6, prompt: int = 3, length: int = 5) -> Rollout:
@@ -104,7 +123,7 @@ def test_true_length_uses_eos(small_model):
 
 
 @pytest.mark.parametrize("kwargs", [{"beta": -1.0}, {"num_mc": 0}, {"length_norm": "tokens"},
-                                    {"kl_estimator": "k4"}])
+                                    {"kl_estimator": "k4"}, {"kl_estimator": "K1"}])
 def test_bad_settings_fail_early(kwargs):
     with pytest.raises(ValueError):
         ESPO(**kwargs)

@@ -177,6 +177,15 @@ def test_block_masks_structure():
     assert noisy[..., :2].any()
 
 
+def test_block_masks_with_more_draws_than_blocks_reuse_blocks_in_a_fresh_order():
+    cmask = torch.ones(30, 8, dtype=torch.bool)
+    g = torch.Generator().manual_seed(1)
+    masks = sample_block_masks(cmask, 0, block_length=4, num_t=5, generator=g, p_mask_clean=0.0)  # 2 blocks
+    picks = masks.float().argmax(-1) // 4  # [5, 30]: the first masked position lies in the picked block
+    assert (picks[0] != picks[1]).all() and (picks[2] != picks[3]).all()  # each permutation: both blocks
+    assert set(picks[4].tolist()) == {0, 1}
+
+
 @pytest.mark.parametrize("kwargs", [{"beta": -1.0}, {"kl_target": "ref"}, {"loss_reduction": "mean"},
                                     {"p_mask_prompt": 1.5}, {"kl_estimator": "k4"}])
 def test_bad_settings_fail_early(kwargs):

@@ -29,7 +29,7 @@ RTOL = 1e-5
 COMPARED = ("loss", "policy_loss", "kl", "elbo_per_token", "reward", "grad_norm")
 
 
-def _config(root: Path, name: str, **policy: object) -> Path:
+def _config(root: Path, name: str, reference_sync: dict | None = None, **policy: object) -> Path:
     config = {
         "seed_everything": 0,
         "trainer": {
@@ -43,6 +43,7 @@ def _config(root: Path, name: str, **policy: object) -> Path:
         "model": {
             # The SFT warm start earns rewards, so advantages (and the policy gradient) are not zero.
             "policy": {"path": str(REPO / "checkpoints" / "tiny-sudoku-sft"), **policy}, "seed": 0,
+            "reference_sync": reference_sync,
             "num_generations": 2, "num_iterations": 2, "max_grad_norm": 1.0,
             "export": {"dir": str(root / name / "export")},
             "objective": {"class_path": "ESPO", "init_args": {"beta": 0.01, "num_mc": 1}},
@@ -76,10 +77,13 @@ def _metrics(root: Path, name: str) -> list[dict[str, float]]:
 
 @pytest.mark.slow
 def test_fsdp2_on_two_processes_matches_one_process(tmp_path: Path):
-    _fit(_config(tmp_path, "single"), "--trainer.devices", "1")
     # data.batch_size is global: 4 over 2 processes is 2 per rank, and without a distributed sampler both ranks
     # draw the same 2 prompts as the single process (the same data, so the same losses).
-    _fit(_config(tmp_path, "sharded", activation_checkpointing=True), "--trainer.devices", "2",
+    # The reference follows the policy after every 2nd update (one sync per rollout step): the second step's
+    # KL then compares with a mixed reference, so the sharded mix must match the single-process one.
+    sync = {"reference_sync": {"every": 2, "alpha": 0.6}}
+    _fit(_config(tmp_path, "single", **sync), "--trainer.devices", "1")
+    _fit(_config(tmp_path, "sharded", activation_checkpointing=True, **sync), "--trainer.devices", "2",
          "--trainer.strategy", "ModelParallelStrategy", "--trainer.strategy.data_parallel_size", "2",
          "--trainer.strategy.tensor_parallel_size", "1", "--data.init_args.batch_size", "4")
 

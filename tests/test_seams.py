@@ -46,10 +46,17 @@ def test_fp16_precision_is_refused_before_the_model_loads():
         module_on(fake_trainer(precision="16-mixed")).setup("fit")
 
 
-def test_spg_block_length_is_checked_at_setup():
+def test_spg_block_length_is_checked_at_setup_and_defaults_to_the_samplers():
     with pytest.raises(ValueError, match="SPG's block_length 32 must divide the completion length 20"):
-        module_on(fake_trainer(), objective=SPG()).setup("fit")
+        module_on(fake_trainer(), objective=SPG(block_length=32)).setup("fit")
     module_on(fake_trainer(), objective=SPG(block_length=10)).setup("fit")
+    spg = SPG()  # the demo's swap: no block length given, one 20-token sampler block, num_t 2 reuses it
+    module_on(fake_trainer(), objective=spg).setup("fit")
+    assert spg.mask_block(20) == 20
+    blocks = SPG()
+    blocks.check(256, 32)
+    assert blocks.mask_block(256) == 32
+    assert SPG().mask_block(12) == 12  # never checked (used on its own): the whole canvas
 
 
 def test_lora_under_fsdp2_is_refused_before_loading(monkeypatch: pytest.MonkeyPatch):

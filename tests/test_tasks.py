@@ -91,8 +91,8 @@ def test_math_d1_metric():
     task = MATH500(protocol="d1", reward_workers=0)
     ex = {"problem": "p", "answer": "\\frac{1}{2}"}
     assert task.score("\\boxed{2} no, \\boxed{\\frac{1}{2}}", ex) == 1.0  # the last box
-    assert task.score("<answer>0.5</answer>", ex) == 1.0  # no box: the answer span
-    assert task.score("\\fbox{0.5}", ex) == 0.0  # d1's remove_boxed fails on \fbox
+    assert task.score("<answer>0.5</answer>", ex) == 0.0  # no box: d1 grades the whole text (tests/test_d1_parsers.py)
+    assert task.score("\\fbox{0.5}", ex) == 0.0  # d1's remove_boxed returns "\fbox{0.5}" unchanged
     assert task.score("one half", ex) == 0.0
 
 
@@ -136,7 +136,7 @@ def test_countdown_metric_by_hand():
     task = Countdown()
     assert eval_expression("so \\boxed{3 \\times 5 + 7}") == "3 * 5 + 7"
     assert task.score("\\boxed{3 \\times 5 + 7}", CD) == 1.0
-    assert task.score("<answer>3*5+7</answer> <answer>1</answer>", CD) == 1.0  # first answer span, no box
+    assert task.score("<answer>3*5+7</answer>", CD) == 0.0  # no box: d1 grades the whole text, tags included
     assert task.score("3*5+7 = 22", CD) == 1.0  # the whole text, "expr = number" keeps expr
     assert task.score("\\boxed{3*5+7} but \\boxed{7}", CD) == 0.0  # the last box
     assert all(task.score(g, CD) == 0.0 for g in GARBAGE)

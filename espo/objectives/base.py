@@ -15,14 +15,15 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
 from espo.objectives.advantages import Baseline, StdScope, group_advantages
-from espo.objectives.kl import KLEstimator
+from espo.objectives.kl import KLEstimator, check_kl_estimator
 
 Model = Callable[..., Any]
+CountThrough = Literal["any_eos", "padding_eos"]
 
 
 @dataclass
@@ -35,8 +36,11 @@ class Rollout:
         rewards: Scalar rewards [N].
         advantages: Advantages [N].
         group_size: Completions per prompt G (groups are consecutive rows).
-        completion_mask: [N, L] bool, True up to and including the first EOS.
+        completion_mask: [N, L] bool, True up to and including the first EOS (any of the model's EOS ids).
         attention_mask: [N, P + L], 0 on prompt padding; None when there is none.
+        padding_eos_mask: [N, L] bool, True up to and including the first *padding* EOS, the model's first EOS
+            id (the tokenizer's ``eos_token``: ``<|endoftext|>`` for LLaDA, which pads after ``<|eot_id|>``).
+            d1 and wd1 count these tokens; None when unknown.
         extras: Row-aligned tensors [N, ...] an objective prepares (old/ref likelihoods, masks).
     """
 
@@ -47,6 +51,7 @@ class Rollout:
     group_size: int
     completion_mask: torch.Tensor
     attention_mask: torch.Tensor | None = None
+    padding_eos_mask: torch.Tensor | None = None
     extras: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def __len__(self) -> int:
@@ -66,8 +71,16 @@ class Rollout:
         return replace(
             self, input_ids=self.input_ids[start:end], rewards=self.rewards[start:end],
             advantages=self.advantages[start:end], attention_mask=cut(self.attention_mask),
-            completion_mask=self.completion_mask[start:end], extras={k: v[start:end] for k, v in self.extras.items()},
+            completion_mask=self.completion_mask[start:end], padding_eos_mask=cut(self.padding_eos_mask),
+            extras={k: v[start:end] for k, v in self.extras.items()},
         )
+
+    def counted(self, through: CountThrough) -> torch.Tensor:
+        """The completion tokens a token-level loss counts: through the first EOS of any kind (``"any_eos"``)
+        or through the first padding EOS (``"padding_eos"``, d1/wd1; the first-EOS mask when it is unknown)."""
+        if through == "padding_eos" and self.padding_eos_mask is not None:
+            return self.padding_eos_mask
+        return self.completion_mask
 
     def split(self, size: int) -> list[Rollout]:
         """Consecutive micro-batches of at most ``size`` rows."""
@@ -92,10 +105,15 @@ class Objective(ABC):
         """Whether ``prepare`` needs a reference policy (a KL term with beta > 0)."""
         return False
 
-    def check(self, gen_length: int) -> None:
+    def check(self, gen_length: int, block_length: int | None = None) -> None:
         """Raises a ValueError when this objective cannot score completions of ``gen_length`` tokens.
 
-        Called when the run is set up, before the model loads, so a bad setting fails early.
+        Called when the run is set up, before the model loads, so a bad setting fails early. An objective
+        whose estimator follows the sampler's blocks (SPG) adopts ``block_length`` here when it has none.
+
+        Args:
+            gen_length: The sampler's completion canvas L.
+            block_length: The sampler's block length (None: the whole canvas is one block).
         """
         return None
 
@@ -135,8 +153,7 @@ def check_clip_settings(beta: float, eps_low: float, eps_high: float | None, kl_
     """The argument checks every clipped-ratio objective shares (raises ValueError)."""
     if beta < 0 or eps_low < 0 or (eps_high is not None and eps_high < 0):
         raise ValueError("beta, eps_low and eps_high must be non-negative.")
-    if kl_estimator not in ("k1", "k2", "k3"):
-        raise ValueError(f"Unknown KL estimator {kl_estimator!r}; choose k1, k2 or k3.")
+    check_kl_estimator(kl_estimator)
 
 
 def check_std_scope(std_scope: str) -> None:

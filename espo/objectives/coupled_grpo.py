@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 
 from espo.objectives.advantages import Baseline, StdScope
-from espo.objectives.base import Model, Rollout
+from espo.objectives.base import CountThrough, Model, Rollout
 from espo.objectives.coupled_pair import coupled_logps, sample_coupled_masks
 from espo.objectives.kl import KLEstimator
 from espo.objectives.token_ppo import KLTarget, Reduction, TokenPPO
@@ -32,8 +32,11 @@ class CoupledGRPO(TokenPPO):
         kl_target: ``"reference"``, ``"old"`` or ``"none"``.
         baseline: ``"leave_one_out"`` (DiffuCoder, hard-coded there) or ``"mean"``.
         scale_rewards: Divide advantages by the group std (off in DiffuCoder's recipes).
-        loss_reduction: ``"token"`` (the reference code) or ``"sequence"``.
+        loss_reduction: ``"token"`` (the reference code: a token mean per micro-batch), ``"sequence"``, or
+            ``"rollout"`` (one token mean over the whole rollout, across micro-batches and ranks).
         std_scope: With ``scale_rewards``: per-group std (GRPO) or the whole batch's std.
+        count_through: Completion tokens the loss counts: ``"any_eos"`` (through the first EOS of any kind) or
+            ``"padding_eos"`` (through the first padding EOS, as TRL's mask on the tokenizer's ``eos_token``).
     """
 
     def __init__(
@@ -50,9 +53,10 @@ class CoupledGRPO(TokenPPO):
         scale_rewards: bool = False,
         loss_reduction: Reduction = "token",
         std_scope: StdScope = "group",
+        count_through: CountThrough = "any_eos",
     ) -> None:
         super().__init__(beta, eps_low, eps_high, kl_estimator, kl_target, baseline, scale_rewards, loss_reduction,
-                         std_scope)
+                         std_scope, count_through)
         if not 0 < t_min <= t_max < 1:
             raise ValueError(f"Need 0 < t_min <= t_max < 1, got {t_min}, {t_max}.")
         self.t_min, self.t_max, self.include_full_mask = t_min, t_max, include_full_mask

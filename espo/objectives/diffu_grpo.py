@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 from espo.objectives.advantages import Baseline, StdScope
-from espo.objectives.base import Model, Rollout
+from espo.objectives.base import CountThrough, Model, Rollout
 from espo.objectives.kl import KLEstimator
 from espo.objectives.mean_field import mean_field_logps, sample_prompt_masks
 from espo.objectives.token_ppo import KLTarget, Reduction, TokenPPO
@@ -29,9 +29,13 @@ class DiffuGRPO(TokenPPO):
         kl_target: ``"reference"`` (d1), ``"old"`` or ``"none"``.
         baseline: ``"mean"`` (d1) or ``"leave_one_out"``.
         scale_rewards: Divide advantages by the group std (d1 computes it but does not divide).
-        loss_reduction: ``"token"`` (d1's code: token mean over the micro-batch) or ``"sequence"`` (the paper's
-            per-sequence mean, then the batch mean).
+        loss_reduction: ``"token"`` (d1's code: token mean over the micro-batch), ``"sequence"`` (the paper's
+            per-sequence mean, then the batch mean) or ``"rollout"`` (one token mean over the whole rollout,
+            across micro-batches and ranks, so ``micro_batch_size`` does not change the objective).
         std_scope: With ``scale_rewards``: per-group std (GRPO) or the whole batch's std.
+        count_through: Completion tokens the loss counts: ``"padding_eos"`` (d1: through the first
+            ``<|endoftext|>``, so ``<|eot_id|>`` and one padding token are inside) or ``"any_eos"`` (through the
+            first EOS of any kind, espo's mask elsewhere).
     """
 
     def __init__(
@@ -47,9 +51,10 @@ class DiffuGRPO(TokenPPO):
         scale_rewards: bool = False,
         loss_reduction: Reduction = "token",
         std_scope: StdScope = "group",
+        count_through: CountThrough = "padding_eos",
     ) -> None:
         super().__init__(beta, eps_low, eps_high, kl_estimator, kl_target, baseline, scale_rewards, loss_reduction,
-                         std_scope)
+                         std_scope, count_through)
         if not 0 <= p_mask_prompt <= 1:
             raise ValueError(f"p_mask_prompt must lie in [0, 1], got {p_mask_prompt}.")
         self.p_mask_prompt, self.random_masking = p_mask_prompt, random_masking

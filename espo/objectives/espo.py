@@ -20,6 +20,7 @@ from espo.objectives.advantages import Baseline
 from espo.objectives.base import Model, RatioObjective, Rollout, check_clip_settings
 from espo.objectives.kl import KLEstimator, kl_estimate
 from espo.objectives.mc_elbo import elbo_from_masks, sample_masks
+from espo.objectives.rollout_scale import rank_rows
 
 
 def espo_loss(
@@ -45,7 +46,8 @@ def espo_loss(
         eps_low: Lower clip range ε_low.
         eps_high: Upper clip range ε_high.
         beta: KL coefficient.
-        kl_estimator: ``"k2"`` (ESPO), ``"k1"`` or ``"k3"``.
+        kl_estimator: ``"k2"`` (ESPO), ``"k1"``, ``"k3"`` or ``"k1_espo"`` (the official code's k1: value Δ,
+            gradient ∇Ê·(1 + Δ), as its k1 ablation ran).
     """
     log_ratio = (elbo - old_elbo) / length  # [B]
     ratio = torch.exp(log_ratio)  # [B]
@@ -83,13 +85,18 @@ class ESPO(RatioObjective):
         eps_high: Upper clip range; None means ``eps_low``.
         num_mc: Monte-Carlo mask draws per ELBO (2 in the paper; each costs one forward per pass).
         coupled: Add the complementary mask pass (always on in the reference code).
-        kl_estimator: ``"k2"`` as the paper; ``"k1"``/``"k3"`` for ablations.
+        kl_estimator: ``"k2"`` as the paper; ``"k1"``/``"k3"`` for ablations; ``"k1_espo"`` for the paper's
+            k1 ablation as its code ran it (value Δ, gradient ∇Ê·(1 + Δ); see ``espo.objectives.kl``).
         length_norm: ``"canvas"``: L = completion canvas length for every sequence (the paper);
             ``"true"``: L = tokens through the first EOS (a deviation).
         baseline: ``"leave_one_out"`` (the paper) or ``"mean"``.
         scale_rewards: Divide advantages by the group std (off in every ESPO recipe).
-        uniform_counts: Round stratified mask counts half up so they are exactly uniform (a deviation
-            from the reference's half-to-even rounding).
+        reference_rounding: Round the stratified mask counts half to even as the reference code. Off by
+            default: the counts are then exactly uniform for every shape, while the reference's rounding makes
+            some rows' counts non-uniform (and their ELBO biased) when r(L+1)/b has a .5 fraction.
+        stratify: Rows whose mask counts are stratified together: ``"micro_batch"`` (the reference code, so
+            ``micro_batch_size`` changes the estimator's joint law) or ``"rollout"`` (every row of the rollout on
+            every rank; drawn for the global rollout on each rank and sliced).
     """
 
     key = "elbo"
@@ -105,7 +112,8 @@ class ESPO(RatioObjective):
         length_norm: Literal["canvas", "true"] = "canvas",
         baseline: Baseline = "leave_one_out",
         scale_rewards: bool = False,
-        uniform_counts: bool = False,
+        reference_rounding: bool = False,
+        stratify: Literal["micro_batch", "rollout"] = "micro_batch",
     ) -> None:
         check_clip_settings(beta, eps_low, eps_high, kl_estimator)
         if num_mc < 1:
@@ -116,7 +124,10 @@ class ESPO(RatioObjective):
         self.eps_high = eps_low if eps_high is None else eps_high
         self.num_mc, self.coupled, self.kl_estimator = num_mc, coupled, kl_estimator
         self.length_norm, self.baseline, self.scale_rewards = length_norm, baseline, scale_rewards
-        self.uniform_counts = uniform_counts
+        self.reference_rounding = reference_rounding
+        if stratify not in ("micro_batch", "rollout"):
+            raise ValueError(f"stratify must be 'micro_batch' or 'rollout', got {stratify!r}.")
+        self.stratify = stratify
 
     @property
     def uses_reference(self) -> bool:
@@ -124,12 +135,18 @@ class ESPO(RatioObjective):
 
     def draw(self, rollout: Rollout, num_iterations: int, micro_batch_size: int, generator: torch.Generator) -> None:
         n, length = len(rollout), rollout.completion_len
-        # Stratification follows the micro-batches that loss() will see, as in the reference code.
+        if self.stratify == "rollout":
+            # One stratified draw over the global rollout, the same on every rank (same generator); keep ours.
+            start, total = rank_rows(n)
+            groups = [(total, start)]
+        else:
+            # Stratification follows the micro-batches that loss() will see, as in the reference code.
+            groups = [(min(micro_batch_size, n - s), 0) for s in range(0, n, micro_batch_size)]
         rollout.extras["elbo_masks"] = torch.stack([
             torch.cat([
-                sample_masks(min(micro_batch_size, n - s), length, num_mc=self.num_mc, generator=generator,
-                             uniform_counts=self.uniform_counts).transpose(0, 1)  # [b, M, L]
-                for s in range(0, n, micro_batch_size)
+                sample_masks(rows, length, num_mc=self.num_mc, generator=generator,
+                             reference_rounding=self.reference_rounding).transpose(0, 1)[first:first + n]  # [b, M, L]
+                for rows, first in groups
             ])
             for _ in range(num_iterations)
         ], dim=1)  # [N, μ, M, L]

@@ -9,10 +9,13 @@ are masked. A term with an empty set is 0. With n uniform on {0..L}, each term i
 
     Σ_{n=1}^{L} 1/n · E_{|M|=n}[ Σ_{k∈M} log p_θ(y_k | y with M masked, x) ],
 
-LLaDA's discrete ELBO. Mask counts are stratified over the rows of a batch: one random offset k, then
-n_r = round(k + r(L+1)/b) mod (L+1) (``torch.round``, half to even, as the reference code), and a uniformly
-random subset of n_r positions per row. ``uniform_counts=True`` rounds half up instead, which makes every
-row's count exactly uniform (half-to-even repeats some counts when (L+1)/b has a .5 fraction).
+LLaDA's discrete ELBO. Mask counts are stratified over the rows of a batch: one random offset k uniform on
+{0..L}, then n_r = (k + c_r) mod (L+1) with c_r = r(L+1)/b rounded half up, and a uniformly random subset of
+n_r positions per row. Each row's count is then a fixed shift of k, so exactly uniform on {0..L} for every
+shape. ``reference_rounding=True`` reproduces the reference code instead, n_r = round(k + r(L+1)/b) mod (L+1)
+with ``torch.round`` (half to even): for every row r whose r(L+1)/b has a .5 fraction the count then
+depends on the parity of k, so that row only sees every other count, twice as often (non-uniform, and the
+estimate of that row is biased; e.g. L = 20, b = 48 hits rows 8 and 40). Row 0 never, a batch of one never.
 
 Block-diffusion models (SDAR, LLaDA2) factorise log p(y) = Σ_b log p(y_b | x, y_<b) and each block has its
 own discrete ELBO. The same masks serve: a block's masked tokens are predicted from its own noisy block and the
@@ -36,6 +39,28 @@ from espo.models.head import token_logprobs
 from espo.models.wrapper import mask_token_of
 
 
+def stratified_counts(offset: int, rows: int, length: int, *, reference_rounding: bool = False) -> torch.Tensor:
+    """Masked counts n_r of the ``rows`` rows of one stratified draw with the given offset k in {0..L}.
+
+    Args:
+        offset: The draw's random offset k.
+        rows: Rows stratified together (b).
+        length: Completion length L.
+        reference_rounding: ``torch.round`` of k + r(L+1)/b (half to even) as the reference code; default
+            k + (r(L+1)/b rounded half up), in exact integer arithmetic.
+
+    Returns:
+        Counts [rows] in {0..L}.
+    """
+    r = torch.arange(rows, dtype=torch.long)  # [b]
+    if reference_rounding:
+        spread = torch.round(offset + r.double() * (length + 1) / rows).long()  # [b]
+    else:
+        # floor(r(L+1)/b + 1/2) = floor((2r(L+1) + b) / 2b): no float rounding at the .5 boundary.
+        spread = offset + (2 * r * (length + 1) + rows) // (2 * rows)  # [b]
+    return spread % (length + 1)
+
+
 def sample_masks(
     num_rows: int,
     length: int,
@@ -43,7 +68,7 @@ def sample_masks(
     num_mc: int = 1,
     generator: torch.Generator | None = None,
     group_size: int | None = None,
-    uniform_counts: bool = False,
+    reference_rounding: bool = False,
 ) -> torch.Tensor:
     """Draws ESPO's stratified completion masks.
 
@@ -53,7 +78,8 @@ def sample_masks(
         num_mc: Independent draws (each with its own offset).
         generator: Source of randomness (CPU); required for reproducibility, never the global RNG.
         group_size: Rows stratified together (ESPO stratifies per micro-batch); default all rows.
-        uniform_counts: Round half up instead of half to even (exactly uniform counts; a deviation).
+        reference_rounding: Round the spread half to even as the reference code (non-uniform counts for
+            some shapes, see the module docstring); default exactly uniform counts.
 
     Returns:
         Boolean masks [num_mc, num_rows, length], True where the completion token is masked.
@@ -66,10 +92,8 @@ def sample_masks(
         counts = []
         for start in range(0, num_rows, group):
             b = min(group, num_rows - start)
-            offset = torch.randint(0, length + 1, (), generator=generator).double()
-            spread = offset + torch.arange(b, dtype=torch.float64) * (length + 1) / b  # [b]
-            spread = torch.floor(spread + 0.5) if uniform_counts else torch.round(spread)
-            counts.append(spread.long() % (length + 1))
+            offset = int(torch.randint(0, length + 1, (), generator=generator))
+            counts.append(stratified_counts(offset, b, length, reference_rounding=reference_rounding))
         n = torch.cat(counts)  # [b]
         # A uniformly random subset of size n per row: rank random keys, keep the n smallest.
         keys = torch.rand(num_rows, length, generator=generator)  # [b, L]
@@ -139,7 +163,7 @@ def elbo(
     coupled: bool = True,
     generator: torch.Generator | None = None,
     attention_mask: torch.Tensor | None = None,
-    uniform_counts: bool = False,
+    reference_rounding: bool = False,
 ) -> torch.Tensor:
     """The per-sequence Monte-Carlo ELBO estimate ESPO uses (contract function).
 
@@ -153,7 +177,7 @@ def elbo(
         generator: Generator for the masks. None draws from a fresh generator seeded from OS entropy
             (not reproducible; the global RNG is still left alone).
         attention_mask: Optional [B, T] padding mask.
-        uniform_counts: See :func:`sample_masks`.
+        reference_rounding: See :func:`sample_masks`.
 
     Returns:
         Estimates [B].
@@ -162,6 +186,6 @@ def elbo(
         generator = torch.Generator()
         generator.seed()
     masks = sample_masks(input_ids.shape[0], input_ids.shape[1] - prompt_len, num_mc=num_mc,
-                         generator=generator, uniform_counts=uniform_counts)
+                         generator=generator, reference_rounding=reference_rounding)
     return elbo_from_masks(model, input_ids, prompt_len, masks, mask_id=mask_id, coupled=coupled,
                            attention_mask=attention_mask)

@@ -18,6 +18,7 @@ import torch
 from espo.objectives.advantages import Baseline, StdScope
 from espo.objectives.base import Model, Objective, Rollout, check_std_scope
 from espo.objectives.mean_field import token_logps
+from espo.objectives.rollout_scale import rollout_token_scale
 from espo.objectives.spg_bounds import sample_block_masks, spg_bounds
 
 NegativeBound = Literal["mix", "eubo", "elbo", "zero"]
@@ -30,14 +31,18 @@ class SPG(Objective):
         negative_bound: Surrogate for A ≤ 0 (see the module docstring).
         eubo_beta: β of the upper bound (1.5 GSM8K/MATH/Countdown-mix, 2.0 Countdown-EUBO, 1.0 Sudoku).
         mix_weight: ω of the mixture (0.5).
-        block_length: Masking block size (the sampler's block length, 32, in the paper); must divide L.
-        num_t: Monte-Carlo draws per sequence and step (2); each costs one forward pass.
+        block_length: Masking block size; must divide L. None (the default): the sampler's block length, as
+            the paper (32 on its 256-token canvas); the whole canvas when the sampler has no blocks.
+        num_t: Monte-Carlo draws per sequence and step (2); each costs one forward pass. With more draws than
+            blocks, the blocks of a fresh random order are reused (the reference code asserts num_t <= blocks).
         t_min: Lower end of the in-block mask fraction (0).
         t_max: Upper end of the in-block mask fraction (1).
         p_mask_clean: Masking probability of the clean prompt and earlier blocks (0.15).
         baseline: ``"mean"`` (SPG) or ``"leave_one_out"``.
         scale_rewards: Divide advantages by the group std (off in SPG).
         std_scope: With ``scale_rewards``: per-group std or the whole batch's std.
+        loss_reduction: ``"micro_batch"``: length-weighted mean within each micro-batch (the reference code);
+            ``"rollout"``: length-weighted over the whole rollout, across micro-batches and ranks.
     """
 
     def __init__(
@@ -45,7 +50,7 @@ class SPG(Objective):
         negative_bound: NegativeBound = "mix",
         eubo_beta: float = 1.5,
         mix_weight: float = 0.5,
-        block_length: int = 32,
+        block_length: int | None = None,
         num_t: int = 2,
         t_min: float = 0.0,
         t_max: float = 1.0,
@@ -53,10 +58,11 @@ class SPG(Objective):
         baseline: Baseline = "mean",
         scale_rewards: bool = False,
         std_scope: StdScope = "group",
+        loss_reduction: Literal["micro_batch", "rollout"] = "micro_batch",
     ) -> None:
         if negative_bound not in ("mix", "eubo", "elbo", "zero"):
             raise ValueError(f"negative_bound must be mix, eubo, elbo or zero, got {negative_bound!r}.")
-        if eubo_beta <= 0 or not 0 <= mix_weight <= 1 or block_length < 1 or num_t < 1:
+        if eubo_beta <= 0 or not 0 <= mix_weight <= 1 or (block_length is not None and block_length < 1) or num_t < 1:
             raise ValueError("Need eubo_beta > 0, mix_weight in [0, 1], block_length >= 1 and num_t >= 1.")
         if not 0 <= t_min <= t_max <= 1 or not 0 <= p_mask_clean <= 1:
             raise ValueError("Need 0 <= t_min <= t_max <= 1 and p_mask_clean in [0, 1].")
@@ -65,14 +71,22 @@ class SPG(Objective):
         self.p_mask_clean, self.baseline, self.scale_rewards = p_mask_clean, baseline, scale_rewards
         check_std_scope(std_scope)
         self.std_scope = std_scope
+        if loss_reduction not in ("micro_batch", "rollout"):
+            raise ValueError(f"loss_reduction must be 'micro_batch' or 'rollout', got {loss_reduction!r}.")
+        self.loss_reduction = loss_reduction
+        self._sampler_block: int | None = None  # adopted from the sampler in check()
 
-    def check(self, gen_length: int) -> None:
-        if gen_length % self.block_length:
-            raise ValueError(f"SPG's block_length {self.block_length} must divide the completion length {gen_length} "
-                             "(set model.objective.init_args.block_length, usually the sampler's block length).")
-        if self.num_t > gen_length // self.block_length:
-            raise ValueError(f"SPG's num_t {self.num_t} exceeds the {gen_length // self.block_length} blocks of "
-                             "the completion canvas.")
+    def check(self, gen_length: int, block_length: int | None = None) -> None:
+        if self.block_length is None:
+            self._sampler_block = block_length or gen_length
+        block = self.block_length or self._sampler_block
+        if gen_length % block:
+            raise ValueError(f"SPG's block_length {block} must divide the completion length {gen_length} "
+                             "(set model.objective.init_args.block_length, or leave it null for the sampler's).")
+
+    def mask_block(self, completion_len: int) -> int:
+        """The masking block: the configured one, else the sampler's, else the whole canvas."""
+        return self.block_length or self._sampler_block or completion_len
 
     def prepare(
         self,
@@ -85,12 +99,16 @@ class SPG(Objective):
         generator: torch.Generator,
     ) -> None:
         masks = torch.stack([
-            sample_block_masks(rollout.completion_mask, rollout.prompt_len, block_length=self.block_length,
-                               num_t=self.num_t, generator=generator, t_min=self.t_min, t_max=self.t_max,
+            sample_block_masks(rollout.completion_mask, rollout.prompt_len,
+                               block_length=self.mask_block(rollout.completion_len), num_t=self.num_t,
+                               generator=generator, t_min=self.t_min, t_max=self.t_max,
                                p_mask_clean=self.p_mask_clean).transpose(0, 1)  # [N, m, T]
             for _ in range(num_iterations)
         ], dim=1)  # [N, μ, m, T]
         rollout.extras["spg_masks"] = masks.to(rollout.input_ids.device)
+        if self.loss_reduction == "rollout":
+            scale = rollout_token_scale(rollout.completion_mask.to(rollout.input_ids.device))  # a collective over ranks
+            rollout.extras["rollout_scale"] = torch.full((len(rollout),), scale, device=rollout.input_ids.device)
 
     def surrogate(self, lower: torch.Tensor, upper: torch.Tensor, advantages: torch.Tensor) -> torch.Tensor:
         """Per-sequence log-likelihood surrogate [B]: lower where A > 0, the negative bound elsewhere."""
@@ -106,6 +124,9 @@ class SPG(Objective):
         lower, upper = spg_bounds(logp, masks[..., batch.prompt_len:], cmask, eubo_beta=self.eubo_beta)  # [b]
         surrogate = self.surrogate(lower, upper, batch.advantages)  # [b]
         lengths = cmask.sum(-1).to(surrogate.dtype)  # [b]
-        loss = -(batch.advantages * surrogate * lengths).sum() / lengths.sum().clamp(min=1)
+        if self.loss_reduction == "rollout":  # Σ over the rollout / its total length, whatever the micro-batches
+            loss = -(batch.advantages * surrogate * lengths).sum() * batch.extras["rollout_scale"][0] / len(batch)
+        else:
+            loss = -(batch.advantages * surrogate * lengths).sum() / lengths.sum().clamp(min=1)
         return loss, {"policy_loss": loss.detach(), "lower_bound": lower.detach().mean(),
                       "upper_bound": upper.detach().mean()}

@@ -2,10 +2,12 @@
 
 Block-wise masks (the reference's ``block_random``): per Monte-Carlo draw, pick a block b of the completion
 (blocks of ``block_length``; a random permutation of the canvas blocks taken modulo the blocks the real
-completion reaches, distinct while there are enough). Blocks before b are clean, blocks after b fully
-masked; inside b a uniformly random count n ∈ [max(⌊m·t_min⌋, 1), min(⌊m·t_max⌋, m)] of its m real tokens
-is masked. Everything after the first EOS is masked; the clean prompt and clean earlier blocks are then
-masked independently with probability ``p_mask_clean`` (d1's prompt-masking trick).
+completion reaches, distinct while there are enough; with more draws than canvas blocks, further random
+permutations follow the first, an extension: the reference asserts num_t <= blocks). Blocks before b are
+clean, blocks after b fully masked; inside b a uniformly random count
+n ∈ [max(⌊m·t_min⌋, 1), min(⌊m·t_max⌋, m)] of its m real tokens is masked. Everything after the first EOS
+is masked; the clean prompt and clean earlier blocks are then masked independently with probability
+``p_mask_clean`` (d1's prompt-masking trick).
 
 With per-token log-probabilities ℓ and probabilities p = exp(ℓ) on the masked real completion tokens S_j of
 draw j (|S_j| tokens, fraction t̂_j = |S_j| / real length):
@@ -40,7 +42,7 @@ def sample_block_masks(
         completion_mask: Bool [B, L], True through the first EOS.
         prompt_len: P (prompt positions are clean, then masked with ``p_mask_clean``).
         block_length: Masking block size; must divide L.
-        num_t: Draws per sequence m (at most L / block_length).
+        num_t: Draws per sequence m (beyond L / block_length, blocks repeat in fresh random orders).
         generator: The only source of randomness.
         t_min: Lower end of the in-block mask fraction.
         t_max: Upper end of the in-block mask fraction.
@@ -53,14 +55,16 @@ def sample_block_masks(
     if length % block_length:
         raise ValueError(f"SPG's block_length {block_length} must divide the completion length {length}.")
     num_blocks = length // block_length
-    if not 1 <= num_t <= num_blocks:
-        raise ValueError(f"num_t must lie in [1, {num_blocks}] (blocks in the canvas), got {num_t}.")
+    if num_t < 1:
+        raise ValueError(f"num_t must be at least 1, got {num_t}.")
+    rounds = -(-num_t // num_blocks)  # permutations needed to give every draw a block
     real = completion_mask.sum(-1).clamp(min=1).cpu()  # [B]
     reached = (real - 1) // block_length + 1  # [B] blocks the real completion touches
     out = torch.zeros(num_t, b, prompt_len + length, dtype=torch.bool)
     clean = torch.zeros(num_t, b, prompt_len + length, dtype=torch.bool)  # prompt and blocks before the pick
     for i in range(b):
-        picks = torch.randperm(num_blocks, generator=generator)[:num_t] % reached[i]
+        order = torch.cat([torch.randperm(num_blocks, generator=generator) for _ in range(rounds)])
+        picks = order[:num_t] % reached[i]
         for j, block in enumerate(picks.tolist()):
             start = block * block_length
             m = min(block_length, int(real[i]) - start)

@@ -16,7 +16,7 @@ from typing import Literal
 
 import torch
 
-from espo.objectives.base import Model, Objective, Rollout
+from espo.objectives.base import CountThrough, Model, Objective, Rollout
 from espo.objectives.mean_field import mean_field_logps, sample_prompt_masks
 
 WeightScope = Literal["group", "batch"]
@@ -50,10 +50,16 @@ class WD1(Objective):
         negative: Keep the negative-sample weight w⁻ (wd1); False gives plain WLL (the paper's ablation).
         weight_scope: ``"group"`` (the code as shipped) or ``"batch"`` (the paper's normalisation over groups).
         random_masking: Fresh prompt masks per inner iteration (the code's YAML).
+        count_through: Completion tokens summed into log π(o): ``"padding_eos"`` (wd1: through the first
+            ``<|endoftext|>``) or ``"any_eos"`` (through the first EOS of any kind).
     """
 
     def __init__(self, p_mask_prompt: float = 0.15, psi: float = 1.0, negative: bool = True,
-                 weight_scope: WeightScope = "group", random_masking: bool = True) -> None:
+                 weight_scope: WeightScope = "group", random_masking: bool = True,
+                 count_through: CountThrough = "padding_eos") -> None:
+        if count_through not in ("any_eos", "padding_eos"):
+            raise ValueError(f"count_through must be 'any_eos' or 'padding_eos', got {count_through!r}.")
+        self.count_through = count_through
         if not 0 <= p_mask_prompt <= 1:
             raise ValueError(f"p_mask_prompt must lie in [0, 1], got {p_mask_prompt}.")
         if weight_scope not in ("group", "batch"):
@@ -84,7 +90,7 @@ class WD1(Objective):
     def loss(self, policy: Model, batch: Rollout, iteration: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         logps = mean_field_logps(policy, batch.input_ids, batch.prompt_len, batch.extras["prompt_masks"][:, iteration],
                                  attention_mask=batch.attention_mask)  # [b, L]
-        seq = (logps * batch.completion_mask).sum(-1)  # [b]
+        seq = (logps * batch.counted(self.count_through)).sum(-1)  # [b]
         weights = batch.extras["wd1_weights"]  # [b]
         groups = len(batch) / batch.group_size  # the module averages micro-batches by rows
         loss = (weights * seq).sum() / groups

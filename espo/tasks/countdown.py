@@ -5,9 +5,12 @@ Both papers use d1's rules (ESPO took Countdown over unchanged, so ``protocol`` 
 * reward (training): the last ``<answer>...</answer>``; 0 without one; 0.1 (the format score) when the
   integers in it are not exactly the given numbers, when it holds anything but digits, ``+ - * / ( ) .``
   and spaces, when it does not evaluate, or when its value misses the target by 1e-5 or more; 1.0 otherwise.
-* metric (evaluation, with a ``\\boxed{}`` prompt and ``<reasoning>`` prefilled): the last ``\\boxed{}``, else
-  the first ``<answer>`` span, else the whole completion; ``\\div``, ``\\times``, ``\\cdot`` become operators;
-  "expr = number" keeps expr; correct iff the numbers match and the value is within 1e-5 of the target.
+* metric (evaluation, with a ``\\boxed{}`` prompt and ``<reasoning>`` prefilled), exactly d1's parser: the
+  content of the last ``\\boxed{}``; **the whole completion when it has no box** (d1's
+  ``last_boxed_only_string`` returns its input then); the first ``<answer>`` span (else the whole text) only
+  when the box is unclosed, where d1's extraction raises; ``\\div``, ``\\times``, ``\\cdot`` become
+  operators; "expr = number" keeps expr; correct iff the numbers match and the value is within 1e-5 of the
+  target. ``answer_fallback=True`` (a fix, not d1) grades the first ``<answer>`` span when there is no box.
 
 Expressions are evaluated by :func:`espo.tasks.countdown_gen.evaluate` (exact fractions, no ``eval``);
 d1's ``eval`` would also accept ``**`` and ``//``, which this task refuses (scored like any invalid text).
@@ -99,10 +102,15 @@ def reward(text: str, numbers: list[int], target: int) -> float:
     return 1.0 if value is not None and abs(value - target) < 1e-5 else 0.1
 
 
-def eval_expression(text: str) -> str:
-    """d1's evaluation parser: the expression a completion is graded on."""
+def eval_expression(text: str, answer_fallback: bool = False) -> str:
+    """d1's evaluation parser: the expression a completion is graded on.
+
+    Args:
+        text: The completion.
+        answer_fallback: Without a box, grade the first ``<answer>`` span instead of the whole completion.
+    """
     text = P.clip(text)
-    boxed = P.unbox(P.last_boxed(text))
+    boxed = P.unbox(P.last_boxed(text)) if answer_fallback else P.d1_boxed(text)
     if boxed is None:
         spans = P.tag_spans(text)
         boxed = spans[0].strip() if spans else text
@@ -112,8 +120,9 @@ def eval_expression(text: str) -> str:
     return expression
 
 
-def score(text: str, numbers: list[int], target: int) -> float:
-    expression = eval_expression(text)
+def score(text: str, numbers: list[int], target: int, answer_fallback: bool = False) -> float:
+    """d1's Countdown metric: 1.0 when the graded expression uses the numbers and hits the target."""
+    expression = eval_expression(text, answer_fallback)
     if not _uses_numbers(expression, numbers):
         return 0.0
     value = _value(expression.strip())
@@ -153,6 +162,9 @@ class Countdown(Task):
         eval_batch_size: Prompts per evaluation batch.
         seed: Seed of the shuffling order and of generated training instances.
         num_workers: DataLoader workers.
+        answer_fallback: Evaluation only: grade the first ``<answer>`` span of a completion without
+            ``\\boxed{}`` (a fix). Off: d1's parser, which grades the whole completion then (so such answers
+            nearly always score 0, as in d1's published numbers).
     """
 
     required_fields = ("numbers", "target")
@@ -176,9 +188,11 @@ class Countdown(Task):
         eval_batch_size: int = 8,
         seed: int = 42,
         num_workers: int = 0,
+        answer_fallback: bool = False,
     ) -> None:
         super().__init__(protocol=protocol, batch_size=batch_size, eval_batch_size=eval_batch_size, seed=seed,
                          num_workers=num_workers, reward_workers=reward_workers, reward_timeout=reward_timeout)
+        self.answer_fallback = answer_fallback
         self.train_source, self.test_source = train_source, test_source
         self.num_numbers, self.held_out, self.num_train, self.num_test = num_numbers, held_out, num_train, num_test
 
@@ -222,4 +236,4 @@ class Countdown(Task):
         return {"correctness": [float(v) for v in self.pool.map(reward, items)]}
 
     def score(self, completion: str, example: dict[str, Any]) -> float:
-        return score(completion, list(example["numbers"]), int(example["target"]))
+        return score(completion, list(example["numbers"]), int(example["target"]), self.answer_fallback)

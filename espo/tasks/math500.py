@@ -8,7 +8,10 @@ Protocols (prompt wording reconstructed, not copied):
   ``<answer>`` tag is present, + 1 if ``\\boxed`` is inside the answer else 0.5). d1's code tests for
   ``"\\boxed"`` written without a raw string, i.e. with a backspace character, so the boxed bonus never fires
   (format is 0.75 with tags, 0.25 without); ``fix_boxed_check=True`` tests for the real ``\\boxed``. Its
-  metric: the last ``\\boxed{}`` (else the first ``<answer>`` span), equivalent to the answer.
+  metric, exactly d1's parser: the content of the last ``\\boxed{}``, **the whole completion when it has no
+  box** (d1's ``last_boxed_only_string`` returns its input), the first ``<answer>`` span only when that comes
+  out empty or the box is unclosed; equivalent to the answer. ``answer_fallback=True`` (a fix, not d1) uses
+  the ``<answer>`` span whenever there is no box.
 * ``espo`` trains and evaluates with "Please reason step by step, and put your final answer within
   \\boxed{}." and one binary ``correctness`` by ``math-verify`` on the whole completion against the whole
   reference solution. ESPO calls ``verify(completion, gold)`` although the library's order is
@@ -126,11 +129,11 @@ def _components(protocol: str, text: str, answer: str, solution: str, fix_boxed:
             "format": 0.5 * ((1.0 if tagged else 0.0) + (1.0 if needle in span else 0.5))}
 
 
-def _score(protocol: str, text: str, answer: str) -> float:
+def _score(protocol: str, text: str, answer: str, answer_fallback: bool = False) -> float:
     text = P.clip(text)
     if protocol == "espo":
         return 1.0 if _math_verify(text, "\\boxed{" + answer + "}", True) else 0.0
-    pred = boxed_answer(text)
+    pred = boxed_answer(text) if answer_fallback else P.d1_boxed(text)
     if not pred:
         spans = P.tag_spans(text)
         pred = spans[0].strip() if spans else pred
@@ -147,6 +150,8 @@ class MATH500(Task):
         num_test: Evaluate on the first ``num_test`` rows (None: all 500).
         fix_boxed_check: d1 only: test for a real ``\\boxed`` in the format reward (d1's code never matches).
         fix_verify_order: ESPO only: call ``verify(gold, prediction)`` as the library documents.
+        answer_fallback: d1 evaluation only: grade the first ``<answer>`` span of a completion without
+            ``\\boxed{}`` (a fix). Off: d1's parser, which grades the whole completion then.
         reward_workers: Reward processes (None: half the CPUs, at most 8; 0: inline, no deadline).
         reward_timeout: Seconds per completion before it scores 0 and counts as a timeout.
         batch_size: Prompts per training step.
@@ -166,6 +171,7 @@ class MATH500(Task):
         num_test: int | None = None,
         fix_boxed_check: bool = False,
         fix_verify_order: bool = False,
+        answer_fallback: bool = False,
         reward_workers: int | None = None,
         reward_timeout: float = 10.0,
         batch_size: int = 4,
@@ -177,6 +183,7 @@ class MATH500(Task):
                          num_workers=num_workers, reward_workers=reward_workers, reward_timeout=reward_timeout)
         self.train_source, self.test_source, self.num_test = train_source, test_source, num_test
         self.fix_boxed_check, self.fix_verify_order = fix_boxed_check, fix_verify_order
+        self.answer_fallback = answer_fallback
 
     def load_split(self, split: Literal["train", "test"]) -> Sequence[dict[str, Any]]:
         rows = load_rows(self.train_source if split == "train" else self.test_source, split)
@@ -209,5 +216,6 @@ class MATH500(Task):
         return self.scores([completion], [example])[0]
 
     def scores(self, completions: list[str], examples: list[dict[str, Any]]) -> list[float]:
-        items = [(self.protocol, c, str(e["answer"])) for c, e in zip(completions, examples, strict=True)]
+        items = [(self.protocol, c, str(e["answer"]), self.answer_fallback)
+                 for c, e in zip(completions, examples, strict=True)]
         return [float(v) for v in self.pool.map(_score, items)]

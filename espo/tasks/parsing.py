@@ -132,6 +132,34 @@ def unbox(boxed: str | None) -> str | None:
     return None
 
 
+def d1_boxed(text: str) -> str | None:
+    """d1's evaluation extraction ``remove_boxed(last_boxed_only_string(text))``; None where that raises.
+
+    d1's helpers differ from the Hendrycks ones above: without any ``\\boxed`` or ``\\fbox`` the
+    "last boxed string" is the **whole input**, and ``remove_boxed`` returns its input unchanged when it is not
+    ``\\boxed{...}`` (so a bare generation, or ``\\fbox{x}``, is graded as it stands). A ``\\boxed `` (space
+    form) anywhere wins: the text after the last one, up to a ``$``. An unclosed box makes ``remove_boxed``
+    raise (None here); only then do d1's Countdown and MATH parsers fall back on the ``<answer>`` tag.
+    """
+    if "\\boxed " in text:
+        return text.split("\\boxed ")[-1].split("$")[0]
+    idx = text.rfind("\\boxed")
+    if idx < 0:
+        idx = text.rfind("\\fbox")
+        if idx < 0:
+            return text  # d1: no box -> the whole generation
+    depth = 0
+    for i in range(idx, len(text)):
+        if text[i] == "{":
+            depth += 1
+        elif text[i] == "}":
+            depth -= 1
+            if depth == 0:
+                boxed = text[idx:i + 1]
+                return boxed[len("\\boxed{"):-1] if boxed.startswith("\\boxed{") else boxed
+    return None  # unclosed: last_boxed_only_string gives None and remove_boxed(None) raises
+
+
 def all_boxed_flat(text: str) -> list[str]:
     """``re.findall(r"\\\\boxed{(.*?)}", text)`` (no nested braces, no newline inside: d1's GSM8K eval regex),
     in linear time (tested against the regex)."""
