@@ -84,22 +84,32 @@ class Evaluation:
         self.records, self.seconds = [], dict.fromkeys(lengths, 0.0)
 
     @torch.no_grad()
-    def step(self, module: LightningModule, task: Any, batch: list[dict[str, Any]], batch_idx: int) -> None:
+    def generate(self, module: LightningModule, task: Any, batch: list[dict[str, Any]], batch_idx: int,
+                 length: int, stream: str = "eval") -> tuple[list[str], list[str]]:
+        """(rendered prompts, completions cut at EOS) of one batch at one length, with the evaluation settings.
+
+        ``stream`` names the random stream of the sampler's generator (``"eval"`` for ``espo test``, ``"val"``
+        for validation during fit): neither touches the training streams.
+        """
         tokenizer = module.policy.tokenizer
         prompts = [render_prompt(tokenizer, task.eval_prompt(ex)) + task.eval_prefill() for ex in batch]
         ids, mask, _ = encode_prompts(tokenizer, prompts, module.max_prompt_length)
         ids, mask = ids.to(module.device), mask.to(module.device)
+        steps, block = self.schedule(length)
+        generator = make_generator(module.seed, stream, length, module.global_rank, batch_idx, device=module.device)
+        sampler = self.sampler_for(module.sampler, length, steps, block)
+        with gathered(module.policy if module.fsdp_gather_rollout else None):
+            sequences = sampler.sample(module.policy, ids, attention_mask=mask, generator=generator)
+        return prompts, module.decode(sequences[:, ids.shape[1]:])
+
+    def step(self, module: LightningModule, task: Any, batch: list[dict[str, Any]], batch_idx: int) -> None:
         for length, metric in self.metrics.items():
-            steps, block = self.schedule(length)
             start = time.perf_counter()
-            generator = make_generator(module.seed, "eval", length, module.global_rank, batch_idx, device=module.device)
-            sampler = self.sampler_for(module.sampler, length, steps, block)
-            with gathered(module.policy if module.fsdp_gather_rollout else None):
-                sequences = sampler.sample(module.policy, ids, attention_mask=mask, generator=generator)
-            texts = module.decode(sequences[:, ids.shape[1]:])
+            prompts, texts = self.generate(module, task, batch, batch_idx, length)
             scores = task.scores(texts, batch)
             self.seconds[length] += time.perf_counter() - start
             metric.update(torch.tensor(scores, dtype=torch.float32, device=module.device))
+            steps = self.schedule(length)[0]
             for i, (example, text, score) in enumerate(zip(batch, texts, scores, strict=True)):
                 self.records.append({"length": length, "steps": steps, "batch": batch_idx, "row": i,
                                      "prompt": prompts[i], "completion": text, "score": float(score),

@@ -37,6 +37,7 @@ from espo.sizes import EffectiveSizes, effective_sizes
 from espo.tasks.base import Task
 from espo.tokens import completion_mask, encode_targets
 from espo.update import noop_update, update
+from espo.validation import Validation
 
 # The policy is kept in eval mode on purpose (no dropout in RL); Lightning warns about that at fit start.
 warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode", category=UserWarning)
@@ -86,6 +87,9 @@ class DiffusionRL(LightningModule):
         filter_zero_std_groups: Drop prompt groups whose rewards are all equal before the update (they carry
             no group-relative signal); the dropped fraction is logged as ``filtered_groups``. A rollout with
             nothing left still counts its ``num_iterations`` optimiser steps, as no-op steps.
+        val_examples: Score this many held-out examples (the first of the task's test split) with the evaluation
+            settings (greedy by default) before the first rollout step and every ``trainer.val_check_interval``
+            rollout steps, logged as ``val/score``; 0: no validation. See ``espo.validation``.
     """
 
     def __init__(
@@ -118,6 +122,7 @@ class DiffusionRL(LightningModule):
         fsdp_param_dtype: str | None = None,
         fsdp_gather_rollout: bool = True,
         filter_zero_std_groups: bool = False,
+        val_examples: int = 0,
     ) -> None:
         super().__init__()
         if num_generations < 1 or num_iterations < 1:
@@ -155,6 +160,7 @@ class DiffusionRL(LightningModule):
         self.reward_history: list[tuple[int, float]] = []
         self.last_samples: list[dict[str, Any]] = []
         self.evaluation = Evaluation(eval_lengths, eval_block_length, eval_steps_ratio, eval_temperature, eval_file)
+        self.validation = Validation(val_examples)
 
     # ------------------------------------------------------------------ setup
     def configure_model(self) -> None:
@@ -181,6 +187,13 @@ class DiffusionRL(LightningModule):
     def setup(self, stage: str) -> None:
         # Runs after the task's setup and before configure_model: inconsistent batch knobs fail before the
         # model loads.
+        # The task's val_dataloader serves this many held-out examples (Lightning takes loaders from the
+        # datamodule, the setting is the module's).
+        self._task().val_examples = self.validation.num_examples
+        if self.validation.num_examples:
+            self.evaluation.schedule(self.sampler.gen_length)  # a block that does not divide L fails here
+        elif stage == "validate":
+            raise ValueError("espo validate needs model.val_examples > 0 (held-out examples to score).")
         if stage == "fit":
             self.objective.check(self.sampler.gen_length)
             if self.filter_zero_std_groups and self.trainer.world_size > 1:
@@ -191,6 +204,9 @@ class DiffusionRL(LightningModule):
             if str(self.trainer.precision).startswith("16"):
                 raise ValueError(f"trainer.precision {self.trainer.precision!r} is not supported: espo clips and "
                                  "skips non-finite steps itself, without fp16's loss scaler. Use bf16-mixed.")
+            if self.validation.num_examples:
+                # The sanity check is the step-0 validation: it must cover every validation batch, not 2.
+                self.trainer.num_sanity_val_steps = float("inf")
             self.sizes = effective_sizes(
                 self._task().batch_size, self.num_generations, self.num_iterations, self.micro_batch_size,
                 self.rollout_batch_size, self.sampler.gen_length, self.trainer.world_size)
@@ -275,6 +291,17 @@ class DiffusionRL(LightningModule):
 
     def on_test_epoch_end(self) -> None:
         self.evaluation.finish(self)
+
+    # ------------------------------------------------------------------ validation during fit (espo.validation)
+    def on_validation_epoch_start(self) -> None:
+        self.validation.start(self.device)
+
+    def validation_step(self, batch: list[dict[str, Any]], batch_idx: int) -> None:
+        self.policy.eval()
+        self.validation.step(self, self.evaluation, self._task(), batch, batch_idx)
+
+    def on_validation_epoch_end(self) -> None:
+        self.validation.finish(self, self.rollout_step)
 
     # ------------------------------------------------------------------ persistence (see espo.persistence)
     def on_train_end(self) -> None:

@@ -24,7 +24,8 @@ def save_state(module: DiffusionRL, checkpoint: dict[str, Any]) -> None:
     """Adds the ``"espo"`` entry to a checkpoint being saved."""
     checkpoint["espo"] = {"rollout_step": module.rollout_step, "reward_history": module.reward_history,
                           "skipped_updates": module.skipped_updates, "model": str(module.model_source),
-                          "updates_in_failed_step": module._updates_in_step}
+                          "updates_in_failed_step": module._updates_in_step,
+                          "validation": module.validation.state_dict()}
     if module._updates_in_step is not None:
         # Saved after an exception inside training_step (RunCheckpoint.on_exception). The prompt loader
         # counted this step's batch when it was handed over; uncount it, so a resumed run retries that batch
@@ -41,6 +42,7 @@ def load_state(module: DiffusionRL, checkpoint: dict[str, Any]) -> None:
     module.rollout_step = state.get("rollout_step", 0)
     module.reward_history = [tuple(x) for x in state.get("reward_history", [])]
     module.skipped_updates = state.get("skipped_updates", 0)
+    module.validation.load_state_dict(state.get("validation", {}))
     if state.get("updates_in_failed_step"):
         rank_zero_warn(f"Resuming from a checkpoint saved when rollout step {module.rollout_step} failed after "
                        f"{state['updates_in_failed_step']} of its {module.num_iterations} optimiser steps: the "
