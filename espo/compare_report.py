@@ -55,8 +55,8 @@ def summarise(results: dict[str, list[dict[str, Any]]], baseline: str) -> dict[s
     return out
 
 
-def _cell(ci: Interval | None, signed: bool = False) -> str:
-    return "–" if ci is None else ci.format(3, signed)
+def _cell(ci: Interval | None, signed: bool = False, digits: int = 3) -> str:
+    return "–" if ci is None else ci.format(digits, signed)
 
 
 def write_table(results: dict[str, list[dict[str, Any]]], baseline: str, command: str, torch_version: str) -> str:
@@ -83,7 +83,7 @@ def write_table(results: dict[str, list[dict[str, Any]]], baseline: str, command
                      f"{_cell(row['val_end'])} | {_cell(row['val_gain'], True)} | "
                      f"{_cell(row['paired_val_end'], True)} | {_cell(row['reward_first'])} | "
                      f"{_cell(row['reward_last'])} | {_cell(row['paired_reward_last'], True)} | "
-                     f"{_cell(row['seconds'])} |")
+                     f"{_cell(row['seconds'], digits=0)} |")
     lines += ["", "| objective | seed | rollout steps | held-out start | held-out end | reward first | reward last | "
               "seconds |", "|---|---|---|---|---|---|---|---|"]
     fmt = lambda x: "–" if x is None else f"{x:.3f}"  # noqa: E731
