@@ -11,24 +11,27 @@ seed, step budget and log directory set), written to ``<out>/configs/`` and run 
 only the class on the command line would carry same-named settings (``beta``, ``eps_low``) over from the base
 config's objective.
 
+Each seed sets the run seed (rollout noise, masks), ``seed_everything`` and the task's data seed (its prompts
+and their order; ``--fixed_data`` keeps the base config's): the runs of one seed see the same prompts in the
+same order under every objective, so they pair. ``--val_examples N`` (or the base config's
+``model.val_examples``) scores N held-out examples before the first rollout step and every ``--val_every``
+rollout steps (see ``espo.validation``).
+
+Writes ``results.md`` (per objective: held-out start, end and gain, the paired difference to ``--baseline``
+(default: the first objective), training reward of the first and last fifth, seconds; each as the mean over
+seeds ± the half-width of a 95 % Student-t interval; then one row per run), ``results.json`` (every per-step
+reward and validation) and ``reward_curves.png`` (reward and held-out curves with bands) into ``--out``.
+
 ``--recipes paper --task <task>`` (no ``--config``) runs each objective with its own paper's whole recipe for
 the task instead (``espo.paper_recipes``: ESPO's run scripts, d1's, wd1's, SPG's, DiffuCoder's), beside this
-shared-budget mode.
-
-Writes ``results.md`` (mean training reward over the first and last fifth of the rollout steps, the change,
-seconds), ``results.json`` (every per-step reward) and ``reward_curves.png`` into ``--out``. The data seed
-stays the base config's, so every run sees the same prompts in the same order; ``--seeds`` sets the run seed
-(rollout noise, masks) and ``seed_everything``.
+shared-budget mode; ``--val_examples``/``--val_every`` apply there too.
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
-import datetime
 import json
-import os
-import platform
 import re
 import sys
 import time
@@ -37,8 +40,8 @@ from typing import Any
 
 import yaml
 
+from espo.compare_report import plot, write_table
 from espo.paper_recipes import paper_recipe, paper_run_config
-from espo.summary import fifths
 
 REPO_CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "objectives"
 
@@ -72,15 +75,22 @@ def recipe_section(spec: str, base: dict[str, Any]) -> tuple[str, dict[str, Any]
 
 
 def run_config(base: dict[str, Any], section: dict[str, Any], label: str, seed: int, max_steps: int | None,
-               out: Path) -> dict[str, Any]:
-    """The base config with this run's objective, seed, budget and log directory."""
+               out: Path, data_seed: bool = False, val_examples: int | None = None,
+               val_every: int | None = None) -> dict[str, Any]:
+    """The base config with this run's objective, seed (and data seed), budget, validation and log directory."""
     cfg = copy.deepcopy(base)
     cfg["model"]["objective"] = copy.deepcopy(section)
     cfg["model"]["seed"] = seed
     cfg["seed_everything"] = seed
+    if data_seed:
+        cfg.setdefault("data", {}).setdefault("init_args", {})["seed"] = seed
     trainer = cfg.setdefault("trainer", {})
     if max_steps is not None:
         trainer["max_steps"] = max_steps
+    if val_examples is not None:
+        cfg["model"]["val_examples"] = val_examples
+    if val_every is not None:
+        trainer.update(val_check_interval=val_every, check_val_every_n_epoch=None)
     trainer["logger"] = {"class_path": "lightning.pytorch.loggers.CSVLogger",
                          "init_args": {"save_dir": str(out / "runs"), "name": f"{label}_seed{seed}"}}
     return cfg
@@ -101,77 +111,10 @@ def run_one(cfg: dict[str, Any], path: Path, extra: list[str]) -> dict[str, Any]
             "config": str(path), "log_dir": str(done.trainer.log_dir)}
 
 
-def _fmt(x: float | None, digits: int = 3) -> str:
-    return "–" if x is None else f"{x:.{digits}f}"
-
-
-def write_table(results: dict[str, list[dict[str, Any]]], out: Path, command: str) -> str:
-    """``results.md``: one row per objective (mean over seeds), then one per run if there are several seeds."""
-    lines = ["# Objective comparison", "", f"Command: `{command}`", "",
-             f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores, {platform.platform()}, torch "
-             f"{_torch_version()}; {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC.", "",
-             "Reward: mean training reward per rollout step; first/last = mean over the first/last fifth of the "
-             "rollout steps. Seconds: the fit itself (summary.json), per rollout step in brackets.", "",
-             "| objective | seeds | rollout steps | reward first | reward last | change | seconds (per step) |",
-             "|---|---|---|---|---|---|---|"]
-    per_run = []
-    for label, runs in results.items():
-        firsts, lasts, secs, steps = [], [], [], []
-        for run in runs:
-            first, last = fifths(run["rewards"])
-            sec = run["summary"].get("seconds", run["wall_seconds"])
-            firsts.append(first)
-            lasts.append(last)
-            secs.append(sec)
-            steps.append(len(run["rewards"]))
-            per_run.append(f"| {label} | {run['seed']} | {len(run['rewards'])} | {_fmt(first)} | {_fmt(last)} | "
-                           f"{_fmt(last - first if first is not None else None, 3)} | {sec:.0f} |")
-        mean = lambda xs: sum(xs) / len(xs) if xs and None not in xs else None  # noqa: E731
-        f, la, s = mean(firsts), mean(lasts), mean(secs)
-        per_step = s / max(1, mean(steps))
-        change = None if f is None or la is None else la - f
-        lines.append(f"| {label} | {len(runs)} | {steps[0]} | {_fmt(f)} | {_fmt(la)} | "
-                     f"{'–' if change is None else f'{change:+.3f}'} | {s:.0f} ({per_step:.2f}) |")
-    if any(len(r) > 1 for r in results.values()):
-        lines += ["", "| objective | seed | rollout steps | reward first | reward last | change | seconds |",
-                  "|---|---|---|---|---|---|---|", *per_run]
-    text = "\n".join(lines) + "\n\n![reward curves](reward_curves.png)\n"
-    (out / "results.md").write_text(text)
-    return text
-
-
 def _torch_version() -> str:
     import torch
 
     return torch.__version__
-
-
-def plot(results: dict[str, list[dict[str, Any]]], path: Path, title: str) -> None:
-    """Reward per rollout step (faint) and its moving average (solid), one colour per objective."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(8, 4.5), dpi=120)
-    for i, (label, runs) in enumerate(results.items()):
-        n = min(len(r["rewards"]) for r in runs)
-        if n == 0:
-            continue
-        mean = [sum(r["rewards"][k] for r in runs) / len(runs) for k in range(n)]
-        window = max(1, n // 10)
-        smooth = [sum(mean[max(0, k - window + 1):k + 1]) / len(mean[max(0, k - window + 1):k + 1]) for k in range(n)]
-        colour = f"C{i}"
-        ax.plot(range(n), mean, color=colour, alpha=0.2, linewidth=0.8)
-        ax.plot(range(n), smooth, color=colour, linewidth=2, label=f"{label} (moving average {window})")
-    ax.set_xlabel("rollout step")
-    ax.set_ylabel("mean training reward")
-    ax.set_title(title, fontsize=10)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
 
 
 def main(argv: list[str] | None = None) -> dict[str, list[dict[str, Any]]]:
@@ -184,7 +127,15 @@ def main(argv: list[str] | None = None) -> dict[str, list[dict[str, Any]]]:
     parser.add_argument("--task", default=None, help="With --recipes paper: gsm8k, math, countdown, sudoku, code.")
     parser.add_argument("--objectives", nargs="+", required=True, help="Class names or YAML paths.")
     parser.add_argument("--max_steps", type=int, default=None, help="trainer.max_steps (optimiser steps).")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="Run seeds.")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="Run seeds (3 or more for intervals).")
+    parser.add_argument("--baseline", default=None, help="Objective label the paired differences are taken to "
+                        "(default: the first objective).")
+    parser.add_argument("--fixed_data", action="store_true",
+                        help="Keep the base config's data seed for every seed (default: the run seed seeds the data).")
+    parser.add_argument("--val_examples", type=int, default=None,
+                        help="Held-out examples per validation (default: the base config's model.val_examples).")
+    parser.add_argument("--val_every", type=int, default=None,
+                        help="Rollout steps between validations (trainer.val_check_interval; default: the base's).")
     parser.add_argument("--out", default="results/compare", help="Output folder.")
     parser.add_argument("--render_only", action="store_true",
                         help="Rewrite results.md and the plot from an existing results.json (no training).")
@@ -212,15 +163,18 @@ def main(argv: list[str] | None = None) -> dict[str, list[dict[str, Any]]]:
         results = {label: [] for label, _ in specs}
         for seed in args.seeds:  # seed-major: an interrupted run still holds complete seeds
             for label, section in specs:
-                cfg = run_config(base, section, label, seed, args.max_steps, out)
+                cfg = run_config(base, section, label, seed, args.max_steps, out, not args.fixed_data,
+                                 args.val_examples, args.val_every)
                 run = run_one(cfg, out / "configs" / f"{label}_seed{seed}.yaml", extra)
                 results[label].append({"seed": seed, **run})
                 (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")  # partial results survive
         results = {k: v for k, v in results.items() if v}
-    write_table(results, out, command)
+    baseline = args.baseline or next(iter(results), "")
+    (out / "results.md").write_text(write_table(results, baseline, command, _torch_version()))
     steps = max((len(r["rewards"]) for runs in results.values() for r in runs), default=0)
+    seeds = sorted({r["seed"] for runs in results.values() for r in runs})
     plot(results, out / "reward_curves.png",
-         f"{Path(args.config).name}: {steps} rollout steps, seeds {' '.join(map(str, args.seeds))}")
+         f"{Path(args.config).name}: {steps} rollout steps, seeds {' '.join(map(str, seeds))}")
     return results
 
 
@@ -233,9 +187,14 @@ def _paper_mode(args: argparse.Namespace, extra: list[str], out: Path) -> dict[s
     for seed in args.seeds:
         for spec in args.objectives:
             cfg = paper_run_config(spec, args.task, seed, args.max_steps, out)
+            if args.val_examples is not None:
+                cfg["model"]["val_examples"] = args.val_examples
+            if args.val_every is not None:
+                cfg["trainer"].update(val_check_interval=args.val_every, check_val_every_n_epoch=None)
             results[spec].append({"seed": seed, **run_one(cfg, out / "configs" / f"{spec}_seed{seed}.yaml", extra)})
             (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
-    write_table(results, out, command)
+    baseline = args.baseline or args.objectives[0]
+    (out / "results.md").write_text(write_table(results, baseline, command, _torch_version()))
     plot(results, out / "reward_curves.png", f"paper recipes, {args.task}: seeds {' '.join(map(str, args.seeds))}")
     return results
 

@@ -87,23 +87,36 @@ class Evaluation:
         return EvaluationRun(device, {n: MeanMetric().to(device) for n in lengths}, [], dict.fromkeys(lengths, 0.0))
 
     @torch.no_grad()
-    def step(self, run: EvaluationRun, policy: DiffusionLM, sampler: Sampler, task: Any, batch: list[dict[str, Any]],
-             batch_idx: int, *, seed: int, rank: int, max_prompt_length: int | None, gather: bool) -> None:
-        """Generates and scores one test batch at every length into ``run``."""
+    def complete(self, policy: DiffusionLM, sampler: Sampler, task: Any, batch: list[dict[str, Any]], batch_idx: int,
+                 length: int, *, device: torch.device, seed: int, rank: int, max_prompt_length: int | None,
+                 gather: bool, stream: str = "eval") -> tuple[list[str], list[str]]:
+        """(rendered prompts, completions cut at EOS) of one batch at one length, with the evaluation settings.
+
+        ``stream`` names the random stream of the sampler's generator (``"eval"`` for ``espo test``, ``"val"``
+        for validation during fit): neither touches the training streams.
+        """
         tokenizer = policy.tokenizer
         prompts = [render_prompt(tokenizer, task.eval_prompt(ex)) + task.eval_prefill() for ex in batch]
         ids, mask, _ = encode_prompts(tokenizer, prompts, max_prompt_length)
-        device = run.device
         ids, mask = ids.to(device), mask.to(device)
+        steps, block = self.schedule(length)
+        generator = make_generator(seed, stream, length, rank, batch_idx, device=device)
+        _, _, texts = generate(policy, self.sampler_for(sampler, length, steps, block), ids, mask, generator,
+                               gather=gather)
+        return prompts, texts
+
+    @torch.no_grad()
+    def step(self, run: EvaluationRun, policy: DiffusionLM, sampler: Sampler, task: Any, batch: list[dict[str, Any]],
+             batch_idx: int, *, seed: int, rank: int, max_prompt_length: int | None, gather: bool) -> None:
+        """Generates and scores one test batch at every length into ``run``."""
         for length, metric in run.metrics.items():
-            steps, block = self.schedule(length)
             start = time.perf_counter()
-            generator = make_generator(seed, "eval", length, rank, batch_idx, device=device)
-            _, _, texts = generate(policy, self.sampler_for(sampler, length, steps, block), ids, mask, generator,
-                                   gather=gather)
+            prompts, texts = self.complete(policy, sampler, task, batch, batch_idx, length, device=run.device,
+                                           seed=seed, rank=rank, max_prompt_length=max_prompt_length, gather=gather)
             scores = task.scores(texts, batch)
             run.seconds[length] += time.perf_counter() - start
-            metric.update(torch.tensor(scores, dtype=torch.float32, device=device))
+            metric.update(torch.tensor(scores, dtype=torch.float32, device=run.device))
+            steps = self.schedule(length)[0]
             for i, (example, text, score) in enumerate(zip(batch, texts, scores, strict=True)):
                 run.records.append({"length": length, "steps": steps, "batch": batch_idx, "row": i,
                                     "prompt": prompts[i], "completion": text, "score": float(score),

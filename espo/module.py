@@ -40,6 +40,7 @@ from espo.schedules import epoch_steps, plan_schedule
 from espo.sizes import EffectiveSizes, effective_sizes
 from espo.tasks.base import Task
 from espo.update import Counters, UpdateSettings, update
+from espo.validation import Validation
 
 # The policy is kept in eval mode on purpose (no dropout in RL); Lightning warns about that at fit start.
 warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode", category=UserWarning)
@@ -75,6 +76,9 @@ class DiffusionRL(LightningModule):
         filter_zero_std_groups: Drop prompt groups whose rewards are all equal before the update (they carry
             no group-relative signal); the dropped fraction is logged as ``filtered_groups``. A rollout with
             nothing left still counts its ``num_iterations`` optimiser steps, as no-op steps.
+        val_examples: Score this many held-out examples (the first of the task's test split) with the evaluation
+            settings (greedy by default) before the first rollout step and every ``trainer.val_check_interval``
+            rollout steps, logged as ``val/score``; 0: no validation. See ``espo.validation``.
     """
 
     def __init__(
@@ -97,6 +101,7 @@ class DiffusionRL(LightningModule):
         max_consecutive_skips: int | None = 10,
         filter_zero_std_groups: bool = False,
         reference_sync: ReferenceSync | None = None,
+        val_examples: int = 0,
     ) -> None:
         super().__init__()
         if num_generations < 1 or num_iterations < 1:
@@ -126,6 +131,7 @@ class DiffusionRL(LightningModule):
         self.last_samples: list[dict[str, Any]] = []
         self._test_run: EvaluationRun | None = None
         self.prediction = Prediction(evaluation)
+        self.validation = Validation(val_examples)
 
     # ------------------------------------------------------------------ read-only views
     @property
@@ -187,6 +193,14 @@ class DiffusionRL(LightningModule):
         # Runs after the task's setup and before configure_model: inconsistent batch knobs fail before the
         # model loads.
         check_prompts_render(self.policy_spec.path, self._task(), "train" if stage == "fit" else "test")
+        # The task's val_dataloader serves this many held-out examples (Lightning takes loaders from the
+        # datamodule, the setting is the module's).
+        self._task().val_examples = self.validation.num_examples
+        if self.validation.num_examples and stage in ("fit", "validate"):
+            self.evaluation.schedule(self.sampler.gen_length)  # a block that does not divide L fails here
+            self._task().held_out_dataloader(self.validation.num_examples)  # too few held-out examples too
+        elif stage == "validate":
+            raise ValueError("espo validate needs model.val_examples > 0 (held-out examples to score).")
         if stage == "fit":
             self.objective.check(self.sampler.gen_length, getattr(self.sampler, "block_length", None))
             if self.rollout_settings.filter_zero_std_groups and self.trainer.world_size > 1:
@@ -197,6 +211,9 @@ class DiffusionRL(LightningModule):
             if str(self.trainer.precision).startswith("16"):
                 raise ValueError(f"trainer.precision {self.trainer.precision!r} is not supported: espo clips and "
                                  "skips non-finite steps itself, without fp16's loss scaler. Use bf16-mixed.")
+            if self.validation.num_examples:
+                # The sanity check is the step-0 validation: it must cover every validation batch, not 2.
+                self.trainer.num_sanity_val_steps = float("inf")
             sampling, stepping = self.rollout_settings, self.update_settings
             self.sizes = effective_sizes(
                 self._task().rank_batch_size, sampling.num_generations, stepping.num_iterations,
@@ -258,6 +275,19 @@ class DiffusionRL(LightningModule):
     def on_predict_epoch_end(self) -> None:
         self.prediction.finish(self.trainer)
 
+    # ------------------------------------------------------------------ validation during fit (espo.validation)
+    def on_validation_epoch_start(self) -> None:
+        self.validation.start(self.device)
+
+    def validation_step(self, batch: list[dict[str, Any]], batch_idx: int) -> None:
+        self.policy.eval()
+        self.validation.step(self.evaluation, self.policy, self.sampler, self._task(), batch, batch_idx,
+                             seed=self.seed, rank=self.global_rank, gather=self.policy_spec.fsdp_gather_rollout,
+                             max_prompt_length=self.rollout_settings.max_prompt_length)
+
+    def on_validation_epoch_end(self) -> None:
+        self.validation.finish(self.trainer, self.log, self.rollout_step)
+
     # ------------------------------------------------------------------ persistence (see espo.persistence)
     def on_train_end(self) -> None:
         export(self.policy, self.export_spec, sharded=data_parallel_mesh(self.device_mesh) is not None,
@@ -265,7 +295,9 @@ class DiffusionRL(LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         save_state(checkpoint, self.counters, self.policy_spec.path)
+        checkpoint["espo"]["validation"] = self.validation.state_dict()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         load_state(checkpoint, self.counters, self.policy_spec.path, self.num_iterations)
+        self.validation.load_state_dict(checkpoint.get("espo", {}).get("validation", {}))
         match_synced_reference(checkpoint.get("state_dict"), getattr(self, "synced_reference", None))

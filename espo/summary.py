@@ -25,6 +25,17 @@ def fifths(history: list[float]) -> tuple[float | None, float | None]:
     return sum(history[:k]) / k, sum(history[-k:]) / k
 
 
+def validation_summary(validation: Any) -> dict[str, Any]:
+    """``val_score_start`` (before the first rollout step), ``val_score_end`` (the last pass), their rollout
+    steps and ``val_examples``; empty when the run did not validate."""
+    history = getattr(validation, "history", None)
+    if not history:
+        return {}
+    start = history[0][1] if history[0][0] == 0 else None
+    return {"val_score_start": start, "val_score_end": history[-1][1], "val_step_end": history[-1][0],
+            "val_examples": validation.num_examples, "val_history": [list(h) for h in history]}
+
+
 class RunSummary(Callback):
     """Writes ``summary.json`` (steps, seconds, reward_first, reward_last, ...) and prints it.
 
@@ -54,6 +65,7 @@ class RunSummary(Callback):
             "reward_steps_scored": len(history),
             "objective": type(getattr(pl_module, "objective", None)).__name__,
             "seed": getattr(pl_module, "seed", None),
+            **validation_summary(getattr(pl_module, "validation", None)),
         }
         path = directory / self.filename
         path.write_text(json.dumps(summary, indent=2) + "\n")
@@ -61,6 +73,8 @@ class RunSummary(Callback):
         table.add_column("")
         table.add_column("value", justify="right")
         for key, value in summary.items():
+            if key == "val_history":
+                continue  # one pair per pass: in summary.json only
             table.add_row(key, f"{value:.4f}" if isinstance(value, float) else str(value))
         table.add_row("written to", str(path))
         Console().print(table)

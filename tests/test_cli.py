@@ -86,12 +86,13 @@ def test_two_step_fit_writes_summary(tiny_dir: Path, tmp_path: Path):
     assert main(["fit", "--config", str(REPO / "configs/demo.yaml"), "--model.policy.path", str(tiny_dir),
           "--trainer.max_steps", "4", "--trainer.logger.init_args.save_dir", str(tmp_path),
           "--data.init_args.batch_size", "2", "--model.micro_batch_size", "6",
-          "--completions.every_n_steps", "1", "--completions.num_rows", "2"]) is None
+          "--completions.every_n_steps", "1", "--completions.num_rows", "2", "--model.val_examples", "3"]) is None
     [summary_file] = tmp_path.glob("demo/version_*/summary.json")
     summary = json.loads(summary_file.read_text())
     assert summary["steps"] == 4 and summary["rollout_steps"] == 2
     assert summary["reward_first"] is not None and summary["reward_last"] is not None
     assert summary["seconds"] > 0
+    assert summary["val_examples"] == 3 and summary["val_score_start"] is not None  # the demo validates
     lines = (summary_file.parent / "completions.jsonl").read_text().splitlines()
     assert len(lines) == 2 * 2 * 6  # every completion of both rollout steps
     assert {"prompt", "completion", "reward", "cell_accuracy", "step"} <= set(json.loads(lines[0]))

@@ -36,7 +36,8 @@ def test_espo_test_on_the_tiny_checkpoint(tmp_path: Path, capsys: pytest.Capture
           "--model.policy.path", str(REPO / "checkpoints/tiny-sudoku-sft"),
           "--data.init_args.test_file", str(TEST_CSV), "--data.init_args.test_subsample", "2",
           "--data.init_args.eval_batch_size", "2", "--model.evaluation.lengths", "[10, 20]",
-          "--model.evaluation.block_length", "10", "--trainer.logger.init_args.save_dir", str(tmp_path)])
+          "--model.evaluation.block_length", "10", "--model.evaluation.steps_ratio", "0.5",
+          "--trainer.logger.init_args.save_dir", str(tmp_path)])
     out = capsys.readouterr().out
     assert "espo test: Sudoku" in out and "score" in out
     [folder] = tmp_path.glob("demo/version_*")

@@ -94,8 +94,12 @@ def test_compare_two_objectives_two_steps(tiny_dir: Path, tmp_path: Path):
     out = tmp_path / "cmp"
     results = compare_main(["--config", str(REPO / "configs/demo.yaml"), "--objectives", "ESPO", "WD1",
                             "--max_steps", "4", "--seeds", "0", "--out", str(out), "--model.policy.path", str(tiny_dir),
-                            "--data.init_args.batch_size", "2", "--model.micro_batch_size", "12"])
+                            "--data.init_args.batch_size", "2", "--model.micro_batch_size", "12",
+                            "--val_examples", "2", "--val_every", "2"])
     assert list(results) == ["ESPO", "WD1"]
+    # Held-out validation before the first and after the last rollout step, the same start model for both.
+    histories = [runs[0]["summary"]["val_history"] for runs in results.values()]
+    assert [[s for s, _ in h] for h in histories] == [[0, 2], [0, 2]] and histories[0][0] == histories[1][0]
     assert all(len(runs[0]["rewards"]) == 2 for runs in results.values())
     # Same seed, same prompts, same first rollout: the first rewards agree exactly.
     assert results["ESPO"][0]["rewards"][0] == results["WD1"][0]["rewards"][0]

@@ -55,10 +55,14 @@ class CompletionLogger(Callback):
             for row in samples:
                 fh.write(json.dumps(row, ensure_ascii=False) + "\n")
         if self.num_rows:
-            Console().print(self._table(step, samples[: self.num_rows]))
+            held_out = getattr(getattr(pl_module, "validation", None), "last", {}).get("val/score")
+            Console().print(self._table(step, samples[: self.num_rows], held_out))
 
-    def _table(self, step: int, rows: list[dict[str, Any]]) -> Table:
-        table = Table(title=f"completions at rollout step {step}", show_lines=True)
+    def _table(self, step: int, rows: list[dict[str, Any]], held_out: float | None = None) -> Table:
+        title = f"completions at rollout step {step}"
+        if held_out is not None:
+            title += f" (last held-out val/score {held_out:.4f})"
+        table = Table(title=title, show_lines=True)
         table.add_column("prompt", overflow="fold")
         table.add_column("completion", overflow="fold")
         table.add_column("reward", justify="right")

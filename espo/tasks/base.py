@@ -12,6 +12,7 @@ check what they return (``espo.tasks.guard``), so a reward that raises, hangs or
 
 from __future__ import annotations
 
+import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar, Literal
@@ -23,6 +24,10 @@ from torch.utils.data import DataLoader, Dataset
 from espo.tasks.guard import guarded_components, guarded_scores
 from espo.tasks.loader import LoaderCursor, ResumableLoader
 from espo.tasks.pool import RewardPool, default_workers
+
+# val_dataloader returns an empty list when validation is off (model.val_examples: 0); Lightning then skips the
+# loop, but warns about an empty loader on every run.
+warnings.filterwarnings("ignore", message=r"Total length of `list` across ranks is zero")
 
 Prompt = str | list[dict[str, str]]
 
@@ -76,6 +81,8 @@ class Task(LightningDataModule, ABC):
     reward_names: list[str]  # component names of the last reward that came back (for items that all failed)
     splits: dict[str, Sequence[dict[str, Any]]]  # loaded examples by split, filled by ``setup``
     _train_cursor: LoaderCursor | None  # the training loader's position, saved in checkpoints
+    # Held-out examples served by ``val_dataloader``; DiffusionRL sets it from ``model.val_examples`` in setup.
+    val_examples: int = 0
 
     def __init__(
         self,
@@ -214,8 +221,28 @@ class Task(LightningDataModule, ABC):
         )
 
     def test_dataloader(self) -> DataLoader:
-        return DataLoader(ExampleDataset(self.splits["test"]), batch_size=self.eval_batch_size,
-                          collate_fn=collate_examples, num_workers=self.num_workers)
+        return self.held_out_dataloader()
+
+    def val_dataloader(self) -> DataLoader | list:
+        """The first ``val_examples`` held-out examples; none (Lightning skips validation) when it is 0."""
+        return self.held_out_dataloader(self.val_examples) if self.val_examples else []
+
+    def held_out_dataloader(self, limit: int | None = None) -> DataLoader:
+        """The held-out (test) split in evaluation batches, in order; ``limit``: only its first examples.
+
+        Validation during fit reads the first ``limit`` examples. The loader has a generator of its own:
+        an iterator over a loader without one draws its base seed from the global torch RNG.
+        """
+        if "test" not in self.splits:
+            self.setup("validate")
+        data = self.splits["test"]
+        if limit is not None:
+            if not 0 < limit <= len(data):
+                raise ValueError(f"{type(self).__name__}: {limit} validation examples requested, but the held-out "
+                                 f"split has {len(data)}; lower model.val_examples or enlarge the test split.")
+            data = [data[i] for i in range(limit)]
+        return DataLoader(ExampleDataset(data), batch_size=self.eval_batch_size, collate_fn=collate_examples,
+                          num_workers=self.num_workers, generator=torch.Generator())
 
     def predict_dataloader(self) -> DataLoader:
         """``espo predict`` completes the test split's prompts (a prompt file given as the test source)."""
