@@ -27,6 +27,12 @@ TINY_LLADA = LLaDAConfig(
     rope_theta=10000.0, max_sequence_length=256, mask_token_id=None, eos_token_id=None, pad_token_id=None,
 )
 
+#: The multi-block CPU testbed's size (docs/testbed.md): about 4.3M parameters, 256-token context.
+TESTBED_LLADA = {"d_model": 256, "n_heads": 8, "n_kv_heads": 8, "n_layers": 4, "mlp_hidden_size": 1024}
+
+#: Named sizes of ``python -m espo.models --size``.
+SIZES: dict[str, dict[str, int]] = {"demo": {}, "testbed": TESTBED_LLADA}
+
 
 def tiny_model(seed: int = 0, dtype: torch.dtype = torch.float32, **overrides: int | float) -> DiffusionLM:
     """A randomly initialised tiny LLaDA with the character tokenizer.

@@ -11,5 +11,6 @@ from espo.tasks.gsm8k import GSM8K
 from espo.tasks.math500 import MATH500
 from espo.tasks.pool import RewardPool
 from espo.tasks.sudoku import Sudoku
+from espo.tasks.sudoku_trace import SudokuTrace
 
-__all__ = ["GSM8K", "MATH500", "Code", "Countdown", "RewardPool", "Sudoku", "Task"]
+__all__ = ["GSM8K", "MATH500", "Code", "Countdown", "RewardPool", "Sudoku", "SudokuTrace", "Task"]
