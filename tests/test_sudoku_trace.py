@@ -110,7 +110,7 @@ def test_testbed_config_parses() -> None:
     parsed = cli(["--config", str(REPO / "configs" / "testbed.yaml")], run=False)
     assert isinstance(parsed.datamodule, SudokuTrace)
     assert parsed.model.sampler.gen_length == 128 and parsed.model.sampler.block_length == 32
-    assert parsed.model.hparams.model == "checkpoints/testbed-sft"
+    assert parsed.model.policy_spec.path == "checkpoints/testbed-sft" and parsed.model.sampler.cache == "prefix"
 
 
 @pytest.mark.skipif(not CHECKPOINT.exists(), reason="checkpoints/testbed-sft not present")
