@@ -154,19 +154,21 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor
 
 
 class BlockDiffusionNetwork(nn.Module):
-    """The three forwards of a block-diffusion network; subclasses give ``embed``, ``layers``, ``final_norm``,
-    ``rope`` and ``lm_head``. Each layer is called as ``layer(x, cos, sin, mask, kv)``."""
+    """The three forwards of a block-diffusion network; subclasses give ``embed``, ``rope`` and ``lm_head``,
+    and hold their layers and final norm as ``model.layers`` and ``model.norm`` (both published layouts do).
+    Each layer is called as ``layer(x, cos, sin, mask, kv)``."""
 
     block_size: int
+    model: nn.Module
 
     def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
     def layer_list(self) -> nn.ModuleList:
-        raise NotImplementedError
+        return self.model.layers
 
     def final_norm(self, x: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+        return self.model.norm(x)
 
     def rope(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         raise NotImplementedError

@@ -274,12 +274,6 @@ class LLaDA2MoeModelLM(BlockDiffusionNetwork):
     def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
         return self.model.word_embeddings(input_ids)
 
-    def layer_list(self) -> nn.ModuleList:
-        return self.model.layers
-
-    def final_norm(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model.norm(x)
-
     def rope(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         return rope_cos_sin(positions, self.config.rotary_dim, self.config.rope_theta, dtype)
 
