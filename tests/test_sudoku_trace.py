@@ -12,6 +12,7 @@ from espo.tasks.sudoku_trace import (
     FORMAT_BONUS,
     SudokuTrace,
     TracePuzzles,
+    candidates_trace,
     is_well_formed,
     parse_answer,
     puzzle_at,
@@ -33,6 +34,24 @@ TRACE = f"{STEPS}\n{SOLUTION}"
 def test_trace_by_hand() -> None:
     assert singles_steps(PUZZLE)[:2] == [(2, "124", "3"), (0, "134", "2")]
     assert trace(PUZZLE, SOLUTION) == TRACE
+
+
+# The candidates trace of the same puzzle, worked out by hand from the givens alone (rows 0401 0020 1003 0310).
+CANDIDATES = "11:14>23 13:124>3 21:124>3 22:234>1 24:123>4 32:134>2 33:123>4 41:13>24 44:13>24"
+
+
+def test_candidates_trace_by_hand() -> None:
+    text = candidates_trace(PUZZLE, SOLUTION)
+    assert text == f"{CANDIDATES}\n{SOLUTION}"
+    assert is_well_formed(text, "candidates") and not is_well_formed(text, "singles")
+    assert not is_well_formed(TRACE, "candidates")
+    assert not is_well_formed(f"11:>\n{SOLUTION}", "candidates")  # a blank has at least one candidate
+    task = SudokuTrace(style="candidates", num_test=4)
+    assert task.target(EXAMPLE) == text
+    assert task.reward_components([text, TRACE], [EXAMPLE, EXAMPLE]) == {
+        "cell_accuracy": [1.0, 1.0], "format": [FORMAT_BONUS, 0.0]}
+    with pytest.raises(ValueError, match="style"):
+        SudokuTrace(style="cells")
 
 
 def test_no_trace_without_a_naked_single() -> None:
@@ -108,7 +127,7 @@ def test_testbed_config_parses() -> None:
     from espo.cli import cli
 
     parsed = cli(["--config", str(REPO / "configs" / "testbed.yaml")], run=False)
-    assert isinstance(parsed.datamodule, SudokuTrace)
+    assert isinstance(parsed.datamodule, SudokuTrace) and parsed.datamodule.style == "candidates"
     assert parsed.model.sampler.gen_length == 128 and parsed.model.sampler.block_length == 32
     assert parsed.model.policy_spec.path == "checkpoints/testbed-sft" and parsed.model.sampler.cache == "prefix"
 

@@ -34,7 +34,11 @@ from espo.tasks.sudoku_gen import CELLS, MAX_BLANKS, PEERS, SIZE, generate_puzzl
 
 FORMAT_BONUS = 0.1
 _ANSWER = re.compile(r"(?<!\d)\d{16}(?!\d)")
-_WELL_FORMED = re.compile(r"[1-4][1-4]:[1-4]{3}=[1-4](?: [1-4][1-4]:[1-4]{3}=[1-4])*\n[1-4]{16}")
+_WELL_FORMED = {
+    "singles": re.compile(r"[1-4][1-4]:[1-4]{3}=[1-4](?: [1-4][1-4]:[1-4]{3}=[1-4])*\n[1-4]{16}"),
+    "candidates": re.compile(r"[1-4][1-4]:[1-4]{0,3}>[1-4]{1,4}(?: [1-4][1-4]:[1-4]{0,3}>[1-4]{1,4})*\n[1-4]{16}"),
+}
+TraceStyle = Literal["singles", "candidates"]
 
 
 def singles_steps(puzzle: str) -> list[tuple[int, str, str]] | None:
@@ -69,6 +73,23 @@ def trace(puzzle: str, solution: str) -> str:
     return f"{text}\n{solution}"
 
 
+def candidates_trace(puzzle: str, solution: str) -> str:
+    """The ``candidates`` reference completion: every blank in reading order with the digits the *givens* in its
+    row, column and box show and the digits left (its candidates), then a newline and the solution.
+
+    Each step is a function of the prompt alone (no step depends on an earlier one), so the trace is a gather
+    the model can learn; the answer line still needs the constraint propagation the trace does not write.
+    """
+    steps = []
+    for i in range(CELLS):
+        if puzzle[i] != "0":
+            continue
+        seen = sorted({puzzle[j] for j in PEERS[i]} - {"0"})
+        left = "".join(d for d in "1234" if d not in seen)
+        steps.append(f"{i // SIZE + 1}{i % SIZE + 1}:{''.join(seen)}>{left}")
+    return " ".join(steps) + "\n" + solution
+
+
 def parse_answer(text: str) -> str | None:
     """The last run of exactly 16 digits in ``text`` (the answer line), or None."""
     if not isinstance(text, str):
@@ -77,13 +98,13 @@ def parse_answer(text: str) -> str | None:
     return found[-1] if found else None
 
 
-def is_well_formed(text: str) -> bool:
-    """Whether ``text`` (surrounding whitespace ignored) is exactly steps, a newline and a 16-digit line."""
-    return isinstance(text, str) and _WELL_FORMED.fullmatch(text.strip()) is not None
+def is_well_formed(text: str, style: TraceStyle = "singles") -> bool:
+    """Whether ``text`` (surrounding whitespace ignored) is exactly ``style`` steps, a newline and a 16-digit line."""
+    return isinstance(text, str) and _WELL_FORMED[style].fullmatch(text.strip()) is not None
 
 
-def _rewards(text: str, puzzle: str, solution: str) -> tuple[float, float]:
-    return cell_accuracy(parse_answer(text), puzzle, solution), FORMAT_BONUS * is_well_formed(text)
+def _rewards(text: str, puzzle: str, solution: str, style: TraceStyle) -> tuple[float, float]:
+    return cell_accuracy(parse_answer(text), puzzle, solution), FORMAT_BONUS * is_well_formed(text, style)
 
 
 def puzzle_at(seed: int, stream: str, index: int, min_blanks: int, max_blanks: int,
@@ -138,6 +159,9 @@ class SudokuTrace(Task):
         eval_batch_size: Prompts per evaluation batch.
         seed: Seed of the training puzzles and of the shuffling order.
         num_workers: DataLoader workers.
+        style: The SFT trace and the format the reward checks: ``singles`` (naked-single steps in solving
+            order, each depending on the earlier ones) or ``candidates`` (every blank in reading order with the
+            digits its givens rule out and its candidates; a function of the prompt alone).
     """
 
     required_fields = ("puzzle", "solution")
@@ -153,6 +177,7 @@ class SudokuTrace(Task):
         eval_batch_size: int = 64,
         seed: int = 42,
         num_workers: int = 0,
+        style: TraceStyle = "singles",
     ) -> None:
         super().__init__(protocol="d1", batch_size=batch_size, eval_batch_size=eval_batch_size, seed=seed,
                          num_workers=num_workers)
@@ -160,7 +185,9 @@ class SudokuTrace(Task):
             raise ValueError(f"Need 1 <= min_blanks <= max_blanks <= {MAX_BLANKS}, got {min_blanks}, {max_blanks}.")
         if num_train < 1 or num_test < 1:
             raise ValueError("num_train and num_test must be positive.")
-        self.min_blanks, self.max_blanks = min_blanks, max_blanks
+        if style not in _WELL_FORMED:
+            raise ValueError(f"style must be one of {sorted(_WELL_FORMED)}, got {style!r}.")
+        self.min_blanks, self.max_blanks, self.style = min_blanks, max_blanks, style
         self.num_train, self.num_test = num_train, num_test
         self.pool = RewardPool(workers=0)  # the parse is two linear regexes: inline
 
@@ -179,10 +206,11 @@ class SudokuTrace(Task):
         return example["puzzle"] + "\n"
 
     def target(self, example: dict[str, Any]) -> str:
-        return trace(example["puzzle"], example["solution"])
+        write = trace if self.style == "singles" else candidates_trace
+        return write(example["puzzle"], example["solution"])
 
     def reward_components(self, completions: list[str], examples: list[dict[str, Any]]) -> dict[str, list[float]]:
-        items = [(c, e["puzzle"], e["solution"]) for c, e in zip(completions, examples, strict=True)]
+        items = [(c, e["puzzle"], e["solution"], self.style) for c, e in zip(completions, examples, strict=True)]
         pairs = [v if isinstance(v, tuple) else (0.0, 0.0) for v in self.pool.map(_rewards, items)]
         return {"cell_accuracy": [float(a) for a, _ in pairs], "format": [float(f) for _, f in pairs]}
 
