@@ -84,13 +84,14 @@ def test_reward_components_by_hand() -> None:
     assert task.score(completions[1], EXAMPLE) == pytest.approx(7 / 9)  # the metric has no format bonus
 
 
-def test_generated_traces_span_four_blocks() -> None:
-    task = SudokuTrace(num_test=64)
+@pytest.mark.parametrize("style", ["singles", "candidates"])
+def test_generated_traces_span_four_blocks(style: str) -> None:
+    task = SudokuTrace(num_test=64, style=style)
     task.setup("test")
     for example in task.splits["test"]:
         text = task.target(example)
         assert 96 < len(text) < 128  # reaches the 4th 32-token block and leaves room for EOS
-        assert task.score(text, example) == 1.0 and is_well_formed(text)
+        assert task.score(text, example) == 1.0 and is_well_formed(text, style)
         assert task.prompt(example) == example["puzzle"] + "\n"
 
 

@@ -3,7 +3,8 @@
 The testbed task of the project's CPU testbed model (docs/testbed.md). Its completions are long enough to span
 four 32-token blocks of a character-level model, so multi-block decoding, caches and length matter.
 
-Prompt: the 16-digit puzzle (``'0'`` for blanks) and a newline. Completion, written by :func:`trace` for SFT::
+Prompt: the 16-digit puzzle (``'0'`` for blanks) and a newline. Completion (``style="singles"``, the default),
+written by :func:`trace` for SFT::
 
     13:124=3 21:234=1 ... 44:123=4
     2431312412434312
@@ -13,10 +14,14 @@ Each step names a blank cell (row, column, 1-based), the digits already seen in 
 first naked single in reading order, and a filled cell counts as seen for later steps. The last line is the
 solved grid. Only puzzles that naked singles alone solve are generated, so every puzzle has such a trace.
 
+``style="candidates"`` (the testbed's, :func:`candidates_trace`) writes every blank in reading order with the
+digits its row, column and box *givens* show and the digits left, e.g. ``11:14>23 13:124>3 ...``, then the grid:
+each step is a function of the prompt alone.
+
 Reward: ``cell_accuracy`` (the fraction of blanks where the answer line has the solution's digit, as the
 Sudoku task) plus ``format`` (0.1 when the completion is exactly steps, a newline and a 16-digit line). The
 evaluation score is ``cell_accuracy`` alone. The answer is the last run of exactly 16 digits anywhere in the
-completion (a step holds at most three digits in a row, so a step is never mistaken for it).
+completion (a step holds at most four digits in a row, so a step is never mistaken for it).
 """
 
 from __future__ import annotations
@@ -41,6 +46,12 @@ _WELL_FORMED = {
 TraceStyle = Literal["singles", "candidates"]
 
 
+def _seen_and_left(cells: Sequence[str], i: int) -> tuple[str, str]:
+    """The sorted digits cell ``i``'s row, column and box show in ``cells``, and the digits it can still take."""
+    seen = "".join(sorted({cells[j] for j in PEERS[i]} - {"0"}))
+    return seen, "".join(d for d in "1234" if d not in seen)
+
+
 def singles_steps(puzzle: str) -> list[tuple[int, str, str]] | None:
     """The naked-single steps that solve ``puzzle``: ``(cell, seen digits, digit)`` each, or None if stuck.
 
@@ -53,11 +64,10 @@ def singles_steps(puzzle: str) -> list[tuple[int, str, str]] | None:
         for i in range(CELLS):
             if cells[i] != "0":
                 continue
-            seen = sorted({cells[j] for j in PEERS[i]} - {"0"})
-            if len(seen) == SIZE - 1:
-                digit = next(d for d in "1234" if d not in seen)
-                steps.append((i, "".join(seen), digit))
-                cells[i] = digit
+            seen, left = _seen_and_left(cells, i)
+            if len(left) == 1:
+                steps.append((i, seen, left))
+                cells[i] = left
                 break
         else:
             return None
@@ -84,10 +94,12 @@ def candidates_trace(puzzle: str, solution: str) -> str:
     for i in range(CELLS):
         if puzzle[i] != "0":
             continue
-        seen = sorted({puzzle[j] for j in PEERS[i]} - {"0"})
-        left = "".join(d for d in "1234" if d not in seen)
-        steps.append(f"{i // SIZE + 1}{i % SIZE + 1}:{''.join(seen)}>{left}")
+        seen, left = _seen_and_left(puzzle, i)
+        steps.append(f"{i // SIZE + 1}{i % SIZE + 1}:{seen}>{left}")
     return " ".join(steps) + "\n" + solution
+
+
+_WRITERS = {"singles": trace, "candidates": candidates_trace}
 
 
 def parse_answer(text: str) -> str | None:
@@ -206,8 +218,7 @@ class SudokuTrace(Task):
         return example["puzzle"] + "\n"
 
     def target(self, example: dict[str, Any]) -> str:
-        write = trace if self.style == "singles" else candidates_trace
-        return write(example["puzzle"], example["solution"])
+        return _WRITERS[self.style](example["puzzle"], example["solution"])
 
     def reward_components(self, completions: list[str], examples: list[dict[str, Any]]) -> dict[str, list[float]]:
         items = [(c, e["puzzle"], e["solution"], self.style) for c, e in zip(completions, examples, strict=True)]
