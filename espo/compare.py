@@ -125,7 +125,8 @@ def main(argv: list[str] | None = None) -> dict[str, list[dict[str, Any]]]:
                         help="shared: every objective on --config; paper: each objective's own paper recipe "
                              "for --task (espo.paper_recipes).")
     parser.add_argument("--task", default=None, help="With --recipes paper: gsm8k, math, countdown, sudoku, code.")
-    parser.add_argument("--objectives", nargs="+", required=True, help="Class names or YAML paths.")
+    parser.add_argument("--objectives", nargs="+", default=None,
+                        help="Class names or YAML paths (not needed with --render_only).")
     parser.add_argument("--max_steps", type=int, default=None, help="trainer.max_steps (optimiser steps).")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="Run seeds (3 or more for intervals).")
     parser.add_argument("--baseline", default=None, help="Objective label the paired differences are taken to "
@@ -145,6 +146,8 @@ def main(argv: list[str] | None = None) -> dict[str, list[dict[str, Any]]]:
     args, extra = parser.parse_known_args(argv)
     if (args.recipes == "paper") != (args.task is not None) or (args.recipes == "shared") == (args.config is None):
         parser.error("give --config (shared recipes) or --recipes paper with --task")
+    if not args.objectives and not (args.render_only and args.recipes == "shared"):
+        parser.error("give --objectives (class names or YAML paths)")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if args.recipes == "paper":

@@ -107,6 +107,5 @@ def test_compare_two_objectives_two_steps(tiny_dir: Path, tmp_path: Path):
     assert "| ESPO | 1 | 2 |" in table and "| WD1 | 1 | 2 |" in table
     assert (out / "reward_curves.png").stat().st_size > 1000
     assert json.loads((out / "results.json").read_text()).keys() == {"ESPO", "WD1"}
-    compare_main(["--config", str(REPO / "configs/demo.yaml"), "--objectives", "ESPO", "--out", str(out),
-                  "--render_only"])
+    compare_main(["--config", str(REPO / "configs/demo.yaml"), "--out", str(out), "--render_only"])
     assert "| WD1 |" in (out / "results.md").read_text()
