@@ -66,3 +66,11 @@ def test_moving_average_and_run_config(tmp_path):
     assert cfg["data"]["init_args"]["seed"] == 3 and cfg["model"]["val_examples"] == 200
     assert cfg["trainer"]["val_check_interval"] == 25 and cfg["trainer"]["check_val_every_n_epoch"] is None
     assert run_config(base, {"class_path": "WD1"}, "WD1", 3, 10, tmp_path)["data"]["init_args"]["seed"] == 0
+
+
+def test_objectives_required_unless_rendering(tmp_path, capsys):
+    from espo.compare import main
+
+    with pytest.raises(SystemExit):
+        main(["--config", "configs/demo.yaml", "--out", str(tmp_path)])
+    assert "give --objectives" in capsys.readouterr().err
