@@ -11,7 +11,9 @@ the metric of ``espo test``. It runs
   ``trainer.check_val_every_n_epoch: null`` so the interval may span epochs of a small pool).
 
 It logs ``val/score`` (progress bar) and ``val/<component>`` for each reward component (the training reward's
-parse, which may be stricter than the score's) at logger step = rollout steps completed (training rows are
+parse, which may be stricter than the score's), and ``val/reward_timeouts``, ``val/reward_errors``,
+``val/reward_invalid`` (items of the pass whose reward or score failed, counted apart from the training
+stream's cumulative ``reward/*`` counters) at logger step = rollout steps completed (training rows are
 logged at the index of their rollout step, so ``val/score`` at step 4 follows training row 3). ``history``
 holds one ``(rollout_step, score)`` per pass, is saved in checkpoints and read by ``RunSummary``
 (``val_score_start``, ``val_score_end``, ``val_examples``).
@@ -26,7 +28,7 @@ from typing import Any
 
 import torch
 from lightning.pytorch import Trainer
-from torchmetrics import MeanMetric
+from torchmetrics import MeanMetric, SumMetric
 
 from espo.evaluation import Evaluation
 from espo.models import DiffusionLM
@@ -47,11 +49,13 @@ class Validation:
         self.history: list[tuple[int, float]] = []
         self.last: dict[str, float] = {}
         self._metrics: dict[str, MeanMetric] = {}
+        self._failures: dict[str, SumMetric] = {}
         self._device = torch.device("cpu")
 
     def start(self, device: torch.device) -> None:
         self._device = device
         self._metrics = {"score": MeanMetric().to(device)}
+        self._failures = {name: SumMetric().to(device) for name in ("timeouts", "errors", "invalid")}
 
     @torch.no_grad()
     def step(self, evaluation: Evaluation, policy: DiffusionLM, sampler: Sampler, task: Any,
@@ -61,7 +65,10 @@ class Validation:
         _, texts = evaluation.complete(policy, sampler, task, batch, batch_idx, sampler.gen_length,
                                        device=self._device, seed=seed, rank=rank,
                                        max_prompt_length=max_prompt_length, gather=gather, stream="val")
-        values = {"score": task.scores(texts, batch), **task.rewards(texts, batch)}
+        with task.pool.apart() as failures:
+            values = {"score": task.scores(texts, batch), **task.rewards(texts, batch)}
+        for name, count in failures.items():
+            self._failures[name].update(torch.tensor(count, device=self._device))
         for name, scores in values.items():
             if name not in self._metrics:
                 self._metrics[name] = MeanMetric().to(self._device)
@@ -76,6 +83,7 @@ class Validation:
             rollout_step: Rollout steps completed, the logger step of this pass.
         """
         results = {f"val/{name}": float(metric.compute()) for name, metric in self._metrics.items()}
+        results.update({f"val/reward_{name}": float(metric.compute()) for name, metric in self._failures.items()})
         fitting = trainer.state.fn == "fit"
         if fitting and trainer.is_global_zero:
             # Written directly at step = rollout steps done (0 for the pass before the first step): Lightning

@@ -74,3 +74,13 @@ def test_memory_limit_is_headroom_over_the_inherited_address_space():
     assert pool.map(allocate, [(16,), (2048,), (16,)]) == [16 * 2**20, 0.0, 16 * 2**20]
     assert pool.errors == 1 and "MemoryError" in pool.last_error
     pool.close()
+
+
+def test_apart_counts_inside_the_block_and_restores_the_counters():
+    pool = RewardPool(workers=0)
+    pool.count_error("training")
+    with pool.apart() as counts:
+        assert pool.map(misbehave, [("raise",), ("ok",), ("raise",)]) == [0.0, 1.0, 0.0]
+        pool.count_timeout()
+    assert counts == {"timeouts": 1.0, "errors": 2.0, "invalid": 0.0}
+    assert pool.stats() == {"timeouts": 0.0, "errors": 1.0, "invalid": 0.0}

@@ -148,3 +148,37 @@ def test_validation_summary_fields():
     assert validation_summary(v)["val_score_start"] is None
     with pytest.raises(ValueError):
         Validation(-1)
+
+
+def test_validation_failures_are_counted_apart_from_the_training_counters():
+    from types import SimpleNamespace
+
+    from espo.tasks.pool import RewardPool
+
+    class Task:  # scores through the pool's counters as a task whose scorer failed on one item would
+        pool = RewardPool(workers=0)
+
+        def scores(self, texts, batch):
+            self.pool.count_error("bad item")
+            return [0.0] * len(texts)
+
+        def rewards(self, texts, batch):
+            return {"r": [1.0] * len(texts)}
+
+    class Evaluation:
+        def complete(self, policy, sampler, task, batch, batch_idx, length, **kwargs):
+            return None, ["x"] * len(batch)
+
+    task = Task()
+    task.pool.count_timeout()  # the training stream's counter before validation
+    v = Validation(4)
+    v.start(__import__("torch").device("cpu"))
+    for idx in range(2):
+        v.step(Evaluation(), None, SimpleNamespace(gen_length=8), task, [{}, {}], idx, seed=0, rank=0,
+               max_prompt_length=None, gather=False)
+    trainer = SimpleNamespace(state=SimpleNamespace(fn="validate"), is_global_zero=True, sanity_checking=False,
+                              loggers=[])
+    results = v.finish(trainer, lambda *args, **kwargs: None, 0)
+    assert results["val/reward_errors"] == 2.0 and results["val/reward_timeouts"] == 0.0
+    assert results["val/score"] == 0.0 and results["val/r"] == 1.0
+    assert task.pool.stats() == {"timeouts": 1.0, "errors": 0.0, "invalid": 0.0}

@@ -8,7 +8,8 @@ killed (SIGKILL) and replaced, a worker that dies is replaced, and in both cases
 function is an error too. The task exposes the counters and the module logs them as ``reward/timeouts``,
 ``reward/errors`` and ``reward/invalid`` (values that were not finite numbers, see ``espo.tasks.guard``).
 Code that judges items some other way (the Code task's sandbox) reports into the same counters through
-``count_timeout``/``count_error``/``count_invalid``.
+``count_timeout``/``count_error``/``count_invalid``. What runs inside ``with pool.apart() as counts:`` is
+counted in ``counts`` instead (validation's reward calls, so ``reward/*`` stays the training stream's).
 
 A pool can be *bound* to an object (``bind``): a job may then name one of its methods instead of passing
 a function, and the object travels to each worker once, when it starts (inherited by a forked worker,
@@ -31,7 +32,8 @@ import os
 import signal
 import time
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from multiprocessing.connection import Connection, wait
 from typing import Any
 
@@ -175,6 +177,22 @@ class RewardPool:
     def stats(self) -> dict[str, float]:
         """Cumulative counters, for logging."""
         return {"timeouts": float(self.timeouts), "errors": float(self.errors), "invalid": float(self.invalid)}
+
+    @contextmanager
+    def apart(self) -> Iterator[dict[str, float]]:
+        """Counts what fails inside the block in the yielded dict (filled on exit), not in the cumulative counters.
+
+        Validation scores held-out completions through the same pool as the training reward; without this its
+        timeouts and errors would show up in the training stream's ``reward/*`` counters.
+        """
+        before = (self.timeouts, self.errors, self.invalid)
+        counts: dict[str, float] = {}
+        try:
+            yield counts
+        finally:
+            counts.update(timeouts=float(self.timeouts - before[0]), errors=float(self.errors - before[1]),
+                          invalid=float(self.invalid - before[2]))
+            self.timeouts, self.errors, self.invalid = before
 
     def close(self) -> None:
         """Stops the workers (they are daemons, so this also happens at interpreter exit)."""
