@@ -27,6 +27,20 @@ class RunProgressBar(RichProgressBar):
         items.pop("v_num", None)
         return items
 
+    @property
+    def total_train_batches(self) -> int | float:
+        """Rollout steps (prompt batches) left in the epoch.
+
+        Lightning bounds the bar by ``max_steps - global_step``, but both count optimiser steps, ``num_iterations``
+        per batch: with μ = 2 its bar would stop half-way.
+        """
+        trainer = self.trainer
+        if trainer.max_epochs == -1 and trainer.max_steps is not None and trainer.max_steps > 0:
+            per_batch = max(1, int(getattr(trainer.lightning_module, "num_iterations", 1)))
+            remaining = -(-(trainer.max_steps - trainer.global_step) // per_batch)  # ceil
+            return min(trainer.num_training_batches, remaining)
+        return trainer.num_training_batches
+
 
 class RunModelSummary(RichModelSummary):
     """``RichModelSummary`` without the train/eval mode counts and FLOPs, which say nothing about an RL run."""

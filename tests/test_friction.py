@@ -194,6 +194,14 @@ def test_progress_bar_has_no_bogus_epoch_bound_or_version():
     bar._trainer = SimpleNamespace(max_epochs=3)
     assert bar._get_train_description(1) == "Epoch 1/2"
     assert "espo.progress.RunProgressBar" in Path(DEMO).read_text()
+    # The bar's total counts rollout steps: max_steps and global_step count optimiser steps, μ per batch.
+    bar._trainer = SimpleNamespace(max_epochs=-1, max_steps=160, global_step=40, num_training_batches=250_000,
+                                   lightning_module=SimpleNamespace(num_iterations=2))
+    assert bar.total_train_batches == 60  # Lightning's: 120
+    bar._trainer.global_step, bar._trainer.lightning_module.num_iterations = 41, 3
+    assert bar.total_train_batches == 40  # 119 optimiser steps left, 3 per batch: ceil
+    bar._trainer.num_training_batches = 8
+    assert bar.total_train_batches == 8
 
 
 # ------------------------------------------------------------------ bug 9: model directories
