@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from espo.tasks.sudoku_trace import candidates_trace
-from espo.tasks.sudoku_trace_anatomy import anatomy, main
+from espo.tasks.sudoku_trace_anatomy import anatomy, correlation, main
 
 # 9 blanks: cells 0 and 12, 15 have two candidates from the givens (11:14>23, 41:13>24, 44:13>24), the other
 # six one each.
@@ -39,6 +39,20 @@ def test_anatomy_by_hand():
     assert got["multi_blanks"] == 9 and got["multi_accuracy"] == pytest.approx(8 / 9)
     assert got["trace_steps"] == 28 and got["trace_steps_right"] == pytest.approx(27 / 28)
     assert got["traced_blanks"] == 27 and got["answer_in_own_trace"] == pytest.approx(26 / 27)
+    assert math.isnan(got["trace_score_correlation"])  # the rows carry no score
+
+
+def test_trace_score_correlation_by_hand():
+    # Trace shares 1, 1, 1, 8/9 with scores 1, 0, 8/9, 1 (no answer line scores 0).
+    scored = [dict(r, score=s) for r, s in zip(rows(), [1.0, 0.0, 8 / 9, 1.0], strict=True)]
+    x, y = [1.0, 1.0, 1.0, 8 / 9], [1.0, 0.0, 8 / 9, 1.0]
+    mx, my = sum(x) / 4, sum(y) / 4
+    sxy = sum((a - mx) * (b - my) for a, b in zip(x, y, strict=True))
+    expected = sxy / math.sqrt(sum((a - mx) ** 2 for a in x) * sum((b - my) ** 2 for b in y))
+    assert anatomy(scored)["trace_score_correlation"] == pytest.approx(expected)
+    assert correlation([(0.0, 1.0), (1.0, 3.0), (2.0, 5.0)]) == pytest.approx(1.0)
+    assert correlation([(0.0, 1.0), (1.0, -1.0)]) == pytest.approx(-1.0)
+    assert math.isnan(correlation([(1.0, 2.0), (1.0, 3.0)])) and math.isnan(correlation([(1.0, 2.0)]))
 
 
 def test_nothing_to_count_is_nan_and_the_command_prints_a_column(tmp_path: Path, capsys: pytest.CaptureFixture):

@@ -10,7 +10,9 @@ The held-out score (cell accuracy on the blanks) hides what a model does well an
 * ``trace_steps_right``: the share of written candidate steps (``rc:seen>left``) whose ``left`` set is the
   givens' (``candidates`` style);
 * ``answer_in_own_trace``: on blanks the completion wrote a step for, whether the answer digit is one of the
-  candidates the completion itself listed (does the answer line follow the trace?).
+  candidates the completion itself listed (does the answer line follow the trace?);
+* ``trace_score_correlation``: over completions, the Pearson correlation of their share of right trace steps
+  with their score (rows with a ``score``, as ``espo test`` writes): does a better trace go with a better answer?
 
 Used in docs/testbed.md to say what RL changed. Run it on the file ``espo test`` writes::
 
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import re
 from collections.abc import Iterable
 from typing import Any
@@ -41,16 +44,22 @@ def anatomy(rows: Iterable[dict[str, Any]]) -> dict[str, float]:
     count = dict.fromkeys(("completions", "answers", "givens_copied", "single_right", "single_blanks",
                            "multi_right", "multi_blanks", "steps_right", "trace_steps", "in_trace",
                            "traced_blanks"), 0)
+    pairs = []  # (share of this completion's trace steps that are right, its score)
     for row in rows:
         puzzle, solution = row["example"]["puzzle"], row["example"]["solution"]
         completion = row["completion"] if isinstance(row["completion"], str) else ""
         count["completions"] += 1
         steps = {}  # cell index -> the candidates this completion listed (the first step for a cell counts)
+        written = right = 0
         for r, c, left in _CANDIDATE_STEP.findall(completion):
             cell = (int(r) - 1) * SIZE + int(c) - 1
             steps.setdefault(cell, left)
-            count["trace_steps"] += 1
-            count["steps_right"] += puzzle[cell] == "0" and left == _seen_and_left(puzzle, cell)[1]
+            written += 1
+            right += puzzle[cell] == "0" and left == _seen_and_left(puzzle, cell)[1]
+        count["trace_steps"] += written
+        count["steps_right"] += right
+        if "score" in row:
+            pairs.append((right / written if written else 0.0, float(row["score"])))
         answer = parse_answer(completion)
         if answer is None:
             continue
@@ -75,7 +84,18 @@ def anatomy(rows: Iterable[dict[str, Any]]) -> dict[str, float]:
             "multi_accuracy": share("multi_right", "multi_blanks"),
             "trace_steps_right": share("steps_right", "trace_steps"),
             "answer_in_own_trace": share("in_trace", "traced_blanks"),
+            "trace_score_correlation": correlation(pairs),
             **{k: float(count[k]) for k in COUNTS}}
+
+
+def correlation(pairs: list[tuple[float, float]]) -> float:
+    """Pearson correlation of the pairs' two values; NaN for fewer than two pairs or a constant value."""
+    if len(pairs) < 2:
+        return float("nan")
+    mx, my = (sum(v) / len(pairs) for v in zip(*pairs, strict=True))
+    sxy = sum((x - mx) * (y - my) for x, y in pairs)
+    sxx, syy = sum((x - mx) ** 2 for x, _ in pairs), sum((y - my) ** 2 for _, y in pairs)
+    return sxy / math.sqrt(sxx * syy) if sxx > 0 and syy > 0 else float("nan")
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
