@@ -10,6 +10,7 @@ import math
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from espo.cli import main
@@ -172,7 +173,7 @@ def test_validation_failures_are_counted_apart_from_the_training_counters():
     task = Task()
     task.pool.count_timeout()  # the training stream's counter before validation
     v = Validation(4)
-    v.start(__import__("torch").device("cpu"))
+    v.start(torch.device("cpu"))
     for idx in range(2):
         v.step(Evaluation(), None, SimpleNamespace(gen_length=8), task, [{}, {}], idx, seed=0, rank=0,
                max_prompt_length=None, gather=False)

@@ -46,7 +46,7 @@ _WELL_FORMED = {
 TraceStyle = Literal["singles", "candidates"]
 
 
-def _seen_and_left(cells: Sequence[str], i: int) -> tuple[str, str]:
+def seen_and_left(cells: Sequence[str], i: int) -> tuple[str, str]:
     """The sorted digits cell ``i``'s row, column and box show in ``cells``, and the digits it can still take."""
     seen = "".join(sorted({cells[j] for j in PEERS[i]} - {"0"}))
     return seen, "".join(d for d in "1234" if d not in seen)
@@ -64,7 +64,7 @@ def singles_steps(puzzle: str) -> list[tuple[int, str, str]] | None:
         for i in range(CELLS):
             if cells[i] != "0":
                 continue
-            seen, left = _seen_and_left(cells, i)
+            seen, left = seen_and_left(cells, i)
             if len(left) == 1:
                 steps.append((i, seen, left))
                 cells[i] = left
@@ -94,7 +94,7 @@ def candidates_trace(puzzle: str, solution: str) -> str:
     for i in range(CELLS):
         if puzzle[i] != "0":
             continue
-        seen, left = _seen_and_left(puzzle, i)
+        seen, left = seen_and_left(puzzle, i)
         steps.append(f"{i // SIZE + 1}{i % SIZE + 1}:{seen}>{left}")
     return " ".join(steps) + "\n" + solution
 

@@ -29,7 +29,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from espo.tasks.sudoku_gen import CELLS, SIZE
-from espo.tasks.sudoku_trace import _seen_and_left, parse_answer
+from espo.tasks.sudoku_trace import parse_answer, seen_and_left
 
 _CANDIDATE_STEP = re.compile(r"([1-4])([1-4]):[1-4]{0,3}>([1-4]{1,4})")
 COUNTS = ("completions", "answers", "single_blanks", "multi_blanks", "trace_steps", "traced_blanks")
@@ -55,7 +55,7 @@ def anatomy(rows: Iterable[dict[str, Any]]) -> dict[str, float]:
             cell = (int(r) - 1) * SIZE + int(c) - 1
             steps.setdefault(cell, left)
             written += 1
-            right += puzzle[cell] == "0" and left == _seen_and_left(puzzle, cell)[1]
+            right += puzzle[cell] == "0" and left == seen_and_left(puzzle, cell)[1]
         count["trace_steps"] += written
         count["steps_right"] += right
         if "score" in row:
@@ -68,7 +68,7 @@ def anatomy(rows: Iterable[dict[str, Any]]) -> dict[str, float]:
         for cell in range(CELLS):
             if puzzle[cell] != "0":
                 continue
-            kind = "single" if len(_seen_and_left(puzzle, cell)[1]) == 1 else "multi"
+            kind = "single" if len(seen_and_left(puzzle, cell)[1]) == 1 else "multi"
             count[f"{kind}_blanks"] += 1
             count[f"{kind}_right"] += answer[cell] == solution[cell]
             if cell in steps:
