@@ -105,6 +105,34 @@ def test_wd1_weights_and_loss_by_hand():
     assert loss.item() == pytest.approx(float((expected * per_token.sum(-1)).sum() / 2), abs=1e-5)
 
 
+def test_wd1_kl_anchor_by_hand():
+    batch = rollout()
+    batch.advantages = torch.tensor([1.0, 0.0, -1.0, 0.0, 0.0, 0.0])
+    policy, logp = fixed_logits_model(6, 7, seed=3)
+    reference, ref_logp = fixed_logits_model(6, 7, seed=4)
+    assert not WD1().uses_reference and WD1(beta=0.1).uses_reference
+    with pytest.raises(ValueError, match="reference"):
+        WD1(beta=0.1).prepare(policy, None, batch, num_iterations=1, micro_batch_size=6, generator=torch.Generator())
+    plain, anchored = WD1(), WD1(beta=0.1)
+    plain.prepare(policy, None, batch, num_iterations=2, micro_batch_size=4, generator=torch.Generator().manual_seed(0))
+    assert "ref_logps" not in batch.extras
+    anchored.prepare(policy, reference, batch, num_iterations=2, micro_batch_size=6,  # the fixed logits are per row
+                     generator=torch.Generator().manual_seed(0))
+    assert batch.extras["ref_logps"].shape == (6, 2, 4)
+    targets = batch.input_ids[:, 3:, None]
+    delta = (logp[:, 3:].gather(-1, targets) - ref_logp[:, 3:].gather(-1, targets)).squeeze(-1)  # [6, 4]
+    k3 = (torch.exp(-delta) + delta - 1) * batch.completion_mask  # row 0 counts its first two tokens only
+    loss0, _ = plain.loss(policy, batch, 1)
+    loss, m = anchored.loss(policy, batch, 1)
+    assert m["kl"].item() == pytest.approx(float(k3.sum(-1).mean()), abs=1e-5)
+    assert loss.item() == pytest.approx(loss0.item() + 0.1 * float(k3.sum(-1).mean()), abs=1e-5)
+    # Anchored to itself, the KL and its gradient vanish: the loss is wd1's.
+    anchored.prepare(policy, policy, batch, num_iterations=1, micro_batch_size=6, generator=torch.Generator())
+    assert anchored.loss(policy, batch, 0)[1]["kl"].item() == 0.0
+    with pytest.raises(ValueError, match="beta"):
+        WD1(beta=-1.0)
+
+
 def test_wd1_gradient_vanishes_for_equal_rewards(small_model):
     batch = rollout()
     batch.rewards = torch.tensor([0.5, 0.5, 0.5, 1.0, 1.0, 1.0])

@@ -8,6 +8,15 @@ sequence log-likelihood log π(o_i) ≈ Σ_k φ_θ(o_ik) summed over the complet
 (the reference code sums within its per-device micro-batch, which is one group, and averages over devices;
 the paper writes 1/G instead, a constant factor). No old or reference passes, no ratio, no clipping. When all
 rewards in a group are equal, w⁺ = w⁻ and that group contributes no gradient.
+
+``beta > 0`` adds a KL anchor to the reference policy, which wd1 does not have (off by default): the per-token
+k3 estimate on the same prompt masks, summed over the completion like wd1's likelihood and averaged over
+completions,
+
+    loss += β · 1/N Σ_i Σ_k k3(φ_θ(o_ik) - φ_ref(o_ik)),
+
+so that against the policy term's per-token weight |w⁻_i - w⁺_i| ≈ 2|Â_i|/G it weighs β/G, the same balance
+as d1's β against |Â| (up to the factor 2). It costs one reference pass per inner iteration.
 """
 
 from __future__ import annotations
@@ -17,6 +26,7 @@ from typing import Literal
 import torch
 
 from espo.objectives.base import CountThrough, Model, Objective, Rollout
+from espo.objectives.kl import KLEstimator, check_kl_estimator, kl_estimate
 from espo.objectives.mean_field import mean_field_logps, sample_prompt_masks
 
 WeightScope = Literal["group", "batch"]
@@ -52,11 +62,15 @@ class WD1(Objective):
         random_masking: Fresh prompt masks per inner iteration (the code's YAML).
         count_through: Completion tokens summed into log π(o): ``"padding_eos"`` (wd1: through the first
             ``<|endoftext|>``) or ``"any_eos"`` (through the first EOS of any kind).
+        beta: KL anchor to the reference (not in wd1, whose 0 skips the reference pass): β times the
+            per-token KL estimate summed over the completion, averaged over completions.
+        kl_estimator: The anchor's per-token estimator: ``"k3"`` (d1's), ``"k1"``, ``"k2"``, ``"k1_espo"``.
     """
 
     def __init__(self, p_mask_prompt: float = 0.15, psi: float = 1.0, negative: bool = True,
                  weight_scope: WeightScope = "group", random_masking: bool = True,
-                 count_through: CountThrough = "padding_eos") -> None:
+                 count_through: CountThrough = "padding_eos", beta: float = 0.0,
+                 kl_estimator: KLEstimator = "k3") -> None:
         if count_through not in ("any_eos", "padding_eos"):
             raise ValueError(f"count_through must be 'any_eos' or 'padding_eos', got {count_through!r}.")
         self.count_through = count_through
@@ -68,6 +82,14 @@ class WD1(Objective):
             raise ValueError("psi must be positive.")
         self.p_mask_prompt, self.psi, self.negative = p_mask_prompt, psi, negative
         self.weight_scope, self.random_masking = weight_scope, random_masking
+        if beta < 0:
+            raise ValueError(f"beta must be non-negative, got {beta}.")
+        check_kl_estimator(kl_estimator)
+        self.beta, self.kl_estimator = beta, kl_estimator
+
+    @property
+    def uses_reference(self) -> bool:
+        return self.beta > 0
 
     def prepare(
         self,
@@ -86,6 +108,14 @@ class WD1(Objective):
         rollout.extras["prompt_masks"] = masks.expand(-1, num_iterations, -1).to(device)
         rollout.extras["wd1_weights"] = wd1_weights(rollout.advantages.float(), rollout.group_size, psi=self.psi,
                                                     negative=self.negative, scope=self.weight_scope).to(device)
+        if self.uses_reference:
+            if reference is None:
+                raise ValueError("WD1 with beta > 0 needs a reference policy.")
+            with torch.no_grad():  # the anchor's targets, on each iteration's own prompt masks
+                rollout.extras["ref_logps"] = torch.stack([torch.cat([
+                    mean_field_logps(reference, mb.input_ids, mb.prompt_len, mb.extras["prompt_masks"][:, j],
+                                     attention_mask=mb.attention_mask) for mb in rollout.split(micro_batch_size)
+                ]) for j in range(num_iterations)], dim=1).float()  # [N, μ, L]
 
     def loss(self, policy: Model, batch: Rollout, iteration: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         logps = mean_field_logps(policy, batch.input_ids, batch.prompt_len, batch.extras["prompt_masks"][:, iteration],
@@ -93,6 +123,12 @@ class WD1(Objective):
         seq = (logps * batch.counted(self.count_through)).sum(-1)  # [b]
         weights = batch.extras["wd1_weights"]  # [b]
         groups = len(batch) / batch.group_size  # the module averages micro-batches by rows
-        loss = (weights * seq).sum() / groups
-        return loss, {"policy_loss": loss.detach(), "logp_sequence": seq.detach().mean(),
-                      "weight_abs": weights.abs().mean()}
+        policy_loss = (weights * seq).sum() / groups
+        metrics = {"policy_loss": policy_loss.detach(), "logp_sequence": seq.detach().mean(),
+                   "weight_abs": weights.abs().mean()}
+        if not self.uses_reference:
+            return policy_loss, metrics
+        delta = logps - batch.extras["ref_logps"][:, iteration]  # [b, L]
+        kl = (kl_estimate(delta, self.kl_estimator) * batch.counted(self.count_through)).sum(-1).mean()  # Σ_k, mean_i
+        metrics["kl"] = kl.detach()
+        return policy_loss + self.beta * kl, metrics
