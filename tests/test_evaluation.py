@@ -31,6 +31,22 @@ def test_schedule_follows_the_d1_protocol():
 
 
 @pytest.mark.slow
+def test_evaluation_cache_overrides_the_samplers_own():
+    from espo.sampling import LLaDASampler
+    from espo.sampling.block import BlockDiffusionSampler
+
+    rollouts = LLaDASampler(gen_length=128, block_length=32, steps=32, cache="dual")
+    keep, fixed = Evaluation(steps_ratio=0.25), Evaluation(steps_ratio=0.25, cache="prefix")
+    assert keep.sampler_for(rollouts, 128, 32, 32).cache == "dual"
+    evaluated = fixed.sampler_for(rollouts, 128, 32, 32)
+    assert evaluated.cache == "prefix" and evaluated.temperature == 0.0 and rollouts.cache == "dual"
+    assert Evaluation(cache="none").sampler_for(rollouts, 128, 64, 32).cache == "none"
+    with pytest.raises(ValueError, match="evaluation.cache"):
+        Evaluation(cache="full")
+    with pytest.raises(ValueError, match="no cache option"):
+        fixed.sampler_for(BlockDiffusionSampler(gen_length=64, block_length=32, steps=8), 64, 16, 32)
+
+
 def test_espo_test_on_the_tiny_checkpoint(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
     main(["test", "--config", str(REPO / "configs/demo.yaml"),
           "--model.policy.path", str(REPO / "checkpoints/tiny-sudoku-sft"),
