@@ -124,13 +124,19 @@ def test_bad_blanks_fail_early() -> None:
         SudokuTrace(min_blanks=10, max_blanks=13)
 
 
-def test_testbed_config_parses() -> None:
+@pytest.mark.parametrize(("name", "objective", "cache"), [("testbed.yaml", "WD1", "dual"),
+                                                        ("testbed_espo.yaml", "ESPO", "prefix")])
+def test_testbed_configs_parse(name: str, objective: str, cache: str) -> None:
     from espo.cli import cli
 
-    parsed = cli(["--config", str(REPO / "configs" / "testbed.yaml")], run=False)
+    parsed = cli(["--config", str(REPO / "configs" / name)], run=False)
     assert isinstance(parsed.datamodule, SudokuTrace) and parsed.datamodule.style == "candidates"
     assert parsed.model.sampler.gen_length == 128 and parsed.model.sampler.block_length == 32
-    assert parsed.model.policy_spec.path == "checkpoints/testbed-sft" and parsed.model.sampler.cache == "prefix"
+    assert parsed.model.policy_spec.path == "checkpoints/testbed-sft" and parsed.model.sampler.cache == cache
+    assert type(parsed.model.objective).__name__ == objective
+    # Held-out scores of both recipes come from the same decoder (greedy, 32 steps, prefix cache).
+    evaluated = parsed.model.evaluation.sampler_for(parsed.model.sampler, 128, *parsed.model.evaluation.schedule(128))
+    assert (evaluated.cache, evaluated.steps, evaluated.temperature) == ("prefix", 32, 0.0)
 
 
 @pytest.mark.skipif(not CHECKPOINT.exists(), reason="checkpoints/testbed-sft not present")
