@@ -110,10 +110,11 @@ def test_wd1_kl_anchor_by_hand():
     batch.advantages = torch.tensor([1.0, 0.0, -1.0, 0.0, 0.0, 0.0])
     policy, logp = fixed_logits_model(6, 7, seed=3)
     reference, ref_logp = fixed_logits_model(6, 7, seed=4)
-    assert not WD1().uses_reference and WD1(beta=0.1).uses_reference
+    assert not WD1().uses_reference and WD1(anchor_beta=0.1).uses_reference
     with pytest.raises(ValueError, match="reference"):
-        WD1(beta=0.1).prepare(policy, None, batch, num_iterations=1, micro_batch_size=6, generator=torch.Generator())
-    plain, anchored = WD1(), WD1(beta=0.1)
+        WD1(anchor_beta=0.1).prepare(policy, None, batch, num_iterations=1, micro_batch_size=6,
+                                     generator=torch.Generator())
+    plain, anchored = WD1(), WD1(anchor_beta=0.1)
     plain.prepare(policy, None, batch, num_iterations=2, micro_batch_size=4, generator=torch.Generator().manual_seed(0))
     assert "ref_logps" not in batch.extras
     anchored.prepare(policy, reference, batch, num_iterations=2, micro_batch_size=6,  # the fixed logits are per row
@@ -129,8 +130,8 @@ def test_wd1_kl_anchor_by_hand():
     # Anchored to itself, the KL and its gradient vanish: the loss is wd1's.
     anchored.prepare(policy, policy, batch, num_iterations=1, micro_batch_size=6, generator=torch.Generator())
     assert anchored.loss(policy, batch, 0)[1]["kl"].item() == 0.0
-    with pytest.raises(ValueError, match="beta"):
-        WD1(beta=-1.0)
+    with pytest.raises(ValueError, match="anchor_beta"):
+        WD1(anchor_beta=-1.0)
 
 
 def test_wd1_gradient_vanishes_for_equal_rewards(small_model):

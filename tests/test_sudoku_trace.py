@@ -159,3 +159,13 @@ def test_checkpoint_loads_and_completions_span_four_blocks() -> None:
     for row in out.tolist():
         length = row.index(eos) if eos in row else len(row)
         assert length > 96, model.tokenizer.decode(row[:length])  # text reaches the fourth 32-token block
+
+
+def test_swapping_to_wd1_on_the_command_line_carries_no_kl_coefficient() -> None:
+    """The WD1 runs of docs/testbed.md swap the class on top of the ESPO config (beta 0.01): WD1 stays unanchored."""
+    from espo.cli import cli
+
+    parsed = cli(["--config", str(REPO / "configs" / "testbed_espo.yaml"), "--model.objective.class_path", "WD1"],
+                 run=False)
+    assert type(parsed.model.objective).__name__ == "WD1"
+    assert parsed.model.objective.anchor_beta == 0.0 and not parsed.model.objective.uses_reference

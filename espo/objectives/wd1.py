@@ -9,7 +9,7 @@ sequence log-likelihood log π(o_i) ≈ Σ_k φ_θ(o_ik) summed over the complet
 the paper writes 1/G instead, a constant factor). No old or reference passes, no ratio, no clipping. When all
 rewards in a group are equal, w⁺ = w⁻ and that group contributes no gradient.
 
-``beta > 0`` adds a KL anchor to the reference policy, which wd1 does not have (off by default): the per-token
+``anchor_beta > 0`` adds a KL anchor to the reference policy, which wd1 does not have (off by default): the per-token
 k3 estimate on the same prompt masks, summed over the completion like wd1's likelihood and averaged over
 completions,
 
@@ -62,15 +62,17 @@ class WD1(Objective):
         random_masking: Fresh prompt masks per inner iteration (the code's YAML).
         count_through: Completion tokens summed into log π(o): ``"padding_eos"`` (wd1: through the first
             ``<|endoftext|>``) or ``"any_eos"`` (through the first EOS of any kind).
-        beta: KL anchor to the reference (not in wd1, whose 0 skips the reference pass): β times the
-            per-token KL estimate summed over the completion, averaged over completions.
-        kl_estimator: The anchor's per-token estimator: ``"k3"`` (d1's), ``"k1"``, ``"k2"``, ``"k1_espo"``.
+        anchor_beta: KL anchor to the reference (not in wd1, whose 0 skips the reference pass): β times the
+            per-token KL estimate summed over the completion, averaged over completions. Named apart from the
+            other objectives' ``beta`` so that swapping ``class_path`` to WD1 on the command line does not carry
+            their KL coefficient over (jsonargparse keeps init_args the new class also accepts).
+        anchor_estimator: The anchor's per-token estimator: ``"k3"`` (d1's), ``"k1"``, ``"k2"``, ``"k1_espo"``.
     """
 
     def __init__(self, p_mask_prompt: float = 0.15, psi: float = 1.0, negative: bool = True,
                  weight_scope: WeightScope = "group", random_masking: bool = True,
-                 count_through: CountThrough = "padding_eos", beta: float = 0.0,
-                 kl_estimator: KLEstimator = "k3") -> None:
+                 count_through: CountThrough = "padding_eos", anchor_beta: float = 0.0,
+                 anchor_estimator: KLEstimator = "k3") -> None:
         if count_through not in ("any_eos", "padding_eos"):
             raise ValueError(f"count_through must be 'any_eos' or 'padding_eos', got {count_through!r}.")
         self.count_through = count_through
@@ -82,14 +84,14 @@ class WD1(Objective):
             raise ValueError("psi must be positive.")
         self.p_mask_prompt, self.psi, self.negative = p_mask_prompt, psi, negative
         self.weight_scope, self.random_masking = weight_scope, random_masking
-        if beta < 0:
-            raise ValueError(f"beta must be non-negative, got {beta}.")
-        check_kl_estimator(kl_estimator)
-        self.beta, self.kl_estimator = beta, kl_estimator
+        if anchor_beta < 0:
+            raise ValueError(f"anchor_beta must be non-negative, got {anchor_beta}.")
+        check_kl_estimator(anchor_estimator)
+        self.anchor_beta, self.anchor_estimator = anchor_beta, anchor_estimator
 
     @property
     def uses_reference(self) -> bool:
-        return self.beta > 0
+        return self.anchor_beta > 0
 
     def prepare(
         self,
@@ -110,7 +112,7 @@ class WD1(Objective):
                                                     negative=self.negative, scope=self.weight_scope).to(device)
         if self.uses_reference:
             if reference is None:
-                raise ValueError("WD1 with beta > 0 needs a reference policy.")
+                raise ValueError("WD1 with anchor_beta > 0 needs a reference policy.")
             with torch.no_grad():  # the anchor's targets, on each iteration's own prompt masks
                 rollout.extras["ref_logps"] = torch.stack([torch.cat([
                     mean_field_logps(reference, mb.input_ids, mb.prompt_len, mb.extras["prompt_masks"][:, j],
@@ -129,6 +131,7 @@ class WD1(Objective):
         if not self.uses_reference:
             return policy_loss, metrics
         delta = logps - batch.extras["ref_logps"][:, iteration]  # [b, L]
-        kl = (kl_estimate(delta, self.kl_estimator) * batch.counted(self.count_through)).sum(-1).mean()  # Σ_k, mean_i
+        per_token = kl_estimate(delta, self.anchor_estimator) * batch.counted(self.count_through)  # [b, L]
+        kl = per_token.sum(-1).mean()  # Σ_k, then the mean over completions
         metrics["kl"] = kl.detach()
-        return policy_loss + self.beta * kl, metrics
+        return policy_loss + self.anchor_beta * kl, metrics
