@@ -197,8 +197,8 @@ class DiffusionRL(LightningModule):
         # datamodule, the setting is the module's).
         self._task().val_examples = self.validation.num_examples
         if self.validation.num_examples and stage in ("fit", "validate"):
-            self.evaluation.schedule(self.sampler.gen_length)  # a block that does not divide L fails here
-            self.evaluation.sampler_for(self.sampler, self.sampler.gen_length,  # so does a cache it lacks
+            # A block that does not divide L fails here, and so does an evaluation cache the sampler lacks.
+            self.evaluation.sampler_for(self.sampler, self.sampler.gen_length,
                                         *self.evaluation.schedule(self.sampler.gen_length))
             self._task().held_out_dataloader(self.validation.num_examples)  # too few held-out examples too
         elif stage == "validate":

@@ -127,6 +127,10 @@ def test_wd1_kl_anchor_by_hand():
     loss, m = anchored.loss(policy, batch, 1)
     assert m["kl"].item() == pytest.approx(float(k3.sum(-1).mean()), abs=1e-5)
     assert loss.item() == pytest.approx(loss0.item() + 0.1 * float(k3.sum(-1).mean()), abs=1e-5)
+    fixed = WD1(anchor_beta=0.1, random_masking=False)  # one mask draw: one reference pass serves every iteration
+    fixed.prepare(policy, reference, batch, num_iterations=3, micro_batch_size=6, generator=torch.Generator())
+    assert batch.extras["ref_logps"].shape == (6, 3, 4)
+    assert torch.equal(batch.extras["ref_logps"][:, 0], batch.extras["ref_logps"][:, 2])
     # Anchored to itself, the KL and its gradient vanish: the loss is wd1's.
     anchored.prepare(policy, policy, batch, num_iterations=1, micro_batch_size=6, generator=torch.Generator())
     assert anchored.loss(policy, batch, 0)[1]["kl"].item() == 0.0

@@ -113,11 +113,12 @@ class WD1(Objective):
         if self.uses_reference:
             if reference is None:
                 raise ValueError("WD1 with anchor_beta > 0 needs a reference policy.")
-            with torch.no_grad():  # the anchor's targets, on each iteration's own prompt masks
-                rollout.extras["ref_logps"] = torch.stack([torch.cat([
+            with torch.no_grad():  # the anchor's targets, one pass per distinct mask draw
+                ref = torch.stack([torch.cat([
                     mean_field_logps(reference, mb.input_ids, mb.prompt_len, mb.extras["prompt_masks"][:, j],
                                      attention_mask=mb.attention_mask) for mb in rollout.split(micro_batch_size)
-                ]) for j in range(num_iterations)], dim=1).float()  # [N, μ, L]
+                ]) for j in range(draws)], dim=1).float()  # [N, μ|1, L]
+            rollout.extras["ref_logps"] = ref.expand(-1, num_iterations, -1)  # [N, μ, L]
 
     def loss(self, policy: Model, batch: Rollout, iteration: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         logps = mean_field_logps(policy, batch.input_ids, batch.prompt_len, batch.extras["prompt_masks"][:, iteration],
