@@ -142,16 +142,17 @@ def with_objective_defaults(argv: list[str]) -> list[str]:
 
     jsonargparse keeps every setting of the config's objective that the new class also accepts, so
     ``--model.objective DiffuGRPO`` on an ESPO config would inherit ESPO's ``beta`` instead of d1's 0.04,
-    and a comparison would silently not be the paper's. After a bare ``--model.objective NAME`` this
-    inserts the class's defaults, as if typed there; settings given after it still override them.
+    and a comparison would silently not be the paper's. After ``--model.objective NAME`` (or its long
+    spelling ``--model.objective.class_path NAME``) this inserts the class's defaults, as if typed there;
+    settings given after it still override them.
     """
     out, i = [], 0
     while i < len(argv):
         token, name = argv[i], None
-        if token.startswith("--model.objective="):
+        if token.startswith(("--model.objective=", "--model.objective.class_path=")):
             name = token.partition("=")[2]
             out.append(token)
-        elif token == "--model.objective" and i + 1 < len(argv):
+        elif token in ("--model.objective", "--model.objective.class_path") and i + 1 < len(argv):
             name = argv[i + 1]
             out += [token, name]
             i += 1

@@ -112,5 +112,8 @@ def test_swapping_the_objective_by_name_gives_its_own_defaults():
     tuned = cli(["--config", str(REPO / "configs" / "demo.yaml"), "--model.objective=DiffuGRPO",
                  "--model.objective.init_args.beta", "0.5"], run=False)
     assert tuned.model.objective.beta == 0.5  # settings after the swap still apply
+    long = cli(["--config", str(REPO / "configs" / "demo.yaml"), "--model.objective.class_path", "DiffuGRPO"],
+               run=False)
+    assert long.model.objective.beta == 0.04  # the class_path spelling swaps to the class defaults too
     kept = cli(["--config", str(REPO / "configs" / "demo.yaml"), "--model.objective.init_args.num_mc", "3"], run=False)
     assert kept.model.objective.beta == 0.01 and kept.model.objective.num_mc == 3  # no swap: the config's values
