@@ -64,8 +64,9 @@ class WD1(Objective):
             ``<|endoftext|>``) or ``"any_eos"`` (through the first EOS of any kind).
         anchor_beta: KL anchor to the reference (not in wd1, whose 0 skips the reference pass): β times the
             per-token KL estimate summed over the completion, averaged over completions. Named apart from the
-            other objectives' ``beta`` so that swapping ``class_path`` to WD1 on the command line does not carry
-            their KL coefficient over (jsonargparse keeps init_args the new class also accepts).
+            other objectives' ``beta`` so that a config that changes ``class_path`` to WD1 does not carry their
+            KL coefficient over (jsonargparse keeps init_args the new class also accepts; on the command line
+            ``espo.cli.with_objective_defaults`` already resets them).
         anchor_estimator: The anchor's per-token estimator: ``"k3"`` (d1's), ``"k1"``, ``"k2"``, ``"k1_espo"``.
     """
 
