@@ -25,7 +25,7 @@ from espo.models.tokenizer import build_char_tokenizer
 from espo.models.wrapper import DiffusionLM
 from espo.objectives import ESPO, Rollout
 from espo.sampling import generate
-from espo.tokens import completion_mask
+from espo.train.tokens import completion_mask
 
 #: LLaDA-8B-Instruct's network fields (../shared/reference/checkpoints.md).
 LLADA_8B = LLaDAConfig(

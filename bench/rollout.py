@@ -189,7 +189,7 @@ def speed(args: argparse.Namespace) -> None:
 
 def quality(args: argparse.Namespace) -> None:
     import espo.tasks
-    from espo.tokens import completion_mask, encode_prompts, render_prompt
+    from espo.train.tokens import completion_mask, encode_prompts, render_prompt
 
     model = load_model(args.checkpoint).eval()
     task = getattr(espo.tasks, args.task)(**json.loads(args.task_args))

@@ -31,7 +31,7 @@ from espo.models import DiffusionLM, LLaDAConfig, LLaDAModelLM, load_model  # no
 from espo.sampling import Stats, generate  # noqa: E402
 from espo.sampling.reference import reference_llada  # noqa: E402
 from espo.tasks import Sudoku  # noqa: E402
-from espo.tokens import completion_mask, encode_prompts  # noqa: E402
+from espo.train.tokens import completion_mask, encode_prompts  # noqa: E402
 
 BODIES = {  # LLaDA's vocabulary and special ids; only the body differs
     "small": dict(d_model=256, n_heads=4, n_kv_heads=4, n_layers=2, mlp_hidden_size=688),

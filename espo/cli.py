@@ -1,4 +1,4 @@
-"""The ``espo`` command: LightningCLI over ``DiffusionRL`` and any ``Task``.
+"""The ``espo`` command: LightningCLI over ``DiffusionRL`` and any ``Task``, and the tool verbs.
 
     espo fit --config configs/demo.yaml
     espo fit --config configs/demo.yaml --model.objective DiffuGRPO --model.objective.init_args.beta 0.01
@@ -38,10 +38,10 @@ from lightning.pytorch.utilities import rank_zero_info
 import espo.objectives  # noqa: F401 - registers the built-in objectives for short class names
 import espo.sampling  # noqa: F401
 import espo.tasks  # noqa: F401
-from espo.checkpointing import RunCheckpoint
+from espo.callbacks.checkpointing import RunCheckpoint
+from espo.callbacks.completions import CompletionLogger
+from espo.callbacks.summary import RunSummary
 from espo.module import DiffusionRL
-from espo.sampling.callback import CompletionLogger
-from espo.summary import RunSummary
 from espo.tasks.base import Task
 
 # Lightning 2.6 with torch >= 2.13 warns about its own pytree use on every run; it is not actionable here.
@@ -55,7 +55,7 @@ warnings.filterwarnings("ignore", message=r"LightningCLI's args parameter is int
 
 class _NoAdvert(logging.Filter):
     """Drops two lines Lightning prints on every run that say nothing about it: an advert ("Tip: ... try
-    installing litlogger") and a note that the configs' own model summary (``espo.progress``) is in use."""
+    installing litlogger") and a note that the configs' own model summary (``espo.callbacks.progress``) is in use."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
@@ -268,8 +268,29 @@ def cli(args: list[str] | dict[str, Any] | None = None, run: bool = True) -> Esp
 USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError)
 
 
+#: The tool verbs beside Lightning's fit/validate/test/predict: verb -> (module with ``main(argv)``, summary).
+TOOLS: dict[str, tuple[str, str]] = {
+    "compare": ("espo.tools.compare", "run objectives on one config or their paper recipes; table and plot"),
+    "export": ("espo.scale.export", "write a checkpoint's policy as a model directory load_model reads"),
+    "tiny-model": ("espo.models.__main__", "write a tiny random LLaDA checkpoint (demo or testbed size)"),
+    "anatomy": ("espo.tasks.sudoku_trace_anatomy", "where SudokuTrace completions go wrong, from espo test files"),
+}
+
+
+def _tool_help() -> str:
+    width = max(map(len, TOOLS))
+    rows = "\n".join(f"  {verb:<{width}}  {summary}" for verb, (_, summary) in TOOLS.items())
+    return f"espo's tool verbs ('espo VERB --help' for each):\n{rows}\n\n"
+
+
 def main(args: list[str] | dict[str, Any] | None = None) -> None:
     """Entry point of the ``espo`` console script (returns nothing, so the exit status is 0 on success)."""
+    argv = sys.argv[1:] if args is None else args
+    if isinstance(argv, (list, tuple)) and argv and argv[0] in TOOLS:
+        importlib.import_module(TOOLS[argv[0]][0]).main([str(a) for a in argv[1:]])
+        return
+    if isinstance(argv, (list, tuple)) and list(argv) in ([], ["-h"], ["--help"]):
+        sys.stdout.write(_tool_help())
     try:
         cli(args)
     except USER_ERRORS as err:

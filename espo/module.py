@@ -2,15 +2,15 @@
 
 One training step (manual optimisation; the dataloader yields prompts only) is data flowing one way:
 
-    prompts --espo.rollout.roll_out--> RolloutResult (a finished Rollout, metrics, samples)
-            --espo.update.update--> optimiser steps, counters advanced, update metrics --> log
+    prompts --espo.train.rollout.roll_out--> RolloutResult (a finished Rollout, metrics, samples)
+            --espo.train.update.update--> optimiser steps, counters advanced, update metrics --> log
 
 ``trainer.global_step`` therefore counts optimiser steps: ``num_iterations`` per prompt batch.
 
-The class wires the hooks; the work lives beside it: ``espo.policy`` builds the policy and its reference
-(``configure_model``), ``espo.rollout`` samples, scores and builds the ``Rollout``, ``espo.update`` takes the
-optimiser steps and owns the ``Counters``, ``espo.persistence`` fills and reads checkpoints and exports the
-policy, ``espo.evaluation`` runs ``espo test``.
+The class wires the hooks; the work lives in the layers below it: ``espo.train.policy`` builds the policy and
+its reference (``configure_model``), ``espo.train.rollout`` samples, scores and builds the ``Rollout``,
+``espo.train.update`` takes the optimiser steps and owns the ``Counters``, ``espo.train.persistence`` fills and
+reads checkpoints and exports the policy, ``espo.loops.evaluation`` runs ``espo test``.
 """
 
 from __future__ import annotations
@@ -24,23 +24,23 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.utilities import rank_zero_warn
 from rich.console import Console
 
-from espo.evaluation import Evaluation, EvaluationRun
+from espo.loops.evaluation import Evaluation, EvaluationRun
+from espo.loops.prediction import Prediction
+from espo.loops.validation import Validation
 from espo.models import DiffusionLM
 from espo.objectives import Objective
-from espo.persistence import ExportSpec, export, load_state, match_synced_reference, save_state
-from espo.policy import PolicySpec, build_policy, data_parallel_mesh
-from espo.prediction import Prediction
-from espo.preflight import check_prompts_render
-from espo.reference_sync import ReferenceSync, check_reference_sync
 from espo.rng import make_generator
-from espo.rollout import RolloutSettings, roll_out
 from espo.sampling import Sampler
 from espo.scale import check_optimizer
-from espo.schedules import epoch_steps, plan_schedule
-from espo.sizes import EffectiveSizes, effective_sizes
 from espo.tasks.base import Task
-from espo.update import Counters, UpdateSettings, update
-from espo.validation import Validation
+from espo.train.persistence import ExportSpec, export, load_state, match_synced_reference, save_state
+from espo.train.policy import PolicySpec, build_policy, data_parallel_mesh
+from espo.train.preflight import check_prompts_render
+from espo.train.reference_sync import ReferenceSync, check_reference_sync
+from espo.train.rollout import RolloutSettings, roll_out
+from espo.train.schedules import epoch_steps, plan_schedule
+from espo.train.sizes import EffectiveSizes, effective_sizes
+from espo.train.update import Counters, UpdateSettings, update
 
 # The policy is kept in eval mode on purpose (no dropout in RL); Lightning warns about that at fit start.
 warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode", category=UserWarning)
@@ -55,8 +55,9 @@ class DiffusionRL(LightningModule):
         objective: The training objective (``ESPO``, ``MaskedSFT`` ...).
         sampler: The rollout sampler; its ``gen_length`` is the completion canvas L.
         optimizer: Optimiser factory over the trainable parameters.
-        lr_scheduler: Optional scheduler factory, stepped once per optimiser step. ``espo.schedules.WarmupSchedule``
-            is the papers' warm-up (constant or cosine); it is given the planned optimiser steps here.
+        lr_scheduler: Optional scheduler factory, stepped once per optimiser step.
+            ``espo.train.schedules.WarmupSchedule`` is the papers' warm-up (constant or cosine); it is given the
+            planned optimiser steps here.
         evaluation: How ``espo test`` generates and scores (lengths, block length, steps ratio, temperature).
         export: Write the trained policy as a model directory when training ends (None: no export).
         num_generations: Completions per prompt G (advantages are computed within each group).
@@ -78,7 +79,7 @@ class DiffusionRL(LightningModule):
             nothing left still counts its ``num_iterations`` optimiser steps, as no-op steps.
         val_examples: Score this many held-out examples (the first of the task's test split) with the evaluation
             settings (greedy by default) before the first rollout step and every ``trainer.val_check_interval``
-            rollout steps, logged as ``val/score``; 0: no validation. See ``espo.validation``.
+            rollout steps, logged as ``val/score``; 0: no validation. See ``espo.loops.validation``.
     """
 
     def __init__(
@@ -236,7 +237,7 @@ class DiffusionRL(LightningModule):
 
     # ------------------------------------------------------------------ the step
     def training_step(self, batch: list[dict[str, Any]], batch_idx: int) -> None:
-        self.counters.start_step()  # a checkpoint saved if the step fails sees it (espo.persistence)
+        self.counters.start_step()  # a checkpoint saved if the step fails sees it (espo.train.persistence)
         self.policy.eval()  # dropout stays off during RL: rollouts, old/ref and current passes agree
         # On the policy's device: drawing [B, block, V] float64 noise on CPU and copying it would dominate on GPU.
         generator = make_generator(self.seed, "rollout", self.counters.rollout_step, device=self.device)
@@ -264,7 +265,7 @@ class DiffusionRL(LightningModule):
     def on_test_epoch_end(self) -> None:
         self.evaluation.finish(self._test_run, self.trainer, lambda key, value: self.log(key, value, sync_dist=False))
 
-    # ------------------------------------------------------------------ espo predict (see espo.prediction)
+    # ------------------------------------------------------------------ espo predict (see espo.loops.prediction)
     def on_predict_epoch_start(self) -> None:
         self.prediction.start()
 
@@ -277,7 +278,7 @@ class DiffusionRL(LightningModule):
     def on_predict_epoch_end(self) -> None:
         self.prediction.finish(self.trainer)
 
-    # ------------------------------------------------------------------ validation during fit (espo.validation)
+    # ------------------------------------------------------------------ validation during fit (espo.loops.validation)
     def on_validation_epoch_start(self) -> None:
         self.validation.start(self.device)
 
@@ -290,7 +291,7 @@ class DiffusionRL(LightningModule):
     def on_validation_epoch_end(self) -> None:
         self.validation.finish(self.trainer, self.log, self.rollout_step)
 
-    # ------------------------------------------------------------------ persistence (see espo.persistence)
+    # ------------------------------------------------------------------ persistence (see espo.train.persistence)
     def on_train_end(self) -> None:
         export(self.policy, self.export_spec, sharded=data_parallel_mesh(self.device_mesh) is not None,
                is_global_zero=self.trainer.is_global_zero)

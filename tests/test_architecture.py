@@ -1,5 +1,5 @@
-"""The step's shape: ``espo/``'s import graph is acyclic (every import counted: module level, in functions and
-type-only) and ``DiffusionRL.training_step`` stays a short one-way pipeline."""
+"""The package's shape: ``espo/``'s import graph is acyclic and layered (every import counted: module level, in
+functions and type-only), and ``DiffusionRL.training_step`` stays a short one-way pipeline."""
 
 from __future__ import annotations
 
@@ -53,6 +53,50 @@ def import_graph(package: Path = PACKAGE) -> dict[str, set[str]]:
     return graph
 
 
+#: The layers, top to bottom: a package imports only packages of lower rows (docs/architecture.md). Packages
+#: on one row are peers and never import each other (objectives never sample, samplers never score).
+LAYERS: tuple[tuple[str, ...], ...] = (
+    ("espo.tools",),  # experiment tools drive whole runs through the entry point
+    ("espo.cli",),
+    ("espo.module",),
+    ("espo.loops",),
+    ("espo.train",),
+    ("espo.callbacks",),
+    ("espo.objectives", "espo.sampling", "espo.tasks", "espo.scale"),
+    ("espo.rewards",),
+    ("espo.models",),
+    ("espo.rng",),
+)
+#: Outside the layers: the package root and the finder that serves old module paths.
+UNLAYERED = ("espo", "espo._moved")
+
+
+def layer_of(module: str) -> tuple[int, str] | None:
+    """(row, package) of an espo module, or None for the unlayered root modules."""
+    for row, packages in enumerate(LAYERS):
+        for package in packages:
+            if module == package or module.startswith(package + "."):
+                return row, package
+    return None
+
+
+def layering_violations(graph: dict[str, set[str]]) -> list[str]:
+    """``importer -> imported`` for every edge that goes up a layer or across to a peer package."""
+    bad = []
+    for module, targets in graph.items():
+        if module in UNLAYERED:
+            continue
+        row, package = layer_of(module) or (None, None)
+        assert row is not None, f"{module} is in no layer: add its package to LAYERS"
+        for target in sorted(targets):
+            if target in UNLAYERED:
+                continue
+            target_row, target_package = layer_of(target) or (None, None)
+            if target_package != package and target_row <= row:
+                bad.append(f"{module} -> {target}")
+    return bad
+
+
 def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
     """One cycle of ``graph`` as a list of modules (first == last), or None."""
     state: dict[str, int] = {}  # 1: on the stack, 2: done
@@ -94,6 +138,17 @@ def test_espo_has_no_import_cycle():
     graph = import_graph()
     assert "espo.module" in graph and graph["espo.module"]  # the graph really was built
     assert find_cycle(graph) is None, f"import cycle: {' -> '.join(find_cycle(graph))}"
+
+
+def test_every_import_goes_down_a_layer():
+    assert layering_violations(import_graph()) == []
+
+
+def test_the_layering_rule_refuses_an_upward_and_a_peer_import():
+    graph = {"espo.models.llada": {"espo.train.rollout"}, "espo.objectives.espo": {"espo.sampling.engine"},
+             "espo.train.rollout": {"espo.models.llada", "espo.train.tokens"}}
+    assert layering_violations(graph) == ["espo.models.llada -> espo.train.rollout",
+                                          "espo.objectives.espo -> espo.sampling.engine"]
 
 
 def test_training_step_is_a_short_one_way_pipeline():

@@ -41,7 +41,7 @@ def test_recipe_carries_its_papers_settings(name):
     assert model["optimizer"]["init_args"]["lr"] == lr and model["optimizer"]["init_args"]["weight_decay"] == decay
     assert model["sampler"]["init_args"]["temperature"] == temperature
     assert bool(model["policy"].get("load_in_4bit")) == qlora and ("lora" in model["policy"]) == qlora
-    assert model["lr_scheduler"]["class_path"] == "espo.schedules.WarmupSchedule"
+    assert model["lr_scheduler"]["class_path"] == "espo.train.schedules.WarmupSchedule"
     if name.startswith(("d1/", "wd1/", "spg/")):
         assert model["max_prompt_length"] == 200 and model["micro_batch_size"] == 6
         assert cfg["data"]["init_args"]["protocol"] == "d1"

@@ -13,8 +13,8 @@ from espo.cli import main
 from espo.models.tiny_block import make_tiny_llada2_published, make_tiny_sdar_published
 from espo.module import DiffusionRL
 from espo.objectives import ESPO, SPG, WD1, CoupledGRPO, DiffuGRPO
-from espo.policy import PolicySpec
 from espo.sampling import BlockDiffusionSampler
+from espo.train.policy import PolicySpec
 from tests.test_module import CountSevens, fit
 
 
@@ -108,7 +108,7 @@ def test_block_recipes_instantiate_without_loading_model_or_data(family, block):
 
 
 def test_expert_load_is_logged_while_training(dirs, tmp_path):
-    from espo.expert_load import ExpertLoadLogger, load_metrics
+    from espo.callbacks.expert_load import ExpertLoadLogger, load_metrics
 
     balanced, collapsed = load_metrics(torch.tensor([[5, 5, 5, 5]])), load_metrics(torch.tensor([[20, 0, 0, 0]]))
     assert float(balanced["moe/max_load"]) == 1.0 and float(balanced["moe/unused_experts"]) == 0.0

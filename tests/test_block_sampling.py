@@ -173,7 +173,7 @@ def test_validation_and_schedule(models, small_model):
 
 
 def test_evaluation_schedules_the_block_sampler_through_with_schedule():
-    from espo.evaluation import Evaluation
+    from espo.loops.evaluation import Evaluation
 
     evaluation = Evaluation([128, 256], block_length=32, steps_ratio=1.0, temperature=0.0)
     base = BlockDiffusionSampler(gen_length=64, block_length=4, steps=2, temperature=1.0, threshold=0.8)

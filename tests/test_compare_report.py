@@ -1,11 +1,11 @@
-"""espo.compare's report on hand-made run records: intervals over seeds, pairing by seed, table and plot."""
+"""espo.tools.compare's report on hand-made run records: intervals over seeds, pairing by seed, table and plot."""
 
 import math
 
 import pytest
 
-from espo.compare import run_config
-from espo.compare_report import moving_average, plot, summarise, write_table
+from espo.tools.compare import run_config
+from espo.tools.compare_report import moving_average, plot, summarise, write_table
 
 T2 = 4.302653  # t(0.975, 2 df)
 
@@ -45,7 +45,7 @@ def test_summarise_by_hand(results: dict):
 
 
 def test_table_and_plot(results: dict, tmp_path):
-    text = write_table(results, "ESPO", "python -m espo.compare ...", "2.x")
+    text = write_table(results, "ESPO", "espo compare ...", "2.x")
     assert "| ESPO | 3 | 10 | 0.400 ± 0.050 | 0.450 ± 0.025 | +0.050 ± 0.025 | – |" in text
     assert "| WD1 | 3 | 10 |" in text and "-0.023 ± 0.014" in text and "200 held-out examples" in text
     assert "| WD1 | 2 | 10 | 0.380 | 0.420 |" in text  # one row per run
@@ -69,7 +69,7 @@ def test_moving_average_and_run_config(tmp_path):
 
 
 def test_objectives_required_unless_rendering(tmp_path, capsys):
-    from espo.compare import main
+    from espo.tools.compare import main
 
     with pytest.raises(SystemExit):
         main(["--config", "configs/demo.yaml", "--out", str(tmp_path)])

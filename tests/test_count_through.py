@@ -9,7 +9,7 @@ import torch
 
 from espo.objectives import WD1, DiffuGRPO, Rollout, clipped_token_loss, group_advantages
 from espo.objectives.mean_field import mean_field_logps
-from espo.tokens import completion_mask
+from espo.train.tokens import completion_mask
 
 PAD_EOS, EOT = 3, 4  # the model's EOS ids: the first pads (LLaDA's <|endoftext|>), the second ends a turn
 # Row 0: 2 content tokens, <|eot_id|>, then padding; row 1: no <|eot_id|>; row 2: never ends.

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from espo.cli import main
-from espo.evaluation import Evaluation
+from espo.loops.evaluation import Evaluation
 from espo.tasks import Sudoku
 
 REPO = Path(__file__).resolve().parents[1]

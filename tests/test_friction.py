@@ -140,7 +140,7 @@ def test_no_double_argument_warning_and_no_logger_advert(caplog: pytest.LogCaptu
 
 
 def test_checkpoint_state_key_does_not_depend_on_its_settings():
-    from espo.checkpointing import RunCheckpoint
+    from espo.callbacks.checkpointing import RunCheckpoint
 
     assert RunCheckpoint(every_n_train_steps=2).state_key == RunCheckpoint(every_n_train_steps=100).state_key
 
@@ -165,8 +165,8 @@ def test_checkpoint_settings_with_checkpointing_off_fail_clearly():
 # ------------------------------------------------------------------ bug 1: --ckpt_path never overrides settings
 def test_user_settings_win_over_the_checkpoints_hyper_parameters(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                                  caplog: pytest.LogCaptureFixture):
-    from espo.evaluation import Evaluation
-    from espo.policy import PolicySpec
+    from espo.loops.evaluation import Evaluation
+    from espo.train.policy import PolicySpec
 
     ckpt = tmp_path / "last.ckpt"
     saved: dict[str, Any] = {"policy": PolicySpec(path="checkpoints/tiny-sudoku-sft"), "evaluation": Evaluation(),
@@ -186,14 +186,14 @@ def test_user_settings_win_over_the_checkpoints_hyper_parameters(tmp_path: Path,
 
 # ------------------------------------------------------------------ nits: what the console shows
 def test_progress_bar_has_no_bogus_epoch_bound_or_version():
-    from espo.progress import RunProgressBar
+    from espo.callbacks.progress import RunProgressBar
 
     bar = RunProgressBar()
     bar._trainer = SimpleNamespace(max_epochs=-1)
     assert bar._get_train_description(49) == "Epoch 49"  # Lightning's: "Epoch 49/-2"
     bar._trainer = SimpleNamespace(max_epochs=3)
     assert bar._get_train_description(1) == "Epoch 1/2"
-    assert "espo.progress.RunProgressBar" in Path(DEMO).read_text()
+    assert "espo.callbacks.progress.RunProgressBar" in Path(DEMO).read_text()
     # The bar's total counts rollout steps: max_steps and global_step count optimiser steps, μ per batch.
     bar._trainer = SimpleNamespace(max_epochs=-1, max_steps=160, global_step=40, num_training_batches=250_000,
                                    lightning_module=SimpleNamespace(num_iterations=2))
@@ -227,8 +227,8 @@ def test_chat_task_on_a_tokenizer_without_template_fails_before_the_model_loads(
 
     from espo.module import DiffusionRL
     from espo.objectives import ESPO
-    from espo.policy import PolicySpec
     from espo.sampling import LLaDASampler
+    from espo.train.policy import PolicySpec
 
     plain = shutil.copytree(tiny_dir, tmp_path / "plain")
     config = json.loads((plain / "tokenizer_config.json").read_text())
@@ -264,7 +264,7 @@ def test_predict_writes_completions_for_a_prompt_file(tiny_dir: Path, tmp_path: 
     assert all(r["length"] == 8 and isinstance(r["completion"], str) for r in rows)
 
 
-# ------------------------------------------------------------------ nits: python -m espo.scale.export
+# ------------------------------------------------------------------ nits: espo export
 def test_scale_export_runs_as_a_module_without_warning_and_writes_readable_weights(tmp_path: Path):
     import os
     import subprocess

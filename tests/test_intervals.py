@@ -1,10 +1,10 @@
-"""Interval arithmetic of espo.intervals on hand-made numbers and hand-computed t quantiles."""
+"""Interval arithmetic of espo.tools.intervals on hand-made numbers and hand-computed t quantiles."""
 
 import math
 
 import pytest
 
-from espo.intervals import curve_band, mean_interval, paired_interval, t_cdf, t_quantile
+from espo.tools.intervals import curve_band, mean_interval, paired_interval, t_cdf, t_quantile
 
 
 def test_t_quantiles_match_closed_forms_and_tables():

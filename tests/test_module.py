@@ -10,10 +10,10 @@ import torch
 
 from espo.module import DiffusionRL
 from espo.objectives import ESPO, MaskedSFT
-from espo.persistence import ExportSpec
-from espo.policy import PolicySpec
 from espo.sampling import LLaDASampler
 from espo.tasks import Sudoku, Task
+from espo.train.persistence import ExportSpec
+from espo.train.policy import PolicySpec
 
 
 class CountSevens(Task):

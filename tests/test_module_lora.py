@@ -12,9 +12,9 @@ from espo.models import load_model
 from espo.models.lora import AdapterDisabled, LoRASpec
 from espo.module import DiffusionRL
 from espo.objectives import ESPO
-from espo.persistence import ExportSpec
-from espo.policy import PolicySpec
 from espo.sampling import LLaDASampler
+from espo.train.persistence import ExportSpec
+from espo.train.policy import PolicySpec
 
 
 @pytest.mark.slow

@@ -1,4 +1,4 @@
-"""espo.compare's paper-recipe mode: each objective runs its own paper's recipe for the task."""
+"""espo.tools.compare's paper-recipe mode: each objective runs its own paper's recipe for the task."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from espo.compare import main
-from espo.paper_recipes import RECIPES, paper_recipe, paper_run_config
+from espo.tools.compare import main
+from espo.tools.paper_recipes import RECIPES, paper_recipe, paper_run_config
 
 
 @pytest.mark.parametrize("task", ["gsm8k", "math", "countdown", "sudoku"])

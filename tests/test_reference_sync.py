@@ -11,9 +11,9 @@ import torch
 from espo.models.lora import LoRASpec
 from espo.module import DiffusionRL
 from espo.objectives import ESPO, SPG
-from espo.policy import PolicySpec
-from espo.reference_sync import ReferenceSync, mix_into_reference, sync_if_due
 from espo.sampling import LLaDASampler
+from espo.train.policy import PolicySpec
+from espo.train.reference_sync import ReferenceSync, mix_into_reference, sync_if_due
 from tests.test_module import CountSevens
 
 SAMPLER = LLaDASampler(gen_length=8, block_length=4, steps=4, temperature=1.0)

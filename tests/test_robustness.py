@@ -14,15 +14,15 @@ import lightning.pytorch as pl
 import pytest
 import torch
 
-from espo.checkpointing import RunCheckpoint
+from espo.callbacks.checkpointing import RunCheckpoint
 from espo.cli import cli, main
 from espo.models import load_model
 from espo.module import DiffusionRL
 from espo.objectives import ESPO
-from espo.policy import PolicySpec
 from espo.sampling import LLaDASampler
-from espo.sizes import effective_sizes
 from espo.tasks import Sudoku, Task
+from espo.train.policy import PolicySpec
+from espo.train.sizes import effective_sizes
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -9,8 +9,8 @@ import torch
 
 from espo.models.tiny import tiny_model
 from espo.objectives import ESPO, MaskedSFT
-from espo.rollout import RolloutSettings, generate, roll_out
 from espo.tasks import Task
+from espo.train.rollout import RolloutSettings, generate, roll_out
 
 
 class Sevens(Task):

@@ -39,7 +39,7 @@ def make_rollout() -> Rollout:
 
 
 def gradients(objective, rollout: Rollout, micro_batch_size: int) -> torch.Tensor:
-    """The update's gradient: micro-batch losses weighted by rows (espo.update), summed."""
+    """The update's gradient: micro-batch losses weighted by rows (espo.train.update), summed."""
     model = tiny_model(seed=0, **SMALL)
     objective.prepare(model, None, rollout, num_iterations=1, micro_batch_size=micro_batch_size,
                       generator=torch.Generator().manual_seed(0))

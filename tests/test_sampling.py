@@ -10,7 +10,7 @@ import torch
 from espo.models import tiny_model
 from espo.sampling import LLaDASampler, Sampler, generate
 from espo.sampling.reference import reference_llada
-from espo.tokens import encode_prompts
+from espo.train.tokens import encode_prompts
 
 TEXTS = ["2+2=", "hello wor", "abc"]
 

@@ -15,7 +15,7 @@ from espo.models.wrapper import DiffusionLM
 from espo.sampling import DreamSampler, LLaDASampler, Stats, dream_generate, generate
 from espo.sampling.cache import KVCache
 from espo.sampling.reference import reference_dream, reference_llada
-from espo.tokens import completion_mask, encode_prompts
+from espo.train.tokens import completion_mask, encode_prompts
 
 CACHES = ["prefix", "dual"]
 

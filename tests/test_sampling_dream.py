@@ -11,7 +11,7 @@ from espo.models import tiny_model
 from espo.sampling import DreamSampler, Sampler, Stats
 from espo.sampling.dream import dream_confidence, dream_generate, filter_logits
 from espo.sampling.reference import reference_dream
-from espo.tokens import encode_prompts
+from espo.train.tokens import encode_prompts
 
 ALGS = ["origin", "maskgit_plus", "topk_margin", "entropy"]
 

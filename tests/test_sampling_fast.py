@@ -10,7 +10,7 @@ from espo.models.llada import LayerKV
 from espo.sampling import LLaDASampler, Stats, generate
 from espo.sampling.engine import finished_rows
 from espo.sampling.reference import reference_llada
-from espo.tokens import completion_mask, encode_prompts
+from espo.train.tokens import completion_mask, encode_prompts
 
 
 @pytest.fixture(scope="module")

@@ -17,10 +17,10 @@ from torch.distributed.tensor import DTensor
 from espo.models import load_model, logits_at, tiny_model
 from espo.module import DiffusionRL
 from espo.objectives import ESPO, MaskedSFT, elbo
-from espo.policy import PolicySpec
 from espo.sampling import LLaDASampler, generate
 from espo.scale import apply_activation_checkpointing, export_checkpoint, gathered, release, shard_model
 from espo.tasks import Sudoku
+from espo.train.policy import PolicySpec
 
 REPO = Path(__file__).resolve().parents[1]
 

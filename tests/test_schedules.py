@@ -9,10 +9,10 @@ import torch
 
 from espo.module import DiffusionRL
 from espo.objectives import ESPO
-from espo.policy import PolicySpec
 from espo.sampling import LLaDASampler
-from espo.schedules import WarmupSchedule, plan_schedule
 from espo.tasks import Sudoku
+from espo.train.policy import PolicySpec
+from espo.train.schedules import WarmupSchedule, plan_schedule
 
 
 def optimizer(lr: float = 1.0) -> torch.optim.Optimizer:

@@ -10,17 +10,17 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from espo.evaluation import Evaluation
+from espo.loops.evaluation import Evaluation
 from espo.models import load_model
 from espo.models.lora import LoRASpec, apply_lora
 from espo.module import DiffusionRL
 from espo.objectives import ESPO, SPG
-from espo.persistence import ExportSpec
-from espo.policy import PolicySpec
 from espo.sampling import DreamSampler, LLaDASampler
 from espo.scale.export import export_checkpoint
 from espo.tasks import Sudoku
 from espo.tasks.pool import RewardPool
+from espo.train.persistence import ExportSpec
+from espo.train.policy import PolicySpec
 
 
 def module_on(trainer: SimpleNamespace, **kwargs) -> DiffusionRL:
@@ -60,7 +60,7 @@ def test_spg_block_length_is_checked_at_setup_and_defaults_to_the_samplers():
 
 
 def test_lora_under_fsdp2_is_refused_before_loading(monkeypatch: pytest.MonkeyPatch):
-    from espo import policy
+    from espo.train import policy
 
     monkeypatch.setattr(policy, "load_model", lambda *args, **kwargs: pytest.fail("the model loaded"))
     with pytest.raises(ValueError, match="not supported under FSDP2"):

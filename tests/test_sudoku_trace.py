@@ -143,7 +143,7 @@ def test_testbed_configs_parse(name: str, objective: str, cache: str) -> None:
 def test_checkpoint_loads_and_completions_span_four_blocks() -> None:
     from espo.models.loading import load_model
     from espo.sampling.llada import LLaDASampler
-    from espo.tokens import encode_prompts
+    from espo.train.tokens import encode_prompts
 
     assert (CHECKPOINT / "model.safetensors").stat().st_size <= 30 * 2**20
     model = load_model(CHECKPOINT, dtype=torch.float32)

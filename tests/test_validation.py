@@ -13,9 +13,9 @@ import pytest
 import torch
 import yaml
 
+from espo.callbacks.summary import validation_summary
 from espo.cli import main
-from espo.summary import validation_summary
-from espo.validation import Validation
+from espo.loops.validation import Validation
 
 TRAINING_KEYS = ("loss", "reward", "kl", "grad_norm", "reward_std", "advantage_abs", "elbo_per_token")
 

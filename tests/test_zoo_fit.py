@@ -9,12 +9,12 @@ import pytest
 import torch
 
 from espo.cli import main
-from espo.compare import main as compare_main
-from espo.compare import objective_section, run_config, snake
 from espo.module import DiffusionRL
 from espo.objectives import SPG, WD1, CoupledGRPO, DiffuGRPO
-from espo.policy import PolicySpec
 from espo.sampling import LLaDASampler
+from espo.tools.compare import main as compare_main
+from espo.tools.compare import objective_section, run_config, snake
+from espo.train.policy import PolicySpec
 from tests.test_module import CountSevens, fit
 
 REPO = Path(__file__).resolve().parents[1]

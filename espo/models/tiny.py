@@ -1,6 +1,6 @@
 """Tiny checkpoints for tests, the CPU demo and benchmarks.
 
-``python -m espo.models OUT_DIR`` writes a randomly initialised LLaDA-shaped model with the character
+``espo tiny-model OUT_DIR`` writes a randomly initialised LLaDA-shaped model with the character
 tokenizer, in the same directory layout ``load_model`` reads for LLaDA-8B. ``make_tiny_llada_published`` and
 ``make_tiny_dream_published`` write each family's exact published layout (every config field, sharded
 safetensors with an index, the tokenizer files), for loader, LoRA and export tests.
@@ -30,7 +30,7 @@ TINY_LLADA = LLaDAConfig(
 #: The multi-block CPU testbed's size (docs/testbed.md): about 4.3M parameters, 256-token context.
 TESTBED_LLADA = {"d_model": 256, "n_heads": 8, "n_kv_heads": 8, "n_layers": 4, "mlp_hidden_size": 1024}
 
-#: Named sizes of ``python -m espo.models --size``.
+#: Named sizes of ``espo tiny-model --size``.
 SIZES: dict[str, dict[str, int]] = {"demo": {}, "testbed": TESTBED_LLADA}
 
 

@@ -2,7 +2,7 @@
 
 The reference codes normalise per micro-batch: d1 and DiffuCoder take a token mean over each micro-batch, SPG
 weighs sequences by length within each micro-batch, ESPO stratifies its mask counts over each micro-batch. The
-optimiser step then averages micro-batches (``espo.update`` weights each by its rows) and ranks (gradient
+optimiser step then averages micro-batches (``espo.train.update`` weights each by its rows) and ranks (gradient
 averaging), so the objective changes with the micro-batch size. The helpers here give the alternative, one
 normalisation over every token of every completion in the optimiser step:
 

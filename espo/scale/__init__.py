@@ -18,7 +18,7 @@ __all__ = [
 
 
 def __getattr__(name: str) -> object:
-    # The export functions load lazily: importing them here would make ``python -m espo.scale.export`` find the
+    # The export functions load lazily: importing them here would make ``espo export`` find the
     # module already imported and warn (RuntimeWarning) before running it.
     if name in ("export_checkpoint", "load_checkpoint_policy"):
         from espo.scale import export

@@ -1,6 +1,6 @@
 """Export a checkpoint of a (possibly sharded) ``espo fit`` run as a plain model directory.
 
-    python -m espo.scale.export runs/x/checkpoints/step=100.ckpt exported/ [--model BASE_DIR]
+    espo export runs/x/checkpoints/step=100.ckpt exported/ [--model BASE_DIR]
 
 Under ``ModelParallelStrategy`` Lightning writes a torch distributed checkpoint (DCP): a directory of
 ``__<rank>_0.distcp`` shards, ``.metadata`` and ``meta.pt`` (hyper-parameters, loop state). This reads it in

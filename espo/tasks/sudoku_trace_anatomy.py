@@ -16,7 +16,7 @@ The held-out score (cell accuracy on the blanks) hides what a model does well an
 
 Used in docs/testbed.md to say what RL changed. Run it on the file ``espo test`` writes::
 
-    python -m espo.tasks.sudoku_trace_anatomy runs/testbed/version_0/test_generations.jsonl
+    espo anatomy runs/testbed/version_0/test_generations.jsonl
 """
 
 from __future__ import annotations
@@ -100,7 +100,7 @@ def correlation(pairs: list[tuple[float, float]]) -> float:
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
     """Prints the breakdown of one or more generations files, one column each."""
-    parser = argparse.ArgumentParser(prog="python -m espo.tasks.sudoku_trace_anatomy",
+    parser = argparse.ArgumentParser(prog="espo anatomy",
                                      description=__doc__.split("\n\n")[0])
     parser.add_argument("files", nargs="+", help="test_generations.jsonl files written by espo test.")
     args = parser.parse_args(argv)

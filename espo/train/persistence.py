@@ -17,7 +17,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from espo.models import DiffusionLM
 from espo.models.export import export_pretrained
 from espo.scale import full_state_dict
-from espo.update import Counters
+from espo.train.update import Counters
 
 
 @dataclass(frozen=True)

@@ -20,15 +20,15 @@ from torch.distributed.tensor import DTensor
 
 from espo.models import DiffusionLM
 from espo.objectives import Objective, Rollout
-from espo.reference_sync import ReferenceSync, sync_if_due
 from espo.rng import make_generator
-from espo.rollout import RolloutResult
 from espo.scale import release
+from espo.train.reference_sync import ReferenceSync, sync_if_due
+from espo.train.rollout import RolloutResult
 
 
 @dataclass
 class Counters:
-    """The run's counters, advanced by the update stage and kept in checkpoints (``espo.persistence``).
+    """The run's counters, advanced by the update stage and kept in checkpoints (``espo.train.persistence``).
 
     Attributes:
         rollout_step: Rollout steps done; it keys every random stream of the next step.

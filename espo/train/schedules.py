@@ -10,7 +10,7 @@ step / warmup during the warm-up, so the very first optimiser step runs at learn
 ```yaml
 model:
   lr_scheduler:
-    class_path: espo.schedules.WarmupSchedule
+    class_path: espo.train.schedules.WarmupSchedule
     init_args: {warmup_ratio: 0.001}                  # ESPO; planned steps from the trainer
 ```
 

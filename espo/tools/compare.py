@@ -1,6 +1,6 @@
 """Runs several objectives on one task with identical seeds, data order and budget, then tables and plots them.
 
-    python -m espo.compare --config configs/demo.yaml --objectives ESPO DiffuGRPO WD1 CoupledGRPO SPG \\
+    espo compare --config configs/demo.yaml --objectives ESPO DiffuGRPO WD1 CoupledGRPO SPG \\
         --max_steps 240 --seeds 0 --out results/compare
 
 For each objective and seed, the base config is copied with only ``model.objective`` replaced (and the run's
@@ -15,7 +15,7 @@ Each seed sets the run seed (rollout noise, masks), ``seed_everything`` and the 
 and their order; ``--fixed_data`` keeps the base config's): the runs of one seed see the same prompts in the
 same order under every objective, so they pair. ``--val_examples N`` (or the base config's
 ``model.val_examples``) scores N held-out examples before the first rollout step and every ``--val_every``
-rollout steps (see ``espo.validation``).
+rollout steps (see ``espo.loops.validation``).
 
 Writes ``results.md`` (per objective: held-out start, end and gain, the paired difference to ``--baseline``
 (default: the first objective), training reward of the first and last fifth, seconds; each as the mean over
@@ -23,7 +23,7 @@ seeds ± the half-width of a 95 % Student-t interval; then one row per run), ``r
 reward and validation) and ``reward_curves.png`` (reward and held-out curves with bands) into ``--out``.
 
 ``--recipes paper --task <task>`` (no ``--config``) runs each objective with its own paper's whole recipe for
-the task instead (``espo.paper_recipes``: ESPO's run scripts, d1's, wd1's, SPG's, DiffuCoder's), beside this
+the task instead (``espo.tools.paper_recipes``: ESPO's run scripts, d1's, wd1's, SPG's, DiffuCoder's), beside this
 shared-budget mode; ``--val_examples``/``--val_every`` apply there too.
 """
 
@@ -40,10 +40,10 @@ from typing import Any
 
 import yaml
 
-from espo.compare_report import plot, write_table
-from espo.paper_recipes import paper_recipe, paper_run_config
+from espo.tools.compare_report import plot, write_table
+from espo.tools.paper_recipes import paper_recipe, paper_run_config
 
-REPO_CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "objectives"
+REPO_CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "objectives"
 
 
 def snake(name: str) -> str:
@@ -118,12 +118,12 @@ def _torch_version() -> str:
 
 
 def main(argv: list[str] | None = None) -> dict[str, list[dict[str, Any]]]:
-    """Entry point of ``python -m espo.compare``; extra ``--key value`` arguments go to every ``espo fit``."""
-    parser = argparse.ArgumentParser(prog="python -m espo.compare", description=__doc__.split("\n\n")[0])
+    """Entry point of ``espo compare``; extra ``--key value`` arguments go to every ``espo fit``."""
+    parser = argparse.ArgumentParser(prog="espo compare", description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", default=None, help="Base config (task, model, sampler, budget).")
     parser.add_argument("--recipes", choices=("shared", "paper"), default="shared",
                         help="shared: every objective on --config; paper: each objective's own paper recipe "
-                             "for --task (espo.paper_recipes).")
+                             "for --task (espo.tools.paper_recipes).")
     parser.add_argument("--task", default=None, help="With --recipes paper: gsm8k, math, countdown, sudoku, code.")
     parser.add_argument("--objectives", nargs="+", default=None,
                         help="Class names or YAML paths (not needed with --render_only).")
@@ -144,6 +144,7 @@ def main(argv: list[str] | None = None) -> dict[str, list[dict[str, Any]]]:
                         help="Where <snake_name>.yaml objective sections live (default: configs/objectives/, "
                              "which is tuned for the demo, with demo.yaml; otherwise none).")
     args, extra = parser.parse_known_args(argv)
+    args.argv = argv if argv is not None else sys.argv[1:]
     if (args.recipes == "paper") != (args.task is not None) or (args.recipes == "shared") == (args.config is None):
         parser.error("give --config (shared recipes) or --recipes paper with --task")
     if not args.objectives and not (args.render_only and args.recipes == "shared"):
@@ -153,7 +154,7 @@ def main(argv: list[str] | None = None) -> dict[str, list[dict[str, Any]]]:
     if args.recipes == "paper":
         return _paper_mode(args, extra, out)
     base = yaml.safe_load(Path(args.config).read_text())
-    command = "python -m espo.compare " + " ".join(argv if argv is not None else sys.argv[1:])
+    command = "espo compare " + " ".join(args.argv)
     if args.render_only:
         results = json.loads((out / "results.json").read_text())
     else:
@@ -185,7 +186,7 @@ def _paper_mode(args: argparse.Namespace, extra: list[str], out: Path) -> dict[s
     """Each objective with its paper's recipe for ``args.task`` (checked before anything runs)."""
     for spec in args.objectives:
         paper_recipe(spec, args.task)  # a missing recipe fails now, not after hours of the others
-    command = "python -m espo.compare " + " ".join(sys.argv[1:])
+    command = "espo compare " + " ".join(args.argv)
     results: dict[str, list[dict[str, Any]]] = {spec: [] for spec in args.objectives}
     for seed in args.seeds:
         for spec in args.objectives:

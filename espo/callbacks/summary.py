@@ -14,7 +14,7 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from rich.console import Console
 from rich.table import Table
 
-from espo.sampling.callback import run_dir
+from espo.callbacks.completions import run_dir
 
 
 def fifths(history: list[float]) -> tuple[float | None, float | None]:

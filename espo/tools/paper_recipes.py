@@ -1,6 +1,6 @@
-"""Each objective's own paper recipe, for ``python -m espo.compare --recipes paper``.
+"""Each objective's own paper recipe, for ``espo compare --recipes paper``.
 
-The shared-budget mode of ``espo.compare`` swaps only ``model.objective`` into one base config, so every
+The shared-budget mode of ``espo.tools.compare`` swaps only ``model.objective`` into one base config, so every
 objective runs ESPO's recipe (its model, batch, μ, learning rate). The paper mode instead runs each objective
 with the whole recipe its paper shipped for the task:
 
@@ -24,7 +24,7 @@ from typing import Any
 
 import yaml
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 RECIPES = {"ESPO": "{task}.yaml", "DiffuGRPO": "baselines/d1/{task}.yaml", "WD1": "baselines/wd1/{task}.yaml",
            "SPG": "baselines/spg/{task}.yaml", "CoupledGRPO": "baselines/diffucoder/{task}.yaml"}
 

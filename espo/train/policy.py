@@ -5,7 +5,7 @@ policy the objective's KL term needs, then apply activation checkpointing and, u
 ``ModelParallelStrategy``, shard with FSDP2. The reference is never trained and never in the state dict: with
 LoRA it is the policy with its adapter disabled; with full fine-tuning it is a frozen copy of the starting
 point (deep-copied, or reloaded and sharded under FSDP2). With ``reference_sync`` it follows the policy and is
-registered as ``synced_reference``, so checkpoints carry it (see ``espo.reference_sync``).
+registered as ``synced_reference``, so checkpoints carry it (see ``espo.train.reference_sync``).
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ that each sparse layer recorded in its last forward (this rank's, not reduced ac
 * ``moe/unused_experts``: the fraction of (layer, expert) pairs that received no token.
 
 Models without experts are skipped. Add it under ``trainer.callbacks`` with ``class_path:
-espo.expert_load.ExpertLoadLogger``.
+espo.callbacks.expert_load.ExpertLoadLogger``.
 """
 
 from __future__ import annotations

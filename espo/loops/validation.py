@@ -30,7 +30,7 @@ import torch
 from lightning.pytorch import Trainer
 from torchmetrics import MeanMetric, SumMetric
 
-from espo.evaluation import Evaluation
+from espo.loops.evaluation import Evaluation
 from espo.models import DiffusionLM
 from espo.sampling import Sampler
 

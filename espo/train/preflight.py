@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from espo.models.loading import load_tokenizer
-from espo.tokens import render_prompt
+from espo.train.tokens import render_prompt
 
 
 def check_prompts_render(model_source: str, task: Any, split: str) -> None:

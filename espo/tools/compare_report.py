@@ -1,4 +1,4 @@
-"""The report of ``python -m espo.compare``: per-objective means with 95 % t-intervals over seeds, paired
+"""The report of ``espo compare``: per-objective means with 95 % t-intervals over seeds, paired
 differences to a baseline objective, and reward / held-out curves with bands.
 
 A run record (one objective, one seed) holds ``seed``, ``rewards`` (training reward per rollout step),
@@ -13,8 +13,8 @@ import os
 import platform
 from typing import Any
 
-from espo.intervals import Interval, curve_band, mean_interval, paired_interval
-from espo.summary import fifths
+from espo.callbacks.summary import fifths
+from espo.tools.intervals import Interval, curve_band, mean_interval, paired_interval
 
 
 def run_metrics(run: dict[str, Any]) -> dict[str, float | None]:

@@ -3,7 +3,7 @@
 For every generation length L of the protocol (d1: 128, 256, 512), the policy completes the task's
 evaluation prompts (``Task.eval_prompt`` rendered, then ``Task.eval_prefill``, e.g. d1's ``<reasoning>``) with
 the configured sampler at ``steps = L * steps_ratio`` (d1: L / 2), block ``block_length`` (32) and
-temperature ``temperature`` (0: greedy), through ``espo.rollout.generate`` as in training. Each completion is
+temperature ``temperature`` (0: greedy), through ``espo.train.rollout.generate`` as in training. Each completion is
 cut at its first EOS and scored by
 ``Task.scores``; a ``torchmetrics.MeanMetric`` per length accumulates the scores (synchronised across
 processes), a table is printed at the end and ``test/score@L`` is logged. Every generation is written with
@@ -25,13 +25,13 @@ from rich.console import Console
 from rich.table import Table
 from torchmetrics import MeanMetric
 
+from espo.callbacks.completions import run_dir
 from espo.models import DiffusionLM
 from espo.rng import make_generator
-from espo.rollout import generate
 from espo.sampling import Sampler
 from espo.sampling.cache import CACHE_MODES
-from espo.sampling.callback import run_dir
-from espo.tokens import encode_prompts, render_prompt
+from espo.train.rollout import generate
+from espo.train.tokens import encode_prompts, render_prompt
 
 
 def _jsonable(example: dict[str, Any]) -> dict[str, Any]:

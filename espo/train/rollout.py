@@ -5,7 +5,7 @@ completions (``generate``: no grad, in chunks of ``rollout_batch_size``, under o
 cut at the first EOS), scores them with the task's reward components and turns the rewards into the
 objective's advantages, or, for an SFT objective, takes the task's reference completions as targets (and,
 every ``sft_sample_every`` steps, still samples and scores to log the reward). Groups whose rewards are all
-equal are dropped when asked. The completion mask is computed once, here. ``espo.evaluation`` generates
+equal are dropped when asked. The completion mask is computed once, here. ``espo.loops.evaluation`` generates
 through the same ``generate``.
 """
 
@@ -22,7 +22,7 @@ from espo.objectives import Objective, Rollout
 from espo.sampling import Sampler
 from espo.scale import gathered
 from espo.tasks.base import Task
-from espo.tokens import completion_mask, encode_prompts, encode_targets
+from espo.train.tokens import completion_mask, encode_prompts, encode_targets
 
 
 @dataclass(frozen=True)

@@ -18,13 +18,13 @@ import torch
 from lightning.pytorch import Trainer
 from rich.console import Console
 
-from espo.evaluation import Evaluation
+from espo.callbacks.completions import run_dir
+from espo.loops.evaluation import Evaluation
 from espo.models import DiffusionLM
 from espo.rng import make_generator
-from espo.rollout import generate
 from espo.sampling import Sampler
-from espo.sampling.callback import run_dir
-from espo.tokens import encode_prompts, render_prompt
+from espo.train.rollout import generate
+from espo.train.tokens import encode_prompts, render_prompt
 
 
 class Prediction:

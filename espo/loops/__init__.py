@@ -1,0 +1,1 @@
+"""The other loops: held-out validation during fit, ``espo test`` (evaluation) and ``espo predict``."""
