@@ -17,8 +17,8 @@ from typing import Literal
 import torch
 
 from espo.objectives.advantages import Baseline
+from espo.objectives.anchors import SequenceAnchor, check_sequence_anchor, sequence_anchor
 from espo.objectives.base import Model, RatioObjective, Rollout, check_clip_settings
-from espo.objectives.kl import KLEstimator, kl_estimate
 from espo.objectives.mc_elbo import elbo_from_masks, sample_masks
 from espo.objectives.rollout_scale import rank_rows
 
@@ -33,7 +33,8 @@ def espo_loss(
     eps_low: float,
     eps_high: float,
     beta: float,
-    kl_estimator: KLEstimator = "k2",
+    kl_estimator: SequenceAnchor = "k2",
+    kl_clip: float = 0.1,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """ESPO's micro-batch loss from sequence ELBOs (pure maths, hand-checkable).
 
@@ -47,7 +48,9 @@ def espo_loss(
         eps_high: Upper clip range ε_high.
         beta: KL coefficient.
         kl_estimator: ``"k2"`` (ESPO), ``"k1"``, ``"k3"`` or ``"k1_espo"`` (the official code's k1: value Δ,
-            gradient ∇Ê·(1 + Δ), as its k1 ablation ran).
+            gradient ∇Ê·(1 + Δ), as its k1 ablation ran), or a bounded form of ``espo.objectives.anchors``
+            (``"k3_token"``, ``"k2_centered"``, ``"k2_clipped"``).
+        kl_clip: ``k2_clipped``'s bound on the per-token difference, in nats.
     """
     log_ratio = (elbo - old_elbo) / length  # [B]
     ratio = torch.exp(log_ratio)  # [B]
@@ -57,9 +60,9 @@ def espo_loss(
     loss = policy_loss
     metrics: dict[str, torch.Tensor] = {}
     if ref_elbo is not None and beta != 0:
-        kl = (kl_estimate(elbo - ref_elbo, kl_estimator) / length).mean()  # Σ_i k_i / (B·L)
-        loss = loss + beta * kl
-        metrics["kl"] = kl.detach()
+        term, kl = sequence_anchor(elbo - ref_elbo, length, kl_estimator, kl_clip)  # [B], [B]: k_i / L
+        loss = loss + beta * term.mean()
+        metrics["kl"] = kl.mean()
     low = (ratio < 1 - eps_low) & (advantages < 0)  # [B]
     high = (ratio > 1 + eps_high) & (advantages > 0)  # [B]
     metrics.update(
@@ -86,7 +89,10 @@ class ESPO(RatioObjective):
         num_mc: Monte-Carlo mask draws per ELBO (2 in the paper; each costs one forward per pass).
         coupled: Add the complementary mask pass (always on in the reference code).
         kl_estimator: ``"k2"`` as the paper; ``"k1"``/``"k3"`` for ablations; ``"k1_espo"`` for the paper's
-            k1 ablation as its code ran it (value Δ, gradient ∇Ê·(1 + Δ); see ``espo.objectives.kl``).
+            k1 ablation as its code ran it (value Δ, gradient ∇Ê·(1 + Δ); see ``espo.objectives.kl``);
+            ``"k3_token"``, ``"k2_centered"`` or ``"k2_clipped"`` for an anchor whose gradient stays bounded
+            outside the paper's regime (``espo.objectives.anchors``; not in the paper).
+        kl_clip: ``k2_clipped``'s bound c on the per-token difference δ = ΔÊ/L, in nats.
         length_norm: ``"canvas"``: L = completion canvas length for every sequence (the paper);
             ``"true"``: L = tokens through the first EOS (a deviation).
         baseline: ``"leave_one_out"`` (the paper) or ``"mean"``.
@@ -108,21 +114,23 @@ class ESPO(RatioObjective):
         eps_high: float | None = None,
         num_mc: int = 2,
         coupled: bool = True,
-        kl_estimator: KLEstimator = "k2",
+        kl_estimator: SequenceAnchor = "k2",
+        kl_clip: float = 0.1,
         length_norm: Literal["canvas", "true"] = "canvas",
         baseline: Baseline = "leave_one_out",
         scale_rewards: bool = False,
         reference_rounding: bool = False,
         stratify: Literal["micro_batch", "rollout"] = "micro_batch",
     ) -> None:
-        check_clip_settings(beta, eps_low, eps_high, kl_estimator)
+        check_clip_settings(beta, eps_low, eps_high, "k2")
+        check_sequence_anchor(kl_estimator, kl_clip)
         if num_mc < 1:
             raise ValueError("num_mc must be at least 1.")
         if length_norm not in ("canvas", "true"):
             raise ValueError(f"length_norm must be 'canvas' or 'true', got {length_norm!r}.")
         self.beta, self.eps_low = beta, eps_low
         self.eps_high = eps_low if eps_high is None else eps_high
-        self.num_mc, self.coupled, self.kl_estimator = num_mc, coupled, kl_estimator
+        self.num_mc, self.coupled, self.kl_estimator, self.kl_clip = num_mc, coupled, kl_estimator, kl_clip
         self.length_norm, self.baseline, self.scale_rewards = length_norm, baseline, scale_rewards
         self.reference_rounding = reference_rounding
         if stratify not in ("micro_batch", "rollout"):
@@ -161,4 +169,5 @@ class ESPO(RatioObjective):
         old, ref = self.old_and_reference(batch, iteration, current)  # [b], [b] or None
         length = float(batch.completion_len) if self.length_norm == "canvas" else batch.lengths().float()
         return espo_loss(current, old, ref, batch.advantages, length, eps_low=self.eps_low,
-                         eps_high=self.eps_high, beta=self.beta, kl_estimator=self.kl_estimator)
+                         eps_high=self.eps_high, beta=self.beta, kl_estimator=self.kl_estimator,
+                         kl_clip=self.kl_clip)
