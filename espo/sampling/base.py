@@ -33,9 +33,11 @@ def check_blocks(gen_length: int, block_length: int, steps: int) -> int:
     return num_blocks
 
 
-def check_common(temperature: float, threshold: float | None, cfg_scale: float = 0.0, cache: str = "none"
-                 ) -> None:
+def check_common(temperature: float, threshold: float | None, cfg_scale: float = 0.0, cache: str = "none",
+                 threshold_floor: bool = False) -> None:
     """Validates the knobs every rule shares."""
+    if threshold_floor and threshold is None:
+        raise ValueError("threshold_floor sets a minimum for threshold (parallel) decoding; set threshold too.")
     if cache not in CACHE_MODES:
         raise ValueError(f"cache must be one of {CACHE_MODES}; got {cache!r}.")
     if not temperature >= 0:  # also rejects NaN
@@ -54,6 +56,26 @@ def uniform(shape: tuple[int, ...], generator: torch.Generator, device: torch.de
 def gumbel_(u: torch.Tensor) -> torch.Tensor:
     """Turns U[0, 1) draws into Gumbel noise ``-log(-log u)`` in place."""
     return u.log_().neg_().log_().neg_()
+
+
+def exclude_(scores: torch.Tensor, token: int) -> torch.Tensor:
+    """Sets column ``token`` of the choice scores [c, V] to -inf in place (so no argmax picks it); returns them.
+
+    The rules choose a token by an argmax over the vocabulary (of the logits, probabilities or Gumbel scores) and
+    pass the mask id through it, so a position committed to the mask id stays masked and a model preferring the
+    mask token never finishes a block under parallel decoding. Only the choice excludes it: the confidence is
+    the official one (the chosen token's probability under the model's full distribution), so decoding is
+    bit-identical to the official loops on every draw where they would not choose the mask id, and otherwise
+    commits the best real token under the same scores and noise (ties, such as real tokens whose probability
+    underflows to 0 beside a dominant mask, go to the lowest id). -inf is exact in every float dtype.
+
+    Args:
+        scores: [c, V], written in place (pass a copy of tensors used elsewhere).
+        token: The excluded id; ignored when outside the vocabulary (a model that never scores it).
+    """
+    if 0 <= token < scores.shape[-1]:
+        scores[..., token] = float("-inf")
+    return scores
 
 
 def rank_commit(scores: torch.Tensor, k: torch.Tensor, masked: torch.Tensor) -> torch.Tensor:

@@ -19,7 +19,9 @@ masked count over ``steps`` (the reference spreads ``block_length``, which over-
 of a partial first block); the canvas ends at ``P + gen_length`` (the reference pads the last block with masks
 and cuts them); ``temperature=0`` is greedy (LLaDA2's reference samples at temperature 1 then); categorical
 draws are Gumbel-max in float64 from the explicit generator with a fixed shape per step, so rows that stop
-never shift another row's randomness; with ``early_exit`` (default, as both references stop at EOS) a row whose
+never shift another row's randomness; the mask id is never chosen as a token (``base.exclude_``; the
+references would commit it and loop forever), so a block takes at most ``block_length`` steps; with
+``early_exit`` (default, as both references stop at EOS) a row whose
 completion holds an EOS with no mask before it after a block gets EOS padding and stops costing forwards.
 """
 
@@ -34,7 +36,7 @@ from typing import Any, Literal
 import torch
 
 from espo.models.block_attention import BlockKV
-from espo.sampling.base import Sampler, check_common, gumbel_, rank_commit, uniform
+from espo.sampling.base import Sampler, check_common, exclude_, gumbel_, rank_commit, uniform
 from espo.sampling.dream import filter_logits
 from espo.sampling.engine import Stats, finished_rows
 from espo.sampling.llada import transfer_schedule
@@ -182,6 +184,9 @@ class BlockDiffusionSampler(Sampler):
                     active = active[keep]
                     if active.numel() == 0:
                         break
+        if bool((canvas[:, prompt_len:] == mask_id).any()):  # only a model with no finite logit gets here
+            raise RuntimeError(f"The completion holds the mask id {mask_id} after decoding: the model gave no "
+                               f"finite logit to any other token at some position.")
         return canvas
 
     def _denoise_block(self, model: Any, canvas: torch.Tensor, attn: torch.Tensor | None, caches: list[BlockKV],
@@ -197,6 +202,12 @@ class BlockDiffusionSampler(Sampler):
             todo = masked.any(1)  # [A]
             if not bool(todo.any()):
                 break
+            if step >= length:
+                # The bound: every step commits at least one masked position of each row with masks (_commit's
+                # k >= 1) to a token that is not the mask id (base.exclude_), so a row's masks strictly
+                # decrease and the block ends within its width. Reaching it means that argument broke.
+                raise RuntimeError(f"The block at {start} still has masks after {step} steps (its width): a "
+                                   f"step committed no token in a row that had masks.")
             sub = todo.nonzero().squeeze(1)  # [R] into the active rows
             view = _view(caches, None if len(sub) == len(active) else sub)
             rows = active[sub]
@@ -213,9 +224,9 @@ class BlockDiffusionSampler(Sampler):
                 noise = uniform((batch, length, logits.shape[-1]), generator, canvas.device)  # [B, L, V]
                 r, c = sel.nonzero(as_tuple=True)
                 scores = gumbel_(noise[rows[r], c].to(logits.device)) + filtered.double()  # Categorical(probs)
-                chosen = scores.argmax(-1)
+                chosen = exclude_(scores, model.mask_token_id).argmax(-1)  # never the mask id
             else:
-                chosen = probs.argmax(-1)
+                chosen = exclude_(probs.clone(), model.mask_token_id).argmax(-1)  # never the mask id
             confidence = torch.full(sel.shape, float("-inf"), dtype=torch.float64, device=canvas.device)
             confidence[sel] = probs.gather(-1, chosen[:, None]).squeeze(-1).double()
             candidates = torch.zeros(sel.shape, dtype=torch.long, device=canvas.device)

@@ -29,7 +29,16 @@ from typing import Any, Literal
 import torch
 
 from espo.models.wrapper import mask_token_of
-from espo.sampling.base import Sampler, check_blocks, check_common, gumbel_, rank_commit, threshold_commit, uniform
+from espo.sampling.base import (
+    Sampler,
+    check_blocks,
+    check_common,
+    exclude_,
+    gumbel_,
+    rank_commit,
+    threshold_commit,
+    uniform,
+)
 from espo.sampling.cache import CacheMode
 from espo.sampling.engine import Rule, Stats, StepContext, denoise
 from espo.sampling.llada import eos_ids_of
@@ -112,7 +121,10 @@ class DreamRule(Rule):
             k = None
         else:
             count = masked.sum(1)  # [B]
-            k = count if ctx.threshold is not None else (count.float().cpu() * fraction).long().to(device)
+            scheduled = None  # Dream's int(m * (1 - s/t)); a host sync, so only when the schedule is used
+            if ctx.threshold is None or ctx.threshold_floor:
+                scheduled = (count.float().cpu() * fraction).long().to(device)  # [B]
+            k = count if ctx.threshold is not None else scheduled
             select = masked & (k > 0)[:, None]
         candidates = torch.zeros((batch, length), dtype=torch.long, device=device)  # [B, L]
         confidence = torch.full((batch, length), float("-inf"), dtype=torch.float64, device=device)  # [B, L]
@@ -125,10 +137,10 @@ class DreamRule(Rule):
                     noise = uniform((batch, length, ctx.vocab()), ctx.generator, device).view(batch * length, -1)
                 scores = gumbel_(noise[index.to(noise.device)].to(logits.device))  # [c, V] float64 Gumbel
                 scores += filtered.double()  # argmax ~ Categorical(probs)
-                chosen = scores.argmax(dim=-1)  # [c]
+                chosen = exclude_(scores, ctx.mask_id).argmax(dim=-1)  # [c]; never the mask id
                 del scores
             else:
-                chosen = probs.max(dim=-1).indices  # [c]
+                chosen = exclude_(probs.clone(), ctx.mask_id).max(dim=-1).indices  # [c]; never the mask id
             candidates.view(-1)[index] = chosen.to(device)
             if self.alg != "origin":
                 confidence.view(-1)[index] = dream_confidence(probs, chosen, self.alg).double().to(device)
@@ -138,7 +150,10 @@ class DreamRule(Rule):
         if self.alg == "origin":
             return select, candidates
         if ctx.threshold is not None:
-            return threshold_commit(confidence, masked, ctx.threshold), candidates
+            commit = threshold_commit(confidence, masked, ctx.threshold)
+            if ctx.threshold_floor:  # at least the schedule's count (every mask at the block's last step)
+                commit |= rank_commit(confidence, scheduled, masked)
+            return commit, candidates
         if self.alg_temp:
             # Gumbel-top-k: k draws without replacement from softmax(confidence / alg_temp).
             keys = gumbel_(uniform((batch, length), ctx.generator, device)) + confidence / self.alg_temp
@@ -165,6 +180,8 @@ class DreamSampler(Sampler):
         eps: Final time of ``linspace(1, eps, steps + 1)``.
         threshold: Opt-in parallel decoding: commit every masked position whose confidence (in the
             algorithm's units) is above τ, at least one per step; not for ``origin``.
+        threshold_floor: Opt-in, with ``threshold``: each step also commits at least the schedule's count of
+            that step, so a block never takes more than its steps. False: the threshold rule alone.
         cache: ``"none"`` (exact), or the opt-in approximate key/value caches ``"prefix"`` and ``"dual"`` (see
             ``espo.sampling.cache``; they pay off with blocks: set ``block_length``).
         early_exit: Opt-in: rows whose text is final stop costing forward passes (rest of canvas: EOS).
@@ -184,10 +201,11 @@ class DreamSampler(Sampler):
     cache: CacheMode = "none"
     early_exit: bool = False
     compile: bool = False
+    threshold_floor: bool = False
 
     def __post_init__(self) -> None:
         check_blocks(self.gen_length, self.block_length or self.gen_length, self.steps)
-        check_common(self.temperature, self.threshold, cache=self.cache)
+        check_common(self.temperature, self.threshold, cache=self.cache, threshold_floor=self.threshold_floor)
         if self.alg not in _ALGORITHMS:
             raise ValueError(f"alg must be one of {_ALGORITHMS}; got {self.alg!r}.")
         if self.top_p is not None and not 0 < self.top_p:
@@ -236,7 +254,8 @@ class DreamSampler(Sampler):
         return denoise(
             model, prompt_ids, rule, gen_length=self.gen_length, block_length=self.block_length or self.gen_length,
             steps=self.steps, mask_id=mask_id, attention_mask=attention_mask, generator=generator,
-            threshold=self.threshold, cache=self.cache, compile=self.compile, early_exit=self.early_exit,
+            threshold=self.threshold, threshold_floor=self.threshold_floor, cache=self.cache, compile=self.compile,
+            early_exit=self.early_exit,
             eos_ids=eos_ids_of(model, eos_ids) if self.early_exit else (), stats=stats,
         )
 
@@ -270,7 +289,7 @@ def dream_generate(
         stats: Optional ``Stats`` counters.
         **options: The other :class:`DreamSampler` settings (``block_length``, ``alg`` (default ``entropy``),
             ``top_p`` (default None here), ``top_k``, ``alg_temp`` (default None here), ``eps``,
-            ``threshold``, ``cache``, ``early_exit``, ``compile``).
+            ``threshold``, ``threshold_floor``, ``cache``, ``early_exit``, ``compile``).
 
     Returns:
         Long tensor [B, P + gen_length].

@@ -9,7 +9,10 @@ block to commit and to what. This module owns everything around it:
   ``hidden_states``/``lm_head``), classifier-free guidance, the optional prefix/dual key/value cache and
   the optional compiled body;
 * early exit: rows whose completion text is final stop costing forward passes;
-* parallel decoding's stopping rule (a block ends when it has no masks left).
+* parallel decoding's stopping rule (a block ends when it has no masks left);
+* termination: the rules never choose the mask id as a token (``base.exclude_``), so every step of parallel
+  decoding commits at least one real token in each row with masks, and a block's loop is bounded by its width
+  (see ``denoise``).
 """
 
 from __future__ import annotations
@@ -44,6 +47,8 @@ class StepContext:
             the selected positions (flat index = row * L + column), calling the model once for the rows
             that have a selected position; nothing when none is selected.
         threshold: Parallel decoding's confidence τ, or None for the rule's own schedule.
+        threshold_floor: With ``threshold``: commit at least the schedule's count of this step as well.
+        mask_id: The mask id, which a rule must never choose as a token.
         vocab: ``vocab()`` is the logits' width (learnt from the first logits; costs one model call if asked
             before any).
     """
@@ -55,6 +60,8 @@ class StepContext:
     logits_at: LogitsAt
     threshold: float | None
     vocab: Callable[[], int]
+    threshold_floor: bool
+    mask_id: int
 
 
 class Rule(ABC):
@@ -202,6 +209,7 @@ def denoise(
     attention_mask: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
     threshold: float | None = None,
+    threshold_floor: bool = False,
     cache: CacheMode = "none",
     compile: bool = False,
     early_exit: bool = False,
@@ -211,8 +219,15 @@ def denoise(
 ) -> torch.Tensor:
     """Runs ``rule`` block by block over a masked completion canvas; see the samplers for the arguments.
 
+    A block takes ``steps // num_blocks`` steps with the rule's schedule, and at most ``block_length`` with a
+    ``threshold`` (at least one token per step; with ``threshold_floor`` also at most ``steps // num_blocks``).
+
     Returns:
         Long tensor [B, P + gen_length].
+
+    Raises:
+        RuntimeError: When a bound above is broken or the mask id is left in the completion (neither happens
+            with finite logits).
     """
     if prompt_ids.dim() != 2:
         raise ValueError(f"prompt_ids must be [B, P]; got shape {tuple(prompt_ids.shape)}.")
@@ -252,7 +267,15 @@ def denoise(
             masked = current == mask_id  # [B, L]
             if complete or ((step >= steps_per_block) if threshold is None else not bool(masked.any())):
                 break
-            ctx = StepContext(masked, step, steps_per_block, generator, logits_at, threshold, vocab)
+            if threshold is not None and step >= block_length:  # (the schedule's loop ends at steps_per_block)
+                # Parallel decoding's bound: every step commits at least one position per row with masks (the
+                # best-ranked; masked positions' confidences are probabilities, margins or entropies, all above
+                # the -inf of committed ones), never to the mask id (base.exclude_), so a row's masks
+                # strictly decrease and a block ends within block_length steps. Reaching it means a rule broke.
+                raise RuntimeError(f"Block {block} still has masks after {step} steps (its width): a decoding "
+                                   f"rule committed no token in a row that had masks.")
+            ctx = StepContext(masked, step, steps_per_block, generator, logits_at, threshold, vocab, threshold_floor,
+                              mask_id)
             commit, tokens = rule.step(ctx)
             current[commit] = tokens[commit]
             step += 1
@@ -260,4 +283,7 @@ def denoise(
         stats.steps += step
         if complete:
             break
+    if bool((completion == mask_id).any()):  # only a model with no finite logit at a position gets here
+        raise RuntimeError(f"The completion holds the mask id {mask_id} after decoding: the model gave no finite "
+                           f"logit to any other token at some position.")
     return canvas

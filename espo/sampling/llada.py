@@ -11,9 +11,12 @@ not in what:
   neither ``[B, T, V]`` nor ``[B, L, V]`` float32 logits exist for a ``DiffusionLM``.
 * The per-row top-k is a stable descending sort plus ``rank < k_row`` over the whole batch, and every
   random draw comes from an explicit ``torch.Generator``; the global RNG is never touched.
+* The mask id is never chosen as a candidate (``base.exclude_``): where the reference would commit it (and so
+  leave the position masked, or loop forever under a threshold), the best real token is committed instead.
 
-Opt-in extras (off by default, which reproduces the reference exactly): ``threshold`` (parallel decoding),
-``cache`` (``"prefix"`` or ``"dual"``), ``early_exit`` and ``compile``; see ``docs/sampling.md``.
+Opt-in extras (off by default, which reproduces the reference exactly): ``threshold`` (parallel decoding)
+and its ``threshold_floor``, ``cache`` (``"prefix"`` or ``"dual"``), ``early_exit`` and ``compile``; see
+``docs/sampling.md``.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from espo.sampling.base import (
     Sampler,
     check_blocks,
     check_common,
+    exclude_,
     gumbel_,
     rank_commit,
     threshold_commit,
@@ -95,10 +99,10 @@ class LLaDARule(Rule):
                     noise = uniform((batch, length, ctx.vocab()), ctx.generator, device).view(batch * length, -1)
                 scores = gumbel_(noise[index.to(noise.device)].to(logits.device))  # [c, V] float64 Gumbel
                 scores += logits.double() / self.temperature  # argmax(l / T + g) ~ softmax(l / T)
-                chosen = scores.argmax(dim=-1)  # [c]
+                chosen = exclude_(scores, ctx.mask_id).argmax(dim=-1)  # [c]; never the mask id
                 del scores
             else:
-                chosen = logits.argmax(dim=-1)  # [c]
+                chosen = exclude_(logits.clone(), ctx.mask_id).argmax(dim=-1)  # [c]; never the mask id
             candidates.view(-1)[index] = chosen.to(device)
             if self.remasking == "low_confidence":
                 probs = torch.softmax(logits.float(), dim=-1)  # [c, V]; untempered, as in LLaDA
@@ -110,7 +114,10 @@ class LLaDARule(Rule):
             confidence = uniform((batch, length), ctx.generator, device)  # [B, L]
         confidence = confidence.masked_fill(~masked, float("-inf"))
         if ctx.threshold is not None:
-            return threshold_commit(confidence, masked, ctx.threshold), candidates
+            commit = threshold_commit(confidence, masked, ctx.threshold)
+            if ctx.threshold_floor:  # at least the schedule's count (all of it by the block's last step)
+                commit |= rank_commit(confidence, self.schedule[:, min(ctx.step, ctx.steps - 1)], masked)
+            return commit, candidates
         return rank_commit(confidence, k, masked), candidates
 
 
@@ -136,6 +143,9 @@ class LLaDASampler(Sampler):
             whose confidence is above this τ, and at least the most confident one; a block ends when it has no
             masks (``steps`` is only validated). τ >= 1 commits exactly one token per step. None: LLaDA's
             fixed schedule.
+        threshold_floor: Opt-in, with ``threshold``: each step also commits at least the schedule's count of
+            that step (the most confident), so a block never takes more than its ``steps`` (Fast-dLLM's rule
+            commits one token per step on a model that is not confident). False: Fast-dLLM's rule exactly.
         cache: ``"none"`` (exact), or the opt-in approximate key/value caches ``"prefix"`` (prompt and finished
             blocks) and ``"dual"`` (also the masked blocks after the current one); see ``espo.sampling.cache``.
         early_exit: Opt-in: a row whose text is final (a committed EOS with no mask to its left) gets the rest
@@ -154,10 +164,11 @@ class LLaDASampler(Sampler):
     cache: CacheMode = "none"
     early_exit: bool = False
     compile: bool = False
+    threshold_floor: bool = False
 
     def __post_init__(self) -> None:
         check_blocks(self.gen_length, self.block_length, self.steps)
-        check_common(self.temperature, self.threshold, self.cfg_scale, self.cache)
+        check_common(self.temperature, self.threshold, self.cfg_scale, self.cache, self.threshold_floor)
         if self.remasking not in _REMASKING:
             raise ValueError(f"remasking must be one of {_REMASKING}; got {self.remasking!r}.")
         if self.threshold is not None and self.remasking != "low_confidence":
@@ -205,9 +216,9 @@ class LLaDASampler(Sampler):
         return denoise(
             model, prompt_ids, LLaDARule(self.temperature, self.remasking), gen_length=self.gen_length,
             block_length=self.block_length, steps=self.steps, mask_id=mask_id, attention_mask=attention_mask,
-            generator=generator, threshold=self.threshold, cache=self.cache, compile=self.compile,
-            early_exit=self.early_exit, eos_ids=eos_ids_of(model, eos_ids) if self.early_exit else (),
-            cfg_scale=self.cfg_scale, stats=stats,
+            generator=generator, threshold=self.threshold, threshold_floor=self.threshold_floor, cache=self.cache,
+            compile=self.compile, early_exit=self.early_exit,
+            eos_ids=eos_ids_of(model, eos_ids) if self.early_exit else (), cfg_scale=self.cfg_scale, stats=stats,
         )
 
 
@@ -241,7 +252,7 @@ def generate(
         eos_ids: EOS ids for ``early_exit``.
         stats: Optional ``Stats`` counters.
         **options: The other :class:`LLaDASampler` settings: ``remasking``, ``cfg_scale``, ``threshold``,
-            ``cache`` (``"none"``, ``"prefix"``, ``"dual"``), ``early_exit``, ``compile``.
+            ``threshold_floor``, ``cache`` (``"none"``, ``"prefix"``, ``"dual"``), ``early_exit``, ``compile``.
 
     Returns:
         Long tensor [B, P + gen_length].
