@@ -13,7 +13,7 @@ import torch
 
 from espo.models import tiny_model
 from espo.sampling import DreamSampler, LLaDASampler, Stats
-from espo.tokens import encode_prompts
+from espo.train.tokens import encode_prompts
 
 MASK = 4  # fixed-logits model: tokens 0-3, mask id 4
 
