@@ -241,17 +241,19 @@ def check_config_files(args: list[str]) -> None:
             raise SystemExit(2) from None
 
 
-def cli(args: list[str] | dict[str, Any] | None = None, run: bool = True) -> EspoCLI:
+def cli(args: list[str] | dict[str, Any] | None = None, run: bool = True,
+        cli_class: type[EspoCLI] = EspoCLI) -> EspoCLI:
     """Builds (and by default runs) the CLI; the programmatic twin of the ``espo`` command.
 
     Args:
         args: Command-line arguments (default ``sys.argv[1:]``), as for ``LightningCLI``.
         run: Run the subcommand; False only parses and instantiates (then ``args`` has no subcommand).
+        cli_class: ``EspoCLI`` or a subclass (``espo check`` builds no trainer).
     """
     if args is None or isinstance(args, (list, tuple)):
         args = with_objective_defaults([str(a) for a in (sys.argv[1:] if args is None else args)])
         check_config_files(args)
-    return EspoCLI(
+    return cli_class(
         DiffusionRL,
         Task,
         subclass_mode_data=True,
@@ -270,6 +272,11 @@ USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryEr
 
 def main(args: list[str] | dict[str, Any] | None = None) -> None:
     """Entry point of the ``espo`` console script (returns nothing, so the exit status is 0 on success)."""
+    argv = sys.argv[1:] if args is None else args
+    if isinstance(argv, (list, tuple)) and list(argv[:1]) == ["check"]:  # espo check: espo/tools/check.py
+        from espo.tools.check import main as check
+
+        raise SystemExit(check([str(a) for a in argv[1:]], cli, EspoCLI))
     try:
         cli(args)
     except USER_ERRORS as err:

@@ -1,0 +1,1 @@
+"""Tools around a run: ``espo check`` (a config checked for its world size without weights)."""
