@@ -3,6 +3,7 @@
     espo fit --config configs/demo.yaml
     espo fit --config configs/demo.yaml --model.objective DiffuGRPO --model.objective.init_args.beta 0.01
     espo fit --config configs/demo.yaml --print_config
+    espo check --config configs/code.yaml --config configs/scale/fsdp_1node_8gpu.yaml   # espo/tools/check.py
 
 Objectives, samplers and tasks are named by class (``ESPO``, ``Sudoku``) because their packages import
 every built-in class; a user's own subclass is named by its full ``class_path``. Configs may interpolate

@@ -273,12 +273,15 @@ def check(args: list[str], build: Callable[..., LightningCLI], base: type[Lightn
         sizes = report.run(lambda: model.check_fit(prompts, world, trainer.get("precision")))
         report.rows.append(("data.init_args.batch_size", f"{task.batch_size} prompts per step over all processes "
                             f"= {prompts} per process x {world}"))
-        report.rows += sizes.rows() if sizes is not None else []
+        rows = sizes.rows() if sizes is not None else []
+        per_process = ("prompts", "completions", "sampler calls", "micro-batches")
+        report.rows += [(f"{n} (per process)" if n.startswith(per_process) else n, v) for n, v in rows]
     evaluation = model.evaluation
     validated = [sampler.gen_length] if model.validation.num_examples else []  # held-out score at the canvas
     for length in sorted({*(evaluation.lengths or [sampler.gen_length]), *validated}):
-        report.run(lambda n=length: evaluation.sampler_for(sampler, n, *evaluation.schedule(n)),
-                   f"model.evaluation (length {length})")
+        if report.run(lambda n=length: evaluation.sampler_for(sampler, n, *evaluation.schedule(n)),
+                      f"model.evaluation (length {length})") is None:
+            break  # one line for one problem, not one per length
     check_schedule(model, trainer, report)
     return report
 
@@ -295,8 +298,10 @@ def main(args: list[str], build: Callable[..., LightningCLI], base: type[Lightni
     Console(width=max(Console().width, 120)).print(table)
     for note in report.notes:
         sys.stdout.write(f"note: {note}\n")
+    sys.stdout.flush()  # the table and notes before the problems, as a terminal shows both streams
     for error in report.errors:
         sys.stderr.write(f"error: {error}\n")
+    sys.stderr.flush()
     verdict = f"{len(report.errors)} problem(s)" if report.errors else "no problems found"
     sys.stdout.write(f"espo check: {verdict}\n")
     return 1 if report.errors else 0
