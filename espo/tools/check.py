@@ -229,7 +229,7 @@ def check_schedule(model: Any, trainer: dict[str, Any], report: Report) -> None:
         report.rows.append(("learning-rate schedule", type(scheduler).__name__))
         return
     if scheduler.warmup_steps is not None or scheduler.warmup_ratio == 0:
-        warmup = f"{scheduler.warmup()} optimiser steps (warmup_steps)"
+        warmup = f"{scheduler.warmup()} optimiser steps" + (" (warmup_steps)" if scheduler.warmup_steps else "")
     elif scheduler.plan_source == "epoch":
         warmup = (f"ceil({scheduler.warmup_ratio} x {scheduler.epochs} epoch(s) of the training split), planned at "
                   "setup")
