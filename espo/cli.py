@@ -3,6 +3,7 @@
     espo fit --config configs/demo.yaml
     espo fit --config configs/demo.yaml --model.objective DiffuGRPO --model.objective.init_args.beta 0.01
     espo fit --config configs/demo.yaml --print_config
+    espo check --config configs/code.yaml --config configs/scale/fsdp_1node_8gpu.yaml   # espo/tools/check.py
 
 Objectives, samplers and tasks are named by class (``ESPO``, ``Sudoku``) because their packages import
 every built-in class; a user's own subclass is named by its full ``class_path``. Configs may interpolate
@@ -241,17 +242,19 @@ def check_config_files(args: list[str]) -> None:
             raise SystemExit(2) from None
 
 
-def cli(args: list[str] | dict[str, Any] | None = None, run: bool = True) -> EspoCLI:
+def cli(args: list[str] | dict[str, Any] | None = None, run: bool = True,
+        cli_class: type[EspoCLI] = EspoCLI) -> EspoCLI:
     """Builds (and by default runs) the CLI; the programmatic twin of the ``espo`` command.
 
     Args:
         args: Command-line arguments (default ``sys.argv[1:]``), as for ``LightningCLI``.
         run: Run the subcommand; False only parses and instantiates (then ``args`` has no subcommand).
+        cli_class: ``EspoCLI`` or a subclass (``espo check`` builds no trainer).
     """
     if args is None or isinstance(args, (list, tuple)):
         args = with_objective_defaults([str(a) for a in (sys.argv[1:] if args is None else args)])
         check_config_files(args)
-    return EspoCLI(
+    return cli_class(
         DiffusionRL,
         Task,
         subclass_mode_data=True,
@@ -270,6 +273,7 @@ USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryEr
 
 #: The tool verbs beside Lightning's fit/validate/test/predict: verb -> (module with ``main(argv)``, summary).
 TOOLS: dict[str, tuple[str, str]] = {
+    "check": ("espo.tools.check", "validate configs for the world size they declare, without loading weights"),
     "compare": ("espo.tools.compare", "run objectives on one config or their paper recipes; table and plot"),
     "export": ("espo.scale.export", "write a checkpoint's policy as a model directory load_model reads"),
     "tiny-model": ("espo.models.__main__", "write a tiny random LLaDA checkpoint (demo or testbed size)"),
@@ -287,7 +291,10 @@ def main(args: list[str] | dict[str, Any] | None = None) -> None:
     """Entry point of the ``espo`` console script (returns nothing, so the exit status is 0 on success)."""
     argv = sys.argv[1:] if args is None else args
     if isinstance(argv, (list, tuple)) and argv and argv[0] in TOOLS:
-        importlib.import_module(TOOLS[argv[0]][0]).main([str(a) for a in argv[1:]])
+        # Verbs are named by module path, as console scripts are: the tools import the CLI, never the reverse.
+        status = importlib.import_module(TOOLS[argv[0]][0]).main([str(a) for a in argv[1:]])
+        if isinstance(status, int) and status:
+            raise SystemExit(status)  # espo check: 1 when a config has a problem
         return
     if isinstance(argv, (list, tuple)) and list(argv) in ([], ["-h"], ["--help"]):
         sys.stdout.write(_tool_help())

@@ -205,23 +205,37 @@ class DiffusionRL(LightningModule):
         elif stage == "validate":
             raise ValueError("espo validate needs model.val_examples > 0 (held-out examples to score).")
         if stage == "fit":
-            self.objective.check(self.sampler.gen_length, getattr(self.sampler, "block_length", None))
-            if self.rollout_settings.filter_zero_std_groups and self.trainer.world_size > 1:
-                # Each rank would drop a different number of rows and run a different number of forward,
-                # backward and all-reduce calls: the processes would deadlock.
-                raise ValueError("model.filter_zero_std_groups works on one process only (got world size "
-                                 f"{self.trainer.world_size}); turn it off for multi-device runs.")
-            if str(self.trainer.precision).startswith("16"):
-                raise ValueError(f"trainer.precision {self.trainer.precision!r} is not supported: espo clips and "
-                                 "skips non-finite steps itself, without fp16's loss scaler. Use bf16-mixed.")
+            self.sizes = self.check_fit(self._task().rank_batch_size, self.trainer.world_size, self.trainer.precision)
             if self.validation.num_examples:
                 # The sanity check is the step-0 validation: it must cover every validation batch, not 2.
                 self.trainer.num_sanity_val_steps = float("inf")
-            sampling, stepping = self.rollout_settings, self.update_settings
-            self.sizes = effective_sizes(
-                self._task().rank_batch_size, sampling.num_generations, stepping.num_iterations,
-                stepping.micro_batch_size, sampling.rollout_batch_size, self.sampler.gen_length,
-                self.trainer.world_size)
+
+    def check_fit(self, prompts: int, world_size: int, precision: Any) -> EffectiveSizes:
+        """The fit settings that need neither data nor weights (``setup`` and ``espo check`` run this).
+
+        Args:
+            prompts: Prompts per step on each process (``Task.batch_per_process``).
+            world_size: Data-parallel processes.
+            precision: The trainer's precision setting.
+
+        Returns:
+            The effective sizes of one step.
+
+        Raises:
+            ValueError: Naming the setting that does not fit and how to fix it.
+        """
+        self.objective.check(self.sampler.gen_length, getattr(self.sampler, "block_length", None))
+        if self.rollout_settings.filter_zero_std_groups and world_size > 1:
+            # Each rank would drop a different number of rows and run a different number of forward,
+            # backward and all-reduce calls: the processes would deadlock.
+            raise ValueError("model.filter_zero_std_groups works on one process only (got world size "
+                             f"{world_size}); turn it off for multi-device runs.")
+        if str(precision).startswith("16"):
+            raise ValueError(f"trainer.precision {precision!r} is not supported: espo clips and skips non-finite "
+                             "steps itself, without fp16's loss scaler. Use bf16-mixed.")
+        sampling, stepping = self.rollout_settings, self.update_settings
+        return effective_sizes(prompts, sampling.num_generations, stepping.num_iterations, stepping.micro_batch_size,
+                               sampling.rollout_batch_size, self.sampler.gen_length, world_size)
 
     def on_fit_start(self) -> None:
         if self.reference is not None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import yaml
 
 from espo.tools.compare import main
 from espo.tools.paper_recipes import RECIPES, paper_recipe, paper_run_config
@@ -38,3 +39,10 @@ def test_compare_paper_mode_checks_every_recipe_before_running(tmp_path: Path):
     assert not (tmp_path / "results.json").exists()
     with pytest.raises(SystemExit):
         main(["--recipes", "paper", "--objectives", "ESPO", "--out", str(tmp_path)])  # no --task
+
+
+def test_espo_countdown_plans_one_epoch_as_its_main_script():
+    # run_countdown_llada.sh plans num_train_epochs 1; the 9,500 steps of ESPO's evaluated checkpoint come from
+    # its batch-8 ablation run, so they are not this recipe's budget.
+    trainer = yaml.safe_load(paper_recipe("ESPO", "countdown").read_text())["trainer"]
+    assert (trainer["max_steps"], trainer["max_epochs"]) == (-1, 1)

@@ -62,12 +62,18 @@ def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
     return _DTYPES[dtype]
 
 
+def is_hub_id(path_or_id: str | os.PathLike) -> bool:
+    """Whether ``path_or_id`` would be fetched from the hub: ``owner/name`` that is not a local path."""
+    path, text = Path(path_or_id).expanduser(), str(path_or_id)
+    return not path.exists() and not text.startswith((".", "/", "~")) and text.count("/") == 1
+
+
 def _local_dir(path_or_id: str | os.PathLike) -> Path:
     path = Path(path_or_id).expanduser()
     if path.is_dir():
         return path
     text = str(path_or_id)
-    if path.exists() or text.startswith((".", "/", "~")) or text.count("/") != 1:
+    if not is_hub_id(text):
         raise FileNotFoundError(f"Model directory {text!r} does not exist.")
     from huggingface_hub import snapshot_download  # hub ids only; honours HF_HUB_OFFLINE
 

@@ -166,7 +166,14 @@ class Task(LightningDataModule, ABC):
     @property
     def rank_batch_size(self) -> int:
         """Prompts per training step on this process: ``batch_size / world_size`` (checked to divide)."""
-        ranks = self.world_size
+        return self.batch_per_process(self.world_size)
+
+    def batch_per_process(self, ranks: int) -> int:
+        """Prompts per training step on each of ``ranks`` processes (``espo check`` asks without a trainer).
+
+        Raises:
+            ValueError: When ``batch_size`` does not divide over the processes, with the multiple to choose.
+        """
         if self.batch_size % ranks:
             raise ValueError(f"data.batch_size={self.batch_size} is the global batch (prompts per step over all "
                              f"processes) and must divide over the {ranks} processes; choose a multiple of {ranks}.")

@@ -1,1 +1,2 @@
-"""Experiment tools behind the ``espo`` verbs: objective comparisons and their reports, paper recipes."""
+"""Tools behind the ``espo`` verbs: ``espo check`` (a config checked for its world size without weights),
+objective comparisons and their reports, the papers' recipes."""

@@ -70,12 +70,8 @@ def build_policy(spec: PolicySpec, *, with_reference: bool, mesh: Any = None) ->
         with_reference: Build the frozen reference policy (objectives with a KL term, not ``espo test``).
         mesh: The FSDP2 data-parallel mesh (``data_parallel_mesh``), or None.
     """
-    if (spec.lora is not None or spec.load_in_4bit) and mesh is not None:
-        # The sharded export and checkpoint paths handle plain weights only; LoRA and 4-bit runs of an 8B
-        # model fit on one GPU each, where DDP is the simpler strategy.
-        raise ValueError("LoRA and 4-bit bases are not supported under FSDP2 (ModelParallelStrategy) yet: use "
-                         "trainer.strategy ddp (or one device) with model.policy.lora, or full fine-tuning under "
-                         "FSDP2.")
+    if mesh is not None:
+        check_sharded(spec)
     policy = load_model(spec.path, dtype=spec.dtype)
     if spec.load_in_4bit:  # 4-bit NF4 base, then LoRA adapters (the QLoRA order); the base is frozen
         quantize_4bit(policy, compute_dtype=resolve_dtype(spec.dtype))
@@ -99,12 +95,28 @@ def build_policy(spec: PolicySpec, *, with_reference: bool, mesh: Any = None) ->
     return policy, reference
 
 
+def check_sharded(spec: PolicySpec) -> None:
+    """Raises a ValueError when ``spec`` cannot be sharded with FSDP2 (``build_policy`` and ``espo check``)."""
+    if spec.lora is not None or spec.load_in_4bit:
+        # The sharded export and checkpoint paths handle plain weights only; LoRA and 4-bit runs of an 8B
+        # model fit on one GPU each, where DDP is the simpler strategy.
+        raise ValueError("LoRA and 4-bit bases are not supported under FSDP2 (ModelParallelStrategy) yet: use "
+                         "trainer.strategy ddp (or one device) with model.policy.lora, or full fine-tuning under "
+                         "FSDP2.")
+
+
+def check_tensor_parallel(size: int) -> None:
+    """Raises a ValueError for a tensor-parallel mesh dimension above 1 (espo shards data-parallel only)."""
+    if size > 1:
+        # ModelParallelStrategy() defaults to tensor_parallel_size = devices.
+        raise ValueError("espo applies no tensor parallelism: set ModelParallelStrategy(data_parallel_size="
+                         "<devices x num_nodes>, tensor_parallel_size=1) (see configs/scale/).")
+
+
 def data_parallel_mesh(device_mesh: Any) -> Any:
     """The FSDP2 data-parallel mesh of a module's ``device_mesh`` under ``ModelParallelStrategy`` (else None)."""
     if device_mesh is None:
         return None
-    if "tensor_parallel" in (device_mesh.mesh_dim_names or ()) and device_mesh["tensor_parallel"].size() > 1:
-        # ModelParallelStrategy() defaults to tensor_parallel_size = devices; espo shards data-parallel only.
-        raise ValueError("espo applies no tensor parallelism: set ModelParallelStrategy(data_parallel_size="
-                         "<devices x num_nodes>, tensor_parallel_size=1) (see configs/scale/).")
+    if "tensor_parallel" in (device_mesh.mesh_dim_names or ()):
+        check_tensor_parallel(device_mesh["tensor_parallel"].size())
     return device_mesh["data_parallel"]
