@@ -1,4 +1,4 @@
-"""Every Task's reward runs under a deadline and its values are checked (espo.tasks.guard, issue 13 bug 4)."""
+"""Every Task's reward runs under a deadline and its values are checked (espo.rewards.guard, issue 13 bug 4)."""
 
 from __future__ import annotations
 

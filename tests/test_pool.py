@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from espo.tasks.pool import RewardPool
+from espo.rewards.pool import RewardPool
 
 
 def square(x: int) -> int:

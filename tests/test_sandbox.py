@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from espo.rewards.pool import default_workers
+from espo.rewards.sandbox import capabilities, run_tests
 from espo.tasks import Code
-from espo.tasks.pool import default_workers
-from espo.tasks.sandbox import capabilities, run_tests
 
 FAST = {"timeout": 6.0, "per_test_timeout": 1.5, "cpu_seconds": 2, "memory_mb": 256, "max_processes": 16}
 

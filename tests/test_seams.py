@@ -17,10 +17,10 @@ from espo.module import DiffusionRL
 from espo.objectives import ESPO, SPG
 from espo.persistence import ExportSpec
 from espo.policy import PolicySpec
+from espo.rewards.pool import RewardPool
 from espo.sampling import DreamSampler, LLaDASampler
 from espo.scale.export import export_checkpoint
 from espo.tasks import Sudoku
-from espo.tasks.pool import RewardPool
 
 
 def module_on(trainer: SimpleNamespace, **kwargs) -> DiffusionRL:

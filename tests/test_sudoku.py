@@ -7,8 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from espo.tasks.sudoku import D1_SYSTEM_PROMPT, ESPO_SYSTEM_PROMPT, Sudoku, cell_accuracy, parse_answer
-from espo.tasks.sudoku_gen import (
+from espo.tasks.sudoku.gen import (
     all_solutions_grids,
     count_solutions,
     generate_puzzle,
@@ -16,6 +15,7 @@ from espo.tasks.sudoku_gen import (
     puzzle_at,
     solve,
 )
+from espo.tasks.sudoku.task import D1_SYSTEM_PROMPT, ESPO_SYSTEM_PROMPT, Sudoku, cell_accuracy, parse_answer
 
 TEST_CSV = Path(__file__).resolve().parents[2] / "shared" / "data" / "sudoku_4x4_test.csv"
 
@@ -237,7 +237,7 @@ def test_csv_missing_column(tmp_path: Path) -> None:
 
 # ----------------------------------------------------------------- d1's evaluation parser
 def test_d1_eval_parser_by_hand() -> None:
-    from espo.tasks.sudoku import parse_eval_answer
+    from espo.tasks.sudoku.task import parse_eval_answer
 
     s = SOLUTION
     assert parse_eval_answer(f"<answer>\n```\n{s[:8]}\n{s[8:]}\n```\n</answer>") == s  # fenced digits

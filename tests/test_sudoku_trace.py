@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from espo.tasks.sudoku_trace import (
+from espo.tasks.sudoku.trace import (
     FORMAT_BONUS,
     SudokuTrace,
     TracePuzzles,

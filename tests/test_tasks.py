@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from espo.tasks import GSM8K, MATH500, Code, Countdown, Sudoku, Task
-from espo.tasks.countdown import equation_lhs, eval_expression
-from espo.tasks.countdown_gen import make_instance, solve
+from espo.tasks.countdown.gen import make_instance, solve
+from espo.tasks.countdown.task import equation_lhs, eval_expression
 from espo.tasks.data import held_out, load_rows, subsample
 from espo.tasks.math500 import is_equiv, strip_string
 

@@ -7,7 +7,7 @@ task built with defaults alone can score completions straight away.
 
 Subclass it and implement ``load_split``, ``prompt``, ``reward_components`` and ``score``. The trainer calls
 ``rewards`` and ``scores``, which run those two under a hard per-item deadline in the task's reward pool and
-check what they return (``espo.tasks.guard``), so a reward that raises, hangs or returns NaN never stops a run.
+check what they return (``espo.rewards.guard``), so a reward that raises, hangs or returns NaN never stops a run.
 """
 
 from __future__ import annotations
@@ -21,9 +21,9 @@ import torch
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, Dataset
 
-from espo.tasks.guard import guarded_components, guarded_scores
+from espo.rewards.guard import guarded_components, guarded_scores
+from espo.rewards.pool import RewardPool, default_workers
 from espo.tasks.loader import LoaderCursor, ResumableLoader
-from espo.tasks.pool import RewardPool, default_workers
 
 # val_dataloader returns an empty list when validation is off (model.val_examples: 0); Lightning then skips the
 # loop, but warns about an empty loader on every run.
@@ -149,7 +149,7 @@ class Task(LightningDataModule, ABC):
     # ----------------------------------------------------------------- provided
     def rewards(self, completions: list[str], examples: list[dict[str, Any]]) -> dict[str, list[float]]:
         """The reward components as the trainer gets them: ``reward_components`` run per completion under the
-        pool's deadline (unless ``runs_own_rewards``), its result checked (see ``espo.tasks.guard``)."""
+        pool's deadline (unless ``runs_own_rewards``), its result checked (see ``espo.rewards.guard``)."""
         return guarded_components(self, completions, examples)
 
     def reward(self, completions: list[str], examples: list[dict[str, Any]]) -> list[float]:

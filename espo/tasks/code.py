@@ -14,7 +14,7 @@ Protocols (prompt wording reconstructed, not copied):
   tried to forbid, and tests call the names the prompt asks for.
 
 The metric is pass@1 per problem: 1.0 when every test passes. Every program runs in
-:func:`espo.tasks.sandbox.run_tests` (separate confined process, hard deadline); a timeout or a runner
+:func:`espo.rewards.sandbox.run_tests` (separate confined process, hard deadline); a timeout or a runner
 failure scores 0 and is counted in ``reward/timeouts`` / ``reward/errors``.
 """
 
@@ -26,11 +26,11 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Literal
 
+from espo.rewards.pool import default_workers
+from espo.rewards.sandbox import SandboxResult, run_tests
 from espo.tasks import parsing as P
 from espo.tasks.base import Prompt, Task
 from espo.tasks.data import load_rows, take
-from espo.tasks.pool import default_workers
-from espo.tasks.sandbox import SandboxResult, run_tests
 
 SYSTEM = ("You are a helpful programming assistant. Solve the task in Python. Think briefly if you need to, then "
           "give your complete solution as a single fenced code block with a python language tag "

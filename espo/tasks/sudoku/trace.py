@@ -31,11 +31,11 @@ import re
 from collections.abc import Sequence
 from typing import Any, Literal
 
+from espo.rewards.pool import RewardPool
 from espo.rng import derive_seed
 from espo.tasks.base import Prompt, Task
-from espo.tasks.pool import RewardPool
-from espo.tasks.sudoku import cell_accuracy
-from espo.tasks.sudoku_gen import CELLS, MAX_BLANKS, PEERS, SIZE, generate_puzzle
+from espo.tasks.sudoku.gen import CELLS, MAX_BLANKS, PEERS, SIZE, generate_puzzle
+from espo.tasks.sudoku.task import cell_accuracy
 
 FORMAT_BONUS = 0.1
 _ANSWER = re.compile(r"(?<!\d)\d{16}(?!\d)")

@@ -6,7 +6,7 @@ pool gives each item its own deadline from the moment a worker starts it; a work
 killed (SIGKILL) and replaced, a worker that dies is replaced, and in both cases the item scores the
 ``fallback`` value (0) and a counter goes up (``timeouts``, ``errors``). An exception raised by the
 function is an error too. The task exposes the counters and the module logs them as ``reward/timeouts``,
-``reward/errors`` and ``reward/invalid`` (values that were not finite numbers, see ``espo.tasks.guard``).
+``reward/errors`` and ``reward/invalid`` (values that were not finite numbers, see ``espo.rewards.guard``).
 Code that judges items some other way (the Code task's sandbox) reports into the same counters through
 ``count_timeout``/``count_error``/``count_invalid``. What runs inside ``with pool.apart() as counts:`` is
 counted in ``counts`` instead (validation's reward calls, so ``reward/*`` stays the training stream's).

@@ -16,7 +16,7 @@ The held-out score (cell accuracy on the blanks) hides what a model does well an
 
 Used in docs/testbed.md to say what RL changed. Run it on the file ``espo test`` writes::
 
-    python -m espo.tasks.sudoku_trace_anatomy runs/testbed/version_0/test_generations.jsonl
+    python -m espo.tasks.sudoku.trace_anatomy runs/testbed/version_0/test_generations.jsonl
 """
 
 from __future__ import annotations
@@ -28,8 +28,8 @@ import re
 from collections.abc import Iterable
 from typing import Any
 
-from espo.tasks.sudoku_gen import CELLS, SIZE
-from espo.tasks.sudoku_trace import parse_answer, seen_and_left
+from espo.tasks.sudoku.gen import CELLS, SIZE
+from espo.tasks.sudoku.trace import parse_answer, seen_and_left
 
 _CANDIDATE_STEP = re.compile(r"([1-4])([1-4]):[1-4]{0,3}>([1-4]{1,4})")
 COUNTS = ("completions", "answers", "single_blanks", "multi_blanks", "trace_steps", "traced_blanks")
@@ -100,7 +100,7 @@ def correlation(pairs: list[tuple[float, float]]) -> float:
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
     """Prints the breakdown of one or more generations files, one column each."""
-    parser = argparse.ArgumentParser(prog="python -m espo.tasks.sudoku_trace_anatomy",
+    parser = argparse.ArgumentParser(prog="python -m espo.tasks.sudoku.trace_anatomy",
                                      description=__doc__.split("\n\n")[0])
     parser.add_argument("files", nargs="+", help="test_generations.jsonl files written by espo test.")
     args = parser.parse_args(argv)

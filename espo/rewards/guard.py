@@ -5,7 +5,7 @@ numbers. ``Task.rewards`` (what the trainer calls) goes through :func:`guarded_c
 
 * a task that does not guard itself (``Task.runs_own_rewards = False``, the default for every task a user
   writes) has ``reward_components`` called once per completion in a worker of ``task.pool`` (a
-  :class:`~espo.tasks.pool.RewardPool` bound to the task): an item that raises, crashes or passes the
+  :class:`~espo.rewards.pool.RewardPool` bound to the task): an item that raises, crashes or passes the
   per-item deadline scores 0 for every component and is counted (``reward/errors``, ``reward/timeouts``);
 * the built-in tasks that already run each item under their pool's deadline, or are cheap and linear by
   construction (Sudoku), set ``runs_own_rewards = True`` and are called inline, in one batch;
@@ -25,7 +25,7 @@ from typing import Any, Protocol
 
 from lightning.pytorch.utilities import rank_zero_warn
 
-from espo.tasks.pool import RewardPool
+from espo.rewards.pool import RewardPool
 
 
 class GuardedTask(Protocol):

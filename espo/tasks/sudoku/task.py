@@ -13,8 +13,8 @@ from typing import Any, Literal
 
 from espo.tasks.base import Prompt, Task
 from espo.tasks.data import subsample
-from espo.tasks.sudoku_data import GeneratedPuzzles, PuzzlePairs, load_csv
-from espo.tasks.sudoku_gen import MAX_BLANKS
+from espo.tasks.sudoku.data import GeneratedPuzzles, PuzzlePairs, load_csv
+from espo.tasks.sudoku.gen import MAX_BLANKS
 
 _RULES = (
     "Please solve the following 4x4 Sudoku puzzle. The puzzle is given as a 16-character string read from "

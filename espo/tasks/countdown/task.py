@@ -12,7 +12,7 @@ Both papers use d1's rules (ESPO took Countdown over unchanged, so ``protocol`` 
   operators; "expr = number" keeps expr; correct iff the numbers match and the value is within 1e-5 of the
   target. ``answer_fallback=True`` (a fix, not d1) grades the first ``<answer>`` span when there is no box.
 
-Expressions are evaluated by :func:`espo.tasks.countdown_gen.evaluate` (exact fractions, no ``eval``);
+Expressions are evaluated by :func:`espo.tasks.countdown.gen.evaluate` (exact fractions, no ``eval``);
 d1's ``eval`` would also accept ``**`` and ``//``, which this task refuses (scored like any invalid text).
 Data: a hub dataset (``Jiayi-Pan/Countdown-Tasks-3to4``, 3-number rows, shuffled with the seed, the last
 ``held_out`` rows kept out as d1 does), local files with ``numbers``/``target`` or d1's ``input``/``output``
@@ -27,7 +27,7 @@ from typing import Any, Literal
 
 from espo.tasks import parsing as P
 from espo.tasks.base import Prompt, Task
-from espo.tasks.countdown_gen import ExpressionError, evaluate, make_instance
+from espo.tasks.countdown.gen import ExpressionError, evaluate, make_instance
 from espo.tasks.data import held_out, load_rows, take
 
 FORMAT = ("Respond in the following format:\n<reasoning>\nYour reasoning here\n</reasoning>\n"
