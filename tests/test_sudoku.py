@@ -130,7 +130,7 @@ def test_reward_on_hand_made_completions(prompt_format: str) -> None:
     rewards = task.reward(texts, [EXAMPLE] * len(texts))
     assert rewards == pytest.approx(list(completions.values()))
     assert [task.score(t, EXAMPLE) for t in texts] == pytest.approx(rewards)
-    assert list(task.reward_components(texts, [EXAMPLE] * len(texts))) == ["cell_accuracy"]
+    assert list(task.rewards(texts, [EXAMPLE] * len(texts))) == ["cell_accuracy"]
 
 
 @pytest.mark.parametrize("prompt_format", ["chat", "raw"])
