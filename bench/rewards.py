@@ -13,8 +13,8 @@ import time
 
 import torch
 
+from espo.rewards.sandbox import run_tests
 from espo.tasks import MATH500, Countdown
-from espo.tasks.sandbox import run_tests
 
 
 def timed(fn, repeats: int = 3) -> float:

@@ -22,6 +22,12 @@ MOVED: dict[str, str] = {
     **{f"espo.{name}": f"espo.callbacks.{name}" for name in ("checkpointing", "summary", "progress", "expert_load")},
     "espo.sampling.callback": "espo.callbacks.completions",
     **{f"espo.{name}": f"espo.tools.{name}" for name in ("compare", "compare_report", "paper_recipes", "intervals")},
+    **{f"espo.tasks.{name}": f"espo.rewards.{name}" for name in ("pool", "guard", "sandbox", "sandbox_runner")},
+    "espo.tasks.sudoku_data": "espo.tasks.sudoku.data",
+    "espo.tasks.sudoku_gen": "espo.tasks.sudoku.gen",
+    "espo.tasks.sudoku_trace": "espo.tasks.sudoku.trace",
+    "espo.tasks.sudoku_trace_anatomy": "espo.tasks.sudoku.trace_anatomy",
+    "espo.tasks.countdown_gen": "espo.tasks.countdown.gen",
 }
 
 

@@ -277,7 +277,7 @@ TOOLS: dict[str, tuple[str, str]] = {
     "compare": ("espo.tools.compare", "run objectives on one config or their paper recipes; table and plot"),
     "export": ("espo.scale.export", "write a checkpoint's policy as a model directory load_model reads"),
     "tiny-model": ("espo.models.__main__", "write a tiny random LLaDA checkpoint (demo or testbed size)"),
-    "anatomy": ("espo.tasks.sudoku_trace_anatomy", "where SudokuTrace completions go wrong, from espo test files"),
+    "anatomy": ("espo.tasks.sudoku.trace_anatomy", "where SudokuTrace completions go wrong, from espo test files"),
 }
 
 

@@ -1,4 +1,4 @@
-"""The README's "Register a new task" example runs as written, also through the CLI."""
+"""docs/tasks.md's "Write your own task" example runs as written, also through the CLI."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def snippet() -> str:
-    text = (REPO / "README.md").read_text()
-    section = text.split("### Register a new task", 1)[1]
+    text = (REPO / "docs" / "tasks.md").read_text()
+    section = text.split("## Write your own task", 1)[1]
     [code] = re.findall(r"```python\n(.*?)```", section, re.DOTALL)[:1]
     return code
 

@@ -1,4 +1,4 @@
-"""Every Task's reward runs under a deadline and its values are checked (espo.tasks.guard, issue 13 bug 4)."""
+"""Every Task's reward and metric run per completion in its pool and their values are checked (espo.rewards.guard)."""
 
 from __future__ import annotations
 
@@ -19,15 +19,13 @@ class Hostile(Task):
     def prompt(self, example: dict[str, Any]) -> str:
         return str(example["x"])
 
-    def reward_components(self, completions: list[str], examples: list[dict[str, Any]]) -> dict[str, list[float]]:
-        values: list[Any] = []
-        for text in completions:
-            if text == "raise":
-                raise RuntimeError("reward server went away")
-            if text == "hang":
-                time.sleep(60)
-            values.append({"nan": float("nan"), "none": None, "word": "six", "inf": float("inf")}.get(text, 1.0))
-        return {"ok": values, "bonus": [0.5] * len(completions)}
+    def reward_components(self, completion: str, example: dict[str, Any]) -> dict[str, Any]:
+        if completion == "raise":
+            raise RuntimeError("reward server went away")
+        if completion == "hang":
+            time.sleep(60)
+        value = {"nan": float("nan"), "none": None, "word": "six", "inf": float("inf")}.get(completion, 1.0)
+        return {"ok": value, "bonus": 0.5}
 
     def score(self, completion: str, example: dict[str, Any]) -> float:
         if completion == "hang":
@@ -61,24 +59,28 @@ def test_non_numbers_and_nan_are_counted_and_reported_once():
     task.teardown()
 
 
-class WrongCount(Hostile):
-    runs_own_rewards = True  # inline: the shape check applies on both paths
+class BatchShaped(Hostile):
+    """A reward written for a batch (one list per component) although it is called once per completion."""
 
-    def reward_components(self, completions: list[str], examples: list[dict[str, Any]]) -> dict[str, list[float]]:
-        return {"ok": [1.0] * (len(completions) + 1)}
+    def reward_components(self, completion: str, example: dict[str, Any]) -> Any:
+        return {"ok": [1.0]}
 
 
 class NotADict(Hostile):
-    def reward_components(self, completions: list[str], examples: list[dict[str, Any]]) -> Any:
-        return [1.0] * len(completions)
+    def reward_components(self, completion: str, example: dict[str, Any]) -> Any:
+        return 1.0
 
 
-def test_a_result_of_the_wrong_shape_is_a_clear_error():
-    with pytest.raises(ValueError, match=r"WrongCount.reward_components\(\)\['ok'\] has 3 values for 2 completion"):
-        WrongCount(reward_workers=0).rewards(["a", "b"], [{"x": 0}] * 2)
+def test_a_list_where_a_number_belongs_is_a_clear_error():
+    with pytest.raises(ValueError, match=r"BatchShaped.reward_components\(\)\['ok'\] is list \[1.0\]: it is called "
+                                         r"once per completion and returns one number per component"):
+        BatchShaped(reward_workers=0).rewards(["a", "b"], [{"x": 0}] * 2)
+
+
+def test_a_result_that_is_not_a_dict_is_a_clear_error():
     task = NotADict(reward_workers=1)
     with pytest.raises(ValueError, match=r"NotADict.reward_components must return a non-empty dict of named "
-                                         r"lists .*got list \[1.0\]"):
+                                         r"numbers .*got float 1.0"):
         task.rewards(["a"], [{"x": 0}])
     task.teardown()
 
@@ -91,9 +93,12 @@ def test_the_metric_is_guarded_too():
     task.teardown()
 
 
-def test_builtin_tasks_declare_how_their_reward_runs():
+def test_builtin_tasks_choose_where_their_reward_runs():
     from espo.tasks import GSM8K, MATH500, Code, Countdown, Sudoku
 
-    assert all(cls.runs_own_rewards for cls in (GSM8K, MATH500, Code, Countdown, Sudoku))
-    assert Hostile.runs_own_rewards is False  # a user's task is guarded unless it opts out
-    assert Sudoku().pool.workers == 0 and Countdown().pool.workers == 0  # cheap ones opt out explicitly
+    # math-verify can hang: worker processes with a deadline; the linear parsers run inline; a program waits
+    # on its own sandbox, so Code's items run in threads.
+    assert GSM8K(reward_workers=2).pool.workers == 2 and MATH500(reward_workers=2).pool.threads is False
+    assert Sudoku().pool.workers == 0 and Countdown().pool.workers == 0
+    code = Code(reward_workers=3).pool
+    assert code.threads is True and code.workers == 3

@@ -65,8 +65,8 @@ def test_cli_parses_lora_and_4bit(monkeypatch: pytest.MonkeyPatch):
 class ByteSum(CountSevens):
     """A reward that varies between random byte-level completions (a random tiny Dream rarely writes '7')."""
 
-    def reward_components(self, completions, examples):
-        return {"bytes": [sum(map(ord, c)) % 7 / 7 for c in completions]}
+    def reward_components(self, completion, example):
+        return {"bytes": sum(map(ord, completion)) % 7 / 7}
 
 
 @pytest.mark.slow

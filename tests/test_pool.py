@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from espo.tasks.pool import RewardPool
+from espo.rewards.pool import RewardPool
 
 
 def square(x: int) -> int:
@@ -84,3 +84,20 @@ def test_apart_counts_inside_the_block_and_restores_the_counters():
         pool.count_timeout()
     assert counts == {"timeouts": 1.0, "errors": 2.0, "invalid": 0.0}
     assert pool.stats() == {"timeouts": 0.0, "errors": 1.0, "invalid": 0.0}
+
+
+def nap(kind: str) -> float:
+    if kind == "raise":
+        raise RuntimeError("sandbox runner failed")
+    time.sleep(0.5)
+    return 1.0
+
+
+def test_thread_mode_runs_items_at_once_in_order_and_counts_exceptions():
+    pool = RewardPool(workers=4, threads=True)
+    start = time.monotonic()
+    assert pool.map(nap, [("ok",), ("raise",), ("ok",), ("ok",), ("ok",)]) == [1.0, 0.0, 1.0, 1.0, 1.0]
+    # Four sleeping items side by side take one nap (0.5 s), not four (2 s); the margin is for a loaded machine.
+    assert time.monotonic() - start < 1.5
+    assert pool.stats() == {"timeouts": 0.0, "errors": 1.0, "invalid": 0.0}
+    assert "sandbox runner failed" in pool.last_error

@@ -111,8 +111,8 @@ class Rows(Task):
     def prompt(self, example: dict[str, Any]) -> str:
         return example["puzzle"]
 
-    def reward_components(self, completions: list[str], examples: list[dict[str, Any]]) -> dict[str, list[float]]:
-        return {"zero": [0.0] * len(completions)}
+    def reward_components(self, completion: str, example: dict[str, Any]) -> dict[str, float]:
+        return {"zero": 0.0}
 
     def score(self, completion: str, example: dict[str, Any]) -> float:
         return 0.0
@@ -176,8 +176,8 @@ class Constant(Rows):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__([{"puzzle": f"{i:04d}", "solution": ""} for i in range(8)], **kwargs)
 
-    def reward_components(self, completions: list[str], examples: list[dict[str, Any]]) -> dict[str, list[float]]:
-        return {"one": [1.0] * len(completions)}
+    def reward_components(self, completion: str, example: dict[str, Any]) -> dict[str, float]:
+        return {"one": 1.0}
 
 
 def fit(module: DiffusionRL, task: Task, steps: int, root: Path, **kwargs: Any) -> pl.Trainer:
@@ -284,17 +284,20 @@ class Sevens(Rows):
     """A reward that varies for a random model; it raises at rollout step ``fail_at`` when that is set."""
 
     fail_at: int | None = None
-    # Inline: the reward reads the live rollout step and must raise into the trainer (the path under test),
-    # not be caught and counted by a reward worker.
-    runs_own_rewards = True
 
     def __init__(self, **kwargs: Any) -> None:
+        kwargs.setdefault("reward_workers", 0)  # inline, as the reward it replaces ran
         super().__init__([{"puzzle": f"{i:03d}", "solution": ""} for i in range(6)], **kwargs)
 
-    def reward_components(self, completions: list[str], examples: list[dict[str, Any]]) -> dict[str, list[float]]:
+    def rewards(self, completions: list[str], examples: list[dict[str, Any]]) -> dict[str, list[float]]:
+        # Raises from the batch call, after the rollout: an exception the guard does not catch must reach the
+        # trainer (the path under test). It reads the live rollout step, so it runs in the trainer's process.
         if self.fail_at is not None and self.trainer.lightning_module.rollout_step == self.fail_at:
             raise ConnectionError("the reward server went away")
-        return {"sevens": [c.count("7") / max(len(c), 1) for c in completions]}
+        return super().rewards(completions, examples)
+
+    def reward_components(self, completion: str, example: dict[str, Any]) -> dict[str, float]:
+        return {"sevens": completion.count("7") / max(len(completion), 1)}
 
 
 @pytest.mark.slow

@@ -22,8 +22,8 @@ class Sevens(Task):
     def prompt(self, example: dict[str, Any]) -> str:
         return example["prompt"]
 
-    def reward_components(self, completions: list[str], examples: list[dict[str, Any]]) -> dict[str, list[float]]:
-        return {"sevens": [c.count("7") / max(len(c), 1) for c in completions]}
+    def reward_components(self, completion: str, example: dict[str, Any]) -> dict[str, float]:
+        return {"sevens": completion.count("7") / max(len(completion), 1)}
 
     def score(self, completion: str, example: dict[str, Any]) -> float:
         return float("7" in completion)

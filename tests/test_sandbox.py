@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from espo.rewards.pool import default_workers
+from espo.rewards.sandbox import capabilities, run_tests
 from espo.tasks import Code
-from espo.tasks.pool import default_workers
-from espo.tasks.sandbox import capabilities, run_tests
 
 FAST = {"timeout": 6.0, "per_test_timeout": 1.5, "cpu_seconds": 2, "memory_mb": 256, "max_processes": 16}
 
@@ -118,7 +118,7 @@ def test_code_task_rewards_and_metric():
     trailing = good + "Hope this helps!"
     loop = "```python\ndef add(a, b):\n    while True:\n        pass\n```\n"
     texts = [good, half, syntax, trailing, loop, "", "\x00\ud800" * 10]
-    parts = task.reward_components(texts, [example] * len(texts))
+    parts = task.rewards(texts, [example] * len(texts))
     assert parts["format"] == [1.0, 1.0, 0.5, 0.0, 1.0, 0.0, 0.0]
     assert parts["tests"] == [1.0, 0.5, 0.0, 0.0, 0.0, 0.0, 0.0]
     assert task.reward(texts[:2], [example] * 2) == [2.0, 1.5]
@@ -126,7 +126,7 @@ def test_code_task_rewards_and_metric():
 
     d1 = Code(protocol="d1", reward_workers=1, timeout=6.0, per_test_timeout=1.5)
     tagged = "<reasoning>\nadd\n</reasoning>\n<answer>\n```python\ndef add(a, b):\n    return a + b\n```\n</answer>"
-    assert d1.reward_components([tagged, good], [example] * 2) == {"answer_format": [0.5, 0.0], "tests": [1.0, 1.0]}
+    assert d1.rewards([tagged, good], [example] * 2) == {"answer_format": [0.5, 0.0], "tests": [1.0, 1.0]}
     prompt = task.prompt(example)
     assert prompt[0]["role"] == "system" and prompt[1]["content"].endswith("Test cases: assert add(1, 2) == 3")
 
@@ -139,7 +139,7 @@ def test_writing_to_inherited_descriptors_forges_no_pass():
     assert run_tests(FORGE, ["assert False", "import os; os._exit(0)"], **FAST).passed == [False, False]
     task = Code(protocol="espo", reward_workers=1, timeout=6.0, per_test_timeout=1.5)
     forged = f"```python\n{FORGE}```\n"
-    assert task.reward_components([forged], [{"prompt": "", "tests": ["assert False"]}])["tests"] == [0.0]
+    assert task.rewards([forged], [{"prompt": "", "tests": ["assert False"]}])["tests"] == [0.0]
 
 
 def test_disk_use_is_bounded_and_host_files_are_unreadable(tmp_path: Path):
@@ -171,5 +171,5 @@ def test_fork_bombs_do_not_starve_honest_programs_beside_them():
               "        os._exit(0)\n    os.waitpid(pid, 0)\n    return a + b\n```\n")
     texts = [bomb, honest, bomb, honest, honest, bomb, honest, honest]
     example = {"prompt": "", "tests": ["assert add(1, 2) == 3", "assert add(2, 2) == 4"]}
-    tests = task.reward_components(texts, [example] * len(texts))["tests"]
+    tests = task.rewards(texts, [example] * len(texts))["tests"]
     assert tests == [0.0 if t is bomb else 1.0 for t in texts]

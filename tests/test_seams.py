@@ -15,10 +15,10 @@ from espo.models import load_model
 from espo.models.lora import LoRASpec, apply_lora
 from espo.module import DiffusionRL
 from espo.objectives import ESPO, SPG
+from espo.rewards.pool import RewardPool
 from espo.sampling import DreamSampler, LLaDASampler
 from espo.scale.export import export_checkpoint
 from espo.tasks import Sudoku
-from espo.tasks.pool import RewardPool
 from espo.train.persistence import ExportSpec
 from espo.train.policy import PolicySpec
 

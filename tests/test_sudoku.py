@@ -7,8 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from espo.tasks.sudoku import D1_SYSTEM_PROMPT, ESPO_SYSTEM_PROMPT, Sudoku, cell_accuracy, parse_answer
-from espo.tasks.sudoku_gen import (
+from espo.tasks.sudoku.gen import (
     all_solutions_grids,
     count_solutions,
     generate_puzzle,
@@ -16,6 +15,7 @@ from espo.tasks.sudoku_gen import (
     puzzle_at,
     solve,
 )
+from espo.tasks.sudoku.task import D1_SYSTEM_PROMPT, ESPO_SYSTEM_PROMPT, Sudoku, cell_accuracy, parse_answer
 
 TEST_CSV = Path(__file__).resolve().parents[2] / "shared" / "data" / "sudoku_4x4_test.csv"
 
@@ -130,7 +130,7 @@ def test_reward_on_hand_made_completions(prompt_format: str) -> None:
     rewards = task.reward(texts, [EXAMPLE] * len(texts))
     assert rewards == pytest.approx(list(completions.values()))
     assert [task.score(t, EXAMPLE) for t in texts] == pytest.approx(rewards)
-    assert list(task.reward_components(texts, [EXAMPLE] * len(texts))) == ["cell_accuracy"]
+    assert list(task.rewards(texts, [EXAMPLE] * len(texts))) == ["cell_accuracy"]
 
 
 @pytest.mark.parametrize("prompt_format", ["chat", "raw"])
@@ -237,7 +237,7 @@ def test_csv_missing_column(tmp_path: Path) -> None:
 
 # ----------------------------------------------------------------- d1's evaluation parser
 def test_d1_eval_parser_by_hand() -> None:
-    from espo.tasks.sudoku import parse_eval_answer
+    from espo.tasks.sudoku.task import parse_eval_answer
 
     s = SOLUTION
     assert parse_eval_answer(f"<answer>\n```\n{s[:8]}\n{s[8:]}\n```\n</answer>") == s  # fenced digits

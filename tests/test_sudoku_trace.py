@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from espo.tasks.sudoku_trace import (
+from espo.tasks.sudoku.trace import (
     FORMAT_BONUS,
     SudokuTrace,
     TracePuzzles,
@@ -48,7 +48,7 @@ def test_candidates_trace_by_hand() -> None:
     assert not is_well_formed(f"11:>\n{SOLUTION}", "candidates")  # a blank has at least one candidate
     task = SudokuTrace(style="candidates", num_test=4)
     assert task.target(EXAMPLE) == text
-    assert task.reward_components([text, TRACE], [EXAMPLE, EXAMPLE]) == {
+    assert task.rewards([text, TRACE], [EXAMPLE, EXAMPLE]) == {
         "cell_accuracy": [1.0, 1.0], "format": [FORMAT_BONUS, 0.0]}
     with pytest.raises(ValueError, match="style"):
         SudokuTrace(style="cells")
@@ -77,7 +77,7 @@ def test_reward_components_by_hand() -> None:
     wrong_two = SOLUTION[:2] + "4" + SOLUTION[3:5] + "2" + SOLUTION[6:]  # cells 2 and 5 are blanks: 7 of 9 right
     given_wrong = "3" + SOLUTION[1:]  # cell 0 is a blank too: 8 of 9
     completions = [TRACE, f"{STEPS}\n{wrong_two}", given_wrong, STEPS, "garbage"]
-    components = task.reward_components(completions, [EXAMPLE] * len(completions))
+    components = task.rewards(completions, [EXAMPLE] * len(completions))
     assert components["cell_accuracy"] == pytest.approx([1.0, 7 / 9, 8 / 9, 0.0, 0.0])
     assert components["format"] == pytest.approx([FORMAT_BONUS, FORMAT_BONUS, 0.0, 0.0, 0.0])
     assert task.reward(completions[:2], [EXAMPLE] * 2) == pytest.approx([1.0 + FORMAT_BONUS, 7 / 9 + FORMAT_BONUS])

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from espo.tasks.sudoku_trace import candidates_trace
-from espo.tasks.sudoku_trace_anatomy import anatomy, correlation, main
+from espo.tasks.sudoku.trace import candidates_trace
+from espo.tasks.sudoku.trace_anatomy import anatomy, correlation, main
 
 # 9 blanks: cells 0 and 12, 15 have two candidates from the givens (11:14>23, 41:13>24, 44:13>24), the other
 # six one each.

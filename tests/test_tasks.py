@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from espo.tasks import GSM8K, MATH500, Code, Countdown, Sudoku, Task
-from espo.tasks.countdown import equation_lhs, eval_expression
-from espo.tasks.countdown_gen import make_instance, solve
+from espo.tasks.countdown.gen import make_instance, solve
+from espo.tasks.countdown.task import equation_lhs, eval_expression
 from espo.tasks.data import held_out, load_rows, subsample
 from espo.tasks.math500 import is_equiv, strip_string
 
@@ -28,7 +28,7 @@ def test_gsm8k_d1_components_by_hand():
     ex = {"question": "q", "answer": "72"}
     no_newline = PERFECT[:-1]
     texts = [PERFECT, no_newline, "72", "<answer>\n1\n</answer>\n<answer>\n72\n</answer>", "<answer>72.0</answer>"]
-    parts = task.reward_components(texts, [ex] * len(texts))
+    parts = task.rewards(texts, [ex] * len(texts))
     # Perfect layout: 4 x 0.125 and nothing trailing; soft, strict, int 0.5 each; correct 2.0 -> 4.0.
     assert parts["xml_count"][0] == pytest.approx(0.5)
     assert task.reward([PERFECT], [ex]) == [pytest.approx(4.0)]
@@ -80,10 +80,10 @@ def test_hendrycks_normalisation():
 def test_math_d1_components_and_the_boxed_bug():
     ex = {"problem": "p", "answer": "\\frac{1}{2}"}
     texts = ["<answer>\\boxed{\\dfrac12}</answer>", "so \\boxed{0.5}", "1/2", "\\boxed{3}", "<answer>1</answer>"]
-    parts = MATH500(protocol="d1", reward_workers=0).reward_components(texts, [ex] * len(texts))
+    parts = MATH500(protocol="d1", reward_workers=0).rewards(texts, [ex] * len(texts))
     assert parts["correctness"] == [2.0, 2.0, 2.0, 0.0, 0.0]
     assert parts["format"] == [0.75, 0.25, 0.25, 0.25, 0.75]  # d1's "\b" bug: the boxed bonus never fires
-    fixed = MATH500(protocol="d1", fix_boxed_check=True, reward_workers=0).reward_components(texts, [ex] * 5)
+    fixed = MATH500(protocol="d1", fix_boxed_check=True, reward_workers=0).rewards(texts, [ex] * 5)
     assert fixed["format"] == [1.0, 0.5, 0.25, 0.5, 0.75]  # 0.5 x (tags + (1 if boxed in answer else 0.5))
 
 

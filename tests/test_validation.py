@@ -154,7 +154,7 @@ def test_validation_summary_fields():
 def test_validation_failures_are_counted_apart_from_the_training_counters():
     from types import SimpleNamespace
 
-    from espo.tasks.pool import RewardPool
+    from espo.rewards.pool import RewardPool
 
     class Task:  # scores through the pool's counters as a task whose scorer failed on one item would
         pool = RewardPool(workers=0)

@@ -48,8 +48,8 @@ def test_every_trainable_parameter_changes(objective, tiny_dir: Path, tmp_path: 
 class Constant(CountSevens):
     """Every completion earns the same reward: every group has zero variance."""
 
-    def reward_components(self, completions, examples):
-        return {"constant": [1.0] * len(completions)}
+    def reward_components(self, completion, example):
+        return {"constant": 1.0}
 
 
 def test_zero_variance_groups_are_filtered_and_counted(tiny_dir: Path, tmp_path: Path):

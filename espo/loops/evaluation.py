@@ -151,9 +151,11 @@ class Evaluation:
                                 "seconds": round(run.seconds[n], 2)} for n, v in results.items()}
             task = type(trainer.datamodule).__name__
             summary["task"] = task
-            summary["protocol"] = getattr(trainer.datamodule, "protocol", None)
+            protocol = getattr(trainer.datamodule, "protocol", None)  # a built-in task's paper protocol
+            summary["protocol"] = getattr(protocol, "name", protocol)
             (folder / "test_results.json").write_text(json.dumps(summary, indent=2) + "\n")
-            table = Table(title=f"espo test: {task} ({summary['protocol']} protocol)")
+            named = f" ({summary['protocol']} protocol)" if summary["protocol"] else ""  # a task of one protocol
+            table = Table(title=f"espo test: {task}{named}")
             for column in ("length", "steps", "block", "examples", "score", "seconds"):
                 table.add_column(column, justify="right")
             for n, value in results.items():

@@ -9,8 +9,7 @@ from espo.tasks.code import Code
 from espo.tasks.countdown import Countdown
 from espo.tasks.gsm8k import GSM8K
 from espo.tasks.math500 import MATH500
-from espo.tasks.pool import RewardPool
 from espo.tasks.sudoku import Sudoku
-from espo.tasks.sudoku_trace import SudokuTrace
+from espo.tasks.sudoku.trace import SudokuTrace
 
-__all__ = ["GSM8K", "MATH500", "Code", "Countdown", "RewardPool", "Sudoku", "SudokuTrace", "Task"]
+__all__ = ["GSM8K", "MATH500", "Code", "Countdown", "Sudoku", "SudokuTrace", "Task"]

@@ -5,9 +5,11 @@ reward is the sum of named components) and gives the evaluation metric. It never
 tokenizer: the module tokenises, the sampler generates, the task judges. Data loads only in ``setup``, so a
 task built with defaults alone can score completions straight away.
 
-Subclass it and implement ``load_split``, ``prompt``, ``reward_components`` and ``score``. The trainer calls
-``rewards`` and ``scores``, which run those two under a hard per-item deadline in the task's reward pool and
-check what they return (``espo.tasks.guard``), so a reward that raises, hangs or returns NaN never stops a run.
+Subclass it and implement ``load_split``, ``prompt``, ``reward_components`` and ``score``, the last two for
+one completion at a time. The trainer calls ``rewards`` and ``scores``, which run them per completion in the
+task's reward pool (under a hard deadline in worker processes by default) and check what they return
+(``espo.rewards.guard``), so a reward that raises, hangs or returns NaN never stops a run. A paper's prompts
+and parsing are a variant of a task, not a switch of this base (see ``espo.tasks.protocol``).
 """
 
 from __future__ import annotations
@@ -21,9 +23,9 @@ import torch
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, Dataset
 
-from espo.tasks.guard import guarded_components, guarded_scores
+from espo.rewards.guard import guarded_components, guarded_scores
+from espo.rewards.pool import RewardPool, default_workers
 from espo.tasks.loader import LoaderCursor, ResumableLoader
-from espo.tasks.pool import RewardPool, default_workers
 
 # val_dataloader returns an empty list when validation is off (model.val_examples: 0); Lightning then skips the
 # loop, but warns about an empty loader on every run.
@@ -57,14 +59,15 @@ class Task(LightningDataModule, ABC):
     with the split, row number and missing keys instead of a ``KeyError`` deep inside a training step.
 
     Args:
-        protocol: Which paper's prompts and reward semantics to use: ``"d1"`` or ``"espo"``.
         batch_size: Prompts per training step over all processes (each is sampled ``num_generations`` times by
             the module); every process takes ``batch_size / world_size`` of them, which must divide evenly.
         eval_batch_size: Prompts per evaluation batch, per process.
         seed: Seed of the shuffling order (an explicit generator; the global RNG is not used).
         num_workers: DataLoader workers.
         reward_workers: Processes that run the reward, one completion at a time (None: half the CPUs, at
-            most 8; 0: inline in the trainer, exceptions still caught but no deadline).
+            most 8; 0: inline in the trainer, exceptions still caught but no deadline; inline is also how a
+            reward that reads the trainer's live state runs, as a worker holds the task as it was when it
+            started).
         reward_timeout: Seconds one completion's reward may take; past it the worker is killed and the
             completion scores 0 (counted as ``reward/timeouts``).
     """
@@ -72,10 +75,6 @@ class Task(LightningDataModule, ABC):
     # Fields every example must have; ``setup`` checks each loaded row and names the row and the field that is
     # missing. A split whose rows are all built by the same code (``uniform_rows = True``) has its first checked.
     required_fields: ClassVar[tuple[str, ...]] = ()
-    # False (the default): ``rewards``/``scores`` call ``reward_components``/``score`` once per completion in
-    # a worker of ``pool``, under ``reward_timeout``. True: the task already runs each item under its pool's
-    # deadline (or a sandbox), or is cheap and linear by construction, and is called inline in one batch.
-    runs_own_rewards: ClassVar[bool] = False
 
     pool: RewardPool  # runs and counts the reward (``reward/timeouts``, ``reward/errors``, ``reward/invalid``)
     reward_names: list[str]  # component names of the last reward that came back (for items that all failed)
@@ -86,7 +85,6 @@ class Task(LightningDataModule, ABC):
 
     def __init__(
         self,
-        protocol: Literal["d1", "espo"] = "d1",
         batch_size: int = 4,
         eval_batch_size: int = 8,
         seed: int = 42,
@@ -95,11 +93,8 @@ class Task(LightningDataModule, ABC):
         reward_timeout: float = 10.0,
     ) -> None:
         super().__init__()
-        if protocol not in ("d1", "espo"):
-            raise ValueError(f"protocol must be 'd1' or 'espo', got {protocol!r}.")
         if batch_size < 1 or eval_batch_size < 1:
             raise ValueError("batch_size and eval_batch_size must be positive.")
-        self.protocol = protocol
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size
         self.seed = seed
@@ -119,12 +114,12 @@ class Task(LightningDataModule, ABC):
         """The prompt: plain text, or chat messages that the module renders with the tokenizer's template."""
 
     @abstractmethod
-    def reward_components(self, completions: list[str], examples: list[dict[str, Any]]) -> dict[str, list[float]]:
-        """Named reward components, one list of per-completion values each (see ``rewards`` for how it runs)."""
+    def reward_components(self, completion: str, example: dict[str, Any]) -> dict[str, float]:
+        """The named reward components of one completion; the training reward is their sum (``rewards`` runs it)."""
 
     @abstractmethod
     def score(self, completion: str, example: dict[str, Any]) -> float:
-        """The evaluation metric of one completion, in [0, 1] (see ``scores`` for how it runs)."""
+        """The evaluation metric of one completion, in [0, 1] (``scores`` runs it over a batch)."""
 
     def eval_prompt(self, example: dict[str, Any]) -> Prompt:
         """The evaluation prompt (d1 evaluates with other prompts than it trains with); default ``prompt``."""
@@ -135,7 +130,7 @@ class Task(LightningDataModule, ABC):
         return ""
 
     def scores(self, completions: list[str], examples: list[dict[str, Any]]) -> list[float]:
-        """``score`` over a batch, each item under the reward deadline, non-numbers and NaN counted as 0."""
+        """``score`` over a batch, one item each in the reward pool, non-numbers and NaN counted as 0."""
         return guarded_scores(self, completions, examples)
 
     def reward_stats(self) -> dict[str, float]:
@@ -148,8 +143,8 @@ class Task(LightningDataModule, ABC):
 
     # ----------------------------------------------------------------- provided
     def rewards(self, completions: list[str], examples: list[dict[str, Any]]) -> dict[str, list[float]]:
-        """The reward components as the trainer gets them: ``reward_components`` run per completion under the
-        pool's deadline (unless ``runs_own_rewards``), its result checked (see ``espo.tasks.guard``)."""
+        """The reward components as the trainer gets them, one list of per-completion values each:
+        ``reward_components`` run per completion in the pool, its results checked (see ``espo.rewards.guard``)."""
         return guarded_components(self, completions, examples)
 
     def reward(self, completions: list[str], examples: list[dict[str, Any]]) -> list[float]:

@@ -2,20 +2,21 @@
 
 Protocols (prompt wording reconstructed, not copied):
 
-* ``espo`` (ESPO's code recipe, AceCode data): a system message asks for one fenced ``python`` block as the
-  last part of the answer; the user turn is the question plus "Test cases: <first test>" (unless the
-  question already holds a fenced block). Components: ``format`` 1.0 when the whole completion is prose
-  without backticks, then one python block, then at most a newline, and the block parses (0.5 when it does
-  not parse, 0 without the layout); ``tests`` = the fraction of tests passed, computed only when
-  ``format`` is 1.0 (0 otherwise).
-* ``d1``: the ``<reasoning>/<answer>`` format; ``answer_format`` 0.5 when the first python block sits inside
-  ``<answer>``, plus ``tests`` = fraction passed by the first python block. d1's string blocklist
-  (" os", " sys", ...) and function renaming are not reproduced: the sandbox contains what the blocklist
-  tried to forbid, and tests call the names the prompt asks for.
+* ``espo`` (:class:`CodeESPO`; ESPO's code recipe, AceCode data): a system message asks for one fenced
+  ``python`` block as the last part of the answer; the user turn is the question plus "Test cases: <first
+  test>" (unless the question already holds a fenced block). Components: ``format`` 1.0 when the whole
+  completion is prose without backticks, then one python block, then at most a newline, and the block parses
+  (0.5 when it does not parse, 0 without the layout); ``tests`` = the fraction of tests passed, computed only
+  when ``format`` is 1.0 (0 otherwise).
+* ``d1`` (:class:`CodeD1`): the ``<reasoning>/<answer>`` format; ``answer_format`` 0.5 when the first python
+  block sits inside ``<answer>``, plus ``tests`` = fraction passed by the first python block. d1's string
+  blocklist (" os", " sys", ...) and function renaming are not reproduced: the sandbox contains what the
+  blocklist tried to forbid, and tests call the names the prompt asks for.
 
 The metric is pass@1 per problem: 1.0 when every test passes. Every program runs in
-:func:`espo.tasks.sandbox.run_tests` (separate confined process, hard deadline); a timeout or a runner
-failure scores 0 and is counted in ``reward/timeouts`` / ``reward/errors``.
+:func:`espo.rewards.sandbox.run_tests` (separate confined process, hard deadline); a timeout or a runner
+failure scores 0 and is counted in ``reward/timeouts`` / ``reward/errors``. The task's pool runs completions in
+threads (``reward_workers`` at once), each waiting on its own sandbox process.
 """
 
 from __future__ import annotations
@@ -23,14 +24,14 @@ from __future__ import annotations
 import ast
 import re
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Literal
 
+from espo.rewards.pool import RewardPool, default_workers
+from espo.rewards.sandbox import run_tests
 from espo.tasks import parsing as P
-from espo.tasks.base import Prompt, Task
+from espo.tasks.base import Prompt
 from espo.tasks.data import load_rows, take
-from espo.tasks.pool import default_workers
-from espo.tasks.sandbox import SandboxResult, run_tests
+from espo.tasks.protocol import Protocol, ProtocolTask, choose
 
 SYSTEM = ("You are a helpful programming assistant. Solve the task in Python. Think briefly if you need to, then "
           "give your complete solution as a single fenced code block with a python language tag "
@@ -86,15 +87,83 @@ def eval_code(text: str) -> str:
     return text if block is None else block
 
 
-class Code(Task):
+class UnitTests:
+    """Runs a program against an example's tests in the sandbox; timeouts and runner failures go to ``pool``.
+
+    Args:
+        pool: The counters (``reward/timeouts``, ``reward/errors``) of the task that owns this.
+        limits: ``run_tests``' deadlines and limits (``timeout``, ``per_test_timeout``, ``memory_mb``, ...).
+    """
+
+    def __init__(self, pool: RewardPool, limits: dict[str, float]) -> None:
+        self.pool, self.limits = pool, limits
+
+    def __repr__(self) -> str:
+        return f"UnitTests({self.limits})"
+
+    def pass_rate(self, program: str | None, example: dict[str, Any]) -> float:
+        """The fraction of tests ``program`` passes; 0 for no program (not run)."""
+        if program is None:
+            return 0.0
+        result = run_tests(program, list(example["tests"]), **self.limits)
+        if result.timed_out:
+            self.pool.count_timeout()
+        elif result.error:
+            self.pool.count_error(result.error)
+        return result.pass_rate
+
+
+class CodeProtocol(Protocol):
+    """What both papers share: pass@1 of the program an evaluation extracts (:func:`eval_code`)."""
+
+    def __init__(self, tests: UnitTests) -> None:
+        self.tests = tests
+
+    def score(self, completion: str, example: dict[str, Any]) -> float:
+        return 1.0 if self.tests.pass_rate(eval_code(P.clip(completion)), example) == 1.0 else 0.0
+
+
+class CodeESPO(CodeProtocol):
+    """ESPO's code recipe: a system prompt asking for one python block last, ``format`` gating ``tests``."""
+
+    name = "espo"
+
+    def prompt(self, example: dict[str, Any]) -> Prompt:
+        question, tests = example["prompt"], example["tests"]
+        if "\n```\n" not in question and tests:
+            question = f"{question}\nTest cases: {tests[0]}"
+        return [{"role": "system", "content": SYSTEM}, {"role": "user", "content": question}]
+
+    def reward_components(self, completion: str, example: dict[str, Any]) -> dict[str, float]:
+        text = P.clip(completion)
+        layout = format_reward(text)
+        program = first_python_block(text) if layout == 1.0 else None  # tests run only on a clean layout
+        return {"format": layout, "tests": self.tests.pass_rate(program, example)}
+
+
+class CodeD1(CodeProtocol):
+    """d1's format for code: the tag layout, ``answer_format`` for a block inside ``<answer>``, plus ``tests``."""
+
+    name = "d1"
+
+    def prompt(self, example: dict[str, Any]) -> Prompt:
+        return [{"role": "user", "content": f"{D1_FORMAT}\n\n{example['prompt']}"}]
+
+    def reward_components(self, completion: str, example: dict[str, Any]) -> dict[str, float]:
+        text = P.clip(completion)
+        return {"answer_format": in_answer(text), "tests": self.tests.pass_rate(first_python_block(text), example)}
+
+
+class Code(ProtocolTask):
     """Python programming with unit tests (AceCode for training, HumanEval/MBPP-style files for testing).
 
     Args:
-        protocol: ``"d1"`` or ``"espo"`` (see the module docstring).
+        protocol: ``"d1"`` or ``"espo"`` (see the module docstring), or a ``Protocol`` object of your own.
         train_source: Hub id or local file (AceCode ``question``/``test_cases``, or ``prompt``/``tests``).
         test_source: Hub id or local file (HumanEval, MBPP or ``prompt``/``tests`` rows).
         num_test: Evaluate on the first ``num_test`` rows (None: all).
-        reward_workers: Programs run at once (each in its own sandbox process; None: half the CPUs).
+        reward_workers: Programs run at once (threads, each waiting on its own sandbox process; None: half the
+            CPUs).
         timeout: Wall-clock deadline of one program with all its tests, in seconds.
         per_test_timeout: Deadline of one test, in seconds.
         memory_mb: Address-space limit of the sandboxed processes.
@@ -106,11 +175,10 @@ class Code(Task):
     """
 
     required_fields = ("prompt", "tests")
-    runs_own_rewards = True  # every program runs in its own sandbox process with a deadline (see _run)
 
     def __init__(
         self,
-        protocol: Literal["d1", "espo"] = "espo",
+        protocol: Literal["d1", "espo"] | Protocol = "espo",
         train_source: str = "TIGER-Lab/AceCode-89K",
         test_source: str = "openai/openai_humaneval",
         num_test: int | None = None,
@@ -124,59 +192,14 @@ class Code(Task):
         seed: int = 42,
         num_workers: int = 0,
     ) -> None:
-        # reward_workers 0: the pool runs the (linear) format checks inline and holds the counters; the
-        # programs themselves run in sandboxes, reward_workers of them at once.
-        super().__init__(protocol=protocol, batch_size=batch_size, eval_batch_size=eval_batch_size, seed=seed,
-                         num_workers=num_workers, reward_workers=0)
+        super().__init__(batch_size=batch_size, eval_batch_size=eval_batch_size, seed=seed, num_workers=num_workers)
         self.train_source, self.test_source, self.num_test = train_source, test_source, num_test
-        self.reward_workers = default_workers() if reward_workers is None else max(1, reward_workers)
-        self.limits = {"timeout": timeout, "per_test_timeout": per_test_timeout, "memory_mb": memory_mb,
-                       "max_processes": max_processes}
+        # Threads, not worker processes: each item waits on a sandboxed program killed at its own deadline.
+        self.pool = RewardPool(default_workers() if reward_workers is None else max(1, reward_workers), threads=True)
+        tests = UnitTests(self.pool, {"timeout": timeout, "per_test_timeout": per_test_timeout,
+                                      "memory_mb": memory_mb, "max_processes": max_processes})
+        self.protocol = choose("Code", protocol, {"d1": lambda: CodeD1(tests), "espo": lambda: CodeESPO(tests)})
 
     def load_split(self, split: Literal["train", "test"]) -> Sequence[dict[str, Any]]:
         rows = [normalise(r) for r in load_rows(self.train_source if split == "train" else self.test_source, split)]
         return rows if split == "train" else take(rows, self.num_test)
-
-    def prompt(self, example: dict[str, Any]) -> Prompt:
-        question, tests = example["prompt"], example["tests"]
-        if self.protocol == "d1":
-            return [{"role": "user", "content": f"{D1_FORMAT}\n\n{question}"}]
-        if "\n```\n" not in question and tests:
-            question = f"{question}\nTest cases: {tests[0]}"
-        return [{"role": "system", "content": SYSTEM}, {"role": "user", "content": question}]
-
-    def _run(self, programs: list[str | None], examples: list[dict[str, Any]]) -> list[float]:
-        """Pass rates; None programs are not run (0). Timeouts and runner failures are counted."""
-
-        def one(args: tuple[str | None, dict[str, Any]]) -> SandboxResult | None:
-            code, example = args
-            if code is None:
-                return None
-            return run_tests(code, list(example["tests"]), **self.limits)
-
-        with ThreadPoolExecutor(self.reward_workers) as executor:
-            results = list(executor.map(one, zip(programs, examples, strict=True)))
-        rates = []
-        for result in results:
-            if result is not None and result.timed_out:
-                self.pool.count_timeout()
-            elif result is not None and result.error:
-                self.pool.count_error(result.error)
-            rates.append(0.0 if result is None else result.pass_rate)
-        return rates
-
-    def reward_components(self, completions: list[str], examples: list[dict[str, Any]]) -> dict[str, list[float]]:
-        texts = [P.clip(c) for c in completions]
-        if self.protocol == "espo":
-            fmt = [float(v) for v in self.pool.map(format_reward, [(t,) for t in texts])]
-            programs = [first_python_block(t) if f == 1.0 else None for t, f in zip(texts, fmt, strict=True)]
-            return {"format": fmt, "tests": self._run(programs, examples)}
-        fmt = [float(v) for v in self.pool.map(in_answer, [(t,) for t in texts])]
-        return {"answer_format": fmt, "tests": self._run([first_python_block(t) for t in texts], examples)}
-
-    def score(self, completion: str, example: dict[str, Any]) -> float:
-        return self.scores([completion], [example])[0]
-
-    def scores(self, completions: list[str], examples: list[dict[str, Any]]) -> list[float]:
-        rates = self._run([eval_code(P.clip(c)) for c in completions], examples)
-        return [1.0 if r == 1.0 else 0.0 for r in rates]

@@ -2,16 +2,17 @@
 
 Protocols (prompt wording reconstructed from the papers' descriptions, not copied):
 
-* ``d1`` trains with the ``<reasoning>/<answer>`` format text and five summed components: ``xml_count``
-  (0.125 per tag line, minus 0.001 per trailing character), ``soft_format`` 0.5, ``strict_format`` 0.5,
-  ``int_answer`` 0.5 and ``correctness`` 2.0 (the ``<answer>`` text equals the reference string exactly).
-  It evaluates with another prompt (solve step by step, ``\\boxed{}`` inside ``<answer>``, ``<reasoning>``
-  prefilled) and a numeric parser: the first ``\\boxed{}`` that reads as a number (else the first number in
-  it), else the ``<answer>`` text as a number (else its last number); correct iff equal as floats.
-* ``espo`` trains and evaluates with "Please reason step by step, and put your final answer within
-  \\boxed{}." and one binary ``correctness`` (1.0): the first "The answer is X", else "#### X", else the last
-  integer, compared with the reference as strings. Its metric follows OpenCompass: the last number of the
-  text, equal to the reference within 1e-6. ESPO's 4-shot OpenCompass prompt is not reproduced (zero-shot).
+* ``d1`` (:class:`GSM8KD1`) trains with the ``<reasoning>/<answer>`` format text and five summed components:
+  ``xml_count`` (0.125 per tag line, minus 0.001 per trailing character), ``soft_format`` 0.5,
+  ``strict_format`` 0.5, ``int_answer`` 0.5 and ``correctness`` 2.0 (the ``<answer>`` text equals the reference
+  string exactly). It evaluates with another prompt (solve step by step, ``\\boxed{}`` inside ``<answer>``,
+  ``<reasoning>`` prefilled) and a numeric parser: the first ``\\boxed{}`` that reads as a number (else the
+  first number in it), else the ``<answer>`` text as a number (else its last number); correct iff equal as floats.
+* ``espo`` (:class:`GSM8KESPO`) trains and evaluates with "Please reason step by step, and put your final
+  answer within \\boxed{}." and one binary ``correctness`` (1.0): the first "The answer is X", else "#### X",
+  else the last integer, compared with the reference as strings. Its metric follows OpenCompass: the last
+  number of the text, equal to the reference within 1e-6. ESPO's 4-shot OpenCompass prompt is not reproduced
+  (zero-shot).
 """
 
 from __future__ import annotations
@@ -21,8 +22,9 @@ from collections.abc import Sequence
 from typing import Any, Literal
 
 from espo.tasks import parsing as P
-from espo.tasks.base import Prompt, Task
+from espo.tasks.base import Prompt
 from espo.tasks.data import load_rows, take
+from espo.tasks.protocol import Protocol, ProtocolTask, choose
 
 FORMAT = ("Respond in the following format:\n<reasoning>\nYour reasoning here\n</reasoning>\n"
           "<answer>\nYour final answer\n</answer>")
@@ -81,32 +83,56 @@ def opencompass_answer(text: str) -> str | None:
     return numbers[-1] if numbers else None
 
 
-def _components(protocol: str, text: str, answer: str) -> dict[str, float]:
-    text = P.clip(text)
-    if protocol == "espo":
-        return {"correctness": 1.0 if espo_train_answer(text) == answer else 0.0}
-    return {"xml_count": P.xml_count(text), "soft_format": P.soft_format(text),
-            "strict_format": P.strict_format(text), "int_answer": P.int_answer(text),
-            "correctness": 2.0 if P.xml_answer(text) == answer else 0.0}
+class GSM8KD1(Protocol):
+    """d1's GSM8K: the tag format in the prompt, five summed components, a boxed-number metric."""
+
+    name = "d1"
+
+    def prompt(self, example: dict[str, Any]) -> Prompt:
+        return [{"role": "user", "content": f"{FORMAT}\n\n{example['question']}"}]
+
+    def eval_prompt(self, example: dict[str, Any]) -> Prompt:
+        return [{"role": "user", "content": f"{D1_EVAL}\n\n{example['question']}"}]
+
+    def eval_prefill(self) -> str:
+        return "<reasoning>"
+
+    def reward_components(self, completion: str, example: dict[str, Any]) -> dict[str, float]:
+        text = P.clip(completion)
+        return {"xml_count": P.xml_count(text), "soft_format": P.soft_format(text),
+                "strict_format": P.strict_format(text), "int_answer": P.int_answer(text),
+                "correctness": 2.0 if P.xml_answer(text) == str(example["answer"]) else 0.0}
+
+    def score(self, completion: str, example: dict[str, Any]) -> float:
+        pred = d1_eval_answer(P.clip(completion))
+        return 1.0 if pred is not None and pred == _float(str(example["answer"]).replace(",", "")) else 0.0
 
 
-def _score(protocol: str, text: str, answer: str) -> float:
-    text = P.clip(text)
-    gold = _float(answer.replace(",", ""))
-    if protocol == "espo":
-        pred = opencompass_answer(text)
+class GSM8KESPO(Protocol):
+    """ESPO's GSM8K: "reason step by step" in the prompt, one binary correctness, OpenCompass's metric."""
+
+    name = "espo"
+
+    def prompt(self, example: dict[str, Any]) -> Prompt:
+        return [{"role": "user", "content": example["question"] + ESPO_SUFFIX}]
+
+    def reward_components(self, completion: str, example: dict[str, Any]) -> dict[str, float]:
+        return {"correctness": 1.0 if espo_train_answer(P.clip(completion)) == str(example["answer"]) else 0.0}
+
+    def score(self, completion: str, example: dict[str, Any]) -> float:
+        answer = str(example["answer"])
+        pred, gold = opencompass_answer(P.clip(completion)), _float(answer.replace(",", ""))
         if pred is None or gold is None:
             return 0.0
         return 1.0 if pred == answer or abs((_float(pred) or float("nan")) - gold) < 1e-6 else 0.0
-    pred = d1_eval_answer(text)
-    return 1.0 if pred is not None and pred == gold else 0.0
 
 
-class GSM8K(Task):
+class GSM8K(ProtocolTask):
     """GSM8K with d1's five-part reward or ESPO's binary reward.
 
     Args:
-        protocol: ``"d1"`` or ``"espo"`` (prompts, reward and metric; see the module docstring).
+        protocol: ``"d1"`` or ``"espo"`` (prompts, reward and metric; see the module docstring), or a
+            ``Protocol`` object of your own.
         train_source: Hub dataset id or local json/jsonl/csv/parquet file with ``question`` and ``answer``.
         test_source: The same for evaluation.
         subset: Hub dataset configuration (GSM8K's ``main``).
@@ -120,11 +146,10 @@ class GSM8K(Task):
     """
 
     required_fields = ("question", "answer")
-    runs_own_rewards = True  # each completion's parse runs in the pool (reward_components maps over it)
 
     def __init__(
         self,
-        protocol: Literal["d1", "espo"] = "d1",
+        protocol: Literal["d1", "espo"] | Protocol = "d1",
         train_source: str = "openai/gsm8k",
         test_source: str = "openai/gsm8k",
         subset: str | None = "main",
@@ -136,8 +161,9 @@ class GSM8K(Task):
         seed: int = 42,
         num_workers: int = 0,
     ) -> None:
-        super().__init__(protocol=protocol, batch_size=batch_size, eval_batch_size=eval_batch_size, seed=seed,
-                         num_workers=num_workers, reward_workers=reward_workers, reward_timeout=reward_timeout)
+        super().__init__(batch_size=batch_size, eval_batch_size=eval_batch_size, seed=seed, num_workers=num_workers,
+                         reward_workers=reward_workers, reward_timeout=reward_timeout)
+        self.protocol = choose("GSM8K", protocol, {"d1": GSM8KD1, "espo": GSM8KESPO})
         self.train_source, self.test_source, self.subset, self.num_test = train_source, test_source, subset, num_test
 
     def load_split(self, split: Literal["train", "test"]) -> Sequence[dict[str, Any]]:
@@ -145,27 +171,3 @@ class GSM8K(Task):
         rows = load_rows(source, split, self.subset)
         rows = [{**r, "answer": reference_answer(str(r["answer"]))} if "answer" in r else r for r in rows]
         return rows if split == "train" else take(rows, self.num_test)
-
-    def prompt(self, example: dict[str, Any]) -> Prompt:
-        if self.protocol == "espo":
-            return [{"role": "user", "content": example["question"] + ESPO_SUFFIX}]
-        return [{"role": "user", "content": f"{FORMAT}\n\n{example['question']}"}]
-
-    def eval_prompt(self, example: dict[str, Any]) -> Prompt:
-        if self.protocol == "espo":
-            return self.prompt(example)
-        return [{"role": "user", "content": f"{D1_EVAL}\n\n{example['question']}"}]
-
-    def eval_prefill(self) -> str:
-        return "<reasoning>" if self.protocol == "d1" else ""
-
-    def reward_components(self, completions: list[str], examples: list[dict[str, Any]]) -> dict[str, list[float]]:
-        names = ["correctness"] if self.protocol == "espo" else [
-            "xml_count", "soft_format", "strict_format", "int_answer", "correctness"]
-        results = self.pool.map(_components, [(self.protocol, c, str(e["answer"]))
-                                              for c, e in zip(completions, examples, strict=True)])
-        # A timed-out or failed item comes back as the fallback 0.0: every component of it is 0.
-        return {n: [r[n] if isinstance(r, dict) else 0.0 for r in results] for n in names}
-
-    def score(self, completion: str, example: dict[str, Any]) -> float:
-        return float(_score(self.protocol, completion, str(example["answer"])))

@@ -2,19 +2,19 @@
 
 Protocols (prompt wording reconstructed, not copied):
 
-* ``d1`` trains on the MATH train split (``ankner/math-500``) with two components: ``correctness`` 2.0 when
-  the last ``\\boxed{}`` of the completion (the whole completion if it has none) is equivalent to the
-  reference after Hendrycks-style normalisation (:func:`strip_string`), and ``format`` = 0.5 x (1 if an
-  ``<answer>`` tag is present, + 1 if ``\\boxed`` is inside the answer else 0.5). d1's code tests for
-  ``"\\boxed"`` written without a raw string, i.e. with a backspace character, so the boxed bonus never fires
-  (format is 0.75 with tags, 0.25 without); ``fix_boxed_check=True`` tests for the real ``\\boxed``. Its
-  metric, exactly d1's parser: the content of the last ``\\boxed{}``, **the whole completion when it has no
-  box** (d1's ``last_boxed_only_string`` returns its input), the first ``<answer>`` span only when that comes
-  out empty or the box is unclosed; equivalent to the answer. ``answer_fallback=True`` (a fix, not d1) uses
-  the ``<answer>`` span whenever there is no box.
-* ``espo`` trains and evaluates with "Please reason step by step, and put your final answer within
-  \\boxed{}." and one binary ``correctness`` by ``math-verify`` on the whole completion against the whole
-  reference solution. ESPO calls ``verify(completion, gold)`` although the library's order is
+* ``d1`` (:class:`MATHD1`) trains on the MATH train split (``ankner/math-500``) with two components:
+  ``correctness`` 2.0 when the last ``\\boxed{}`` of the completion (the whole completion if it has none) is
+  equivalent to the reference after Hendrycks-style normalisation (:func:`strip_string`), and ``format`` =
+  0.5 x (1 if an ``<answer>`` tag is present, + 1 if ``\\boxed`` is inside the answer else 0.5). d1's code
+  tests for ``"\\boxed"`` written without a raw string, i.e. with a backspace character, so the boxed bonus
+  never fires (format is 0.75 with tags, 0.25 without); ``fix_boxed_check=True`` tests for the real
+  ``\\boxed``. Its metric, exactly d1's parser: the content of the last ``\\boxed{}``, **the whole completion
+  when it has no box** (d1's ``last_boxed_only_string`` returns its input), the first ``<answer>`` span only
+  when that comes out empty or the box is unclosed; equivalent to the answer. ``answer_fallback=True`` (a fix,
+  not d1) uses the ``<answer>`` span whenever there is no box.
+* ``espo`` (:class:`MATHESPO`) trains and evaluates with "Please reason step by step, and put your final
+  answer within \\boxed{}." and one binary ``correctness`` by ``math-verify`` on the whole completion against
+  the whole reference solution. ESPO calls ``verify(completion, gold)`` although the library's order is
   ``verify(gold, prediction)``; ``fix_verify_order=True`` uses the library's order.
 
 ``math-verify`` runs in the task's process pool with a hard per-item deadline (it can hang in sympy).
@@ -26,9 +26,10 @@ from collections.abc import Sequence
 from typing import Any, Literal
 
 from espo.tasks import parsing as P
-from espo.tasks.base import Prompt, Task
+from espo.tasks.base import Prompt
 from espo.tasks.data import load_rows, take
 from espo.tasks.gsm8k import D1_EVAL, ESPO_SUFFIX, FORMAT
+from espo.tasks.protocol import Protocol, ProtocolTask, choose
 
 D1_TRAIN = ("You are a math expert. You will be given a question to solve. Solve it step by step. Wrap the final "
             "answer in a \\boxed{}.")
@@ -106,7 +107,7 @@ def boxed_answer(text: str) -> str | None:
     return P.unbox(P.last_boxed(text))
 
 
-# ---------------------------------------------------------------- rewards and metrics (pool functions)
+# ---------------------------------------------------------------- the two protocols
 def _math_verify(prediction: str, gold: str, gold_first: bool) -> bool:
     from math_verify import parse, verify
 
@@ -114,37 +115,77 @@ def _math_verify(prediction: str, gold: str, gold_first: bool) -> bool:
     return bool(verify(ref, pred) if gold_first else verify(pred, ref))
 
 
-def _components(protocol: str, text: str, answer: str, solution: str, fix_boxed: bool, fix_order: bool
-                ) -> dict[str, float]:
-    text = P.clip(text)
-    if protocol == "espo":
-        return {"correctness": 1.0 if _math_verify(text, solution, fix_order) else 0.0}
-    pred = boxed_answer(text)
-    correct = is_equiv(text if pred is None else pred, answer)
-    tagged = "<answer>" in text
-    span = text.split("<answer>")[1].split("</answer>")[0] if tagged else text
-    # d1 wrote "\boxed" without a raw string: "\b" is a backspace, so its check never matches.
-    needle = "\\boxed" if fix_boxed else "\x08oxed"
-    return {"correctness": 2.0 if correct else 0.0,
-            "format": 0.5 * ((1.0 if tagged else 0.0) + (1.0 if needle in span else 0.5))}
+class MATHD1(Protocol):
+    """d1's MATH: the tag format and a boxed answer, ``correctness`` 2.0 plus d1's ``format`` (bug kept by default).
+
+    Args:
+        fix_boxed_check: Test for a real ``\\boxed`` in the format reward (d1's check never matches).
+        answer_fallback: Evaluation: grade the first ``<answer>`` span of a completion without ``\\boxed{}``
+            (a fix); off: d1's parser, which grades the whole completion then.
+    """
+
+    name = "d1"
+
+    def __init__(self, fix_boxed_check: bool = False, answer_fallback: bool = False) -> None:
+        self.fix_boxed_check, self.answer_fallback = fix_boxed_check, answer_fallback
+
+    def prompt(self, example: dict[str, Any]) -> Prompt:
+        return [{"role": "user", "content": f"{FORMAT}\n\n{D1_TRAIN}\n\n{example['problem']}"}]
+
+    def eval_prompt(self, example: dict[str, Any]) -> Prompt:
+        return [{"role": "user", "content": f"{D1_EVAL}\n\n{example['problem']}"}]
+
+    def eval_prefill(self) -> str:
+        return "<reasoning>"
+
+    def reward_components(self, completion: str, example: dict[str, Any]) -> dict[str, float]:
+        text = P.clip(completion)
+        pred = boxed_answer(text)
+        correct = is_equiv(text if pred is None else pred, str(example["answer"]))
+        tagged = "<answer>" in text
+        span = text.split("<answer>")[1].split("</answer>")[0] if tagged else text
+        # d1 wrote "\boxed" without a raw string: "\b" is a backspace, so its check never matches.
+        needle = "\\boxed" if self.fix_boxed_check else "\x08oxed"
+        return {"correctness": 2.0 if correct else 0.0,
+                "format": 0.5 * ((1.0 if tagged else 0.0) + (1.0 if needle in span else 0.5))}
+
+    def score(self, completion: str, example: dict[str, Any]) -> float:
+        text = P.clip(completion)
+        pred = boxed_answer(text) if self.answer_fallback else P.d1_boxed(text)
+        if not pred:
+            spans = P.tag_spans(text)
+            pred = spans[0].strip() if spans else pred
+        return 1.0 if pred is not None and is_equiv(pred, str(example["answer"])) else 0.0
 
 
-def _score(protocol: str, text: str, answer: str, answer_fallback: bool = False) -> float:
-    text = P.clip(text)
-    if protocol == "espo":
-        return 1.0 if _math_verify(text, "\\boxed{" + answer + "}", True) else 0.0
-    pred = boxed_answer(text) if answer_fallback else P.d1_boxed(text)
-    if not pred:
-        spans = P.tag_spans(text)
-        pred = spans[0].strip() if spans else pred
-    return 1.0 if pred is not None and is_equiv(pred, answer) else 0.0
+class MATHESPO(Protocol):
+    """ESPO's MATH: "reason step by step", one binary ``correctness`` by ``math-verify``.
+
+    Args:
+        fix_verify_order: Call ``verify(gold, prediction)`` as the library documents (ESPO swaps them).
+    """
+
+    name = "espo"
+
+    def __init__(self, fix_verify_order: bool = False) -> None:
+        self.fix_verify_order = fix_verify_order
+
+    def prompt(self, example: dict[str, Any]) -> Prompt:
+        return [{"role": "user", "content": example["problem"] + ESPO_SUFFIX}]
+
+    def reward_components(self, completion: str, example: dict[str, Any]) -> dict[str, float]:
+        solution = str(example.get("solution") or "\\boxed{" + str(example["answer"]) + "}")
+        return {"correctness": 1.0 if _math_verify(P.clip(completion), solution, self.fix_verify_order) else 0.0}
+
+    def score(self, completion: str, example: dict[str, Any]) -> float:
+        return 1.0 if _math_verify(P.clip(completion), "\\boxed{" + str(example["answer"]) + "}", True) else 0.0
 
 
-class MATH500(Task):
+class MATH500(ProtocolTask):
     """MATH: trained on the MATH train split, evaluated on MATH-500.
 
     Args:
-        protocol: ``"d1"`` or ``"espo"`` (see the module docstring).
+        protocol: ``"d1"`` or ``"espo"`` (see the module docstring), or a ``Protocol`` object of your own.
         train_source: Hub id or local file with ``problem`` and ``answer`` (or a ``solution`` with a box).
         test_source: The same for evaluation (MATH-500).
         num_test: Evaluate on the first ``num_test`` rows (None: all 500).
@@ -161,11 +202,10 @@ class MATH500(Task):
     """
 
     required_fields = ("problem", "answer")
-    runs_own_rewards = True  # math-verify runs in the pool item by item (reward_components and scores map over it)
 
     def __init__(
         self,
-        protocol: Literal["d1", "espo"] = "d1",
+        protocol: Literal["d1", "espo"] | Protocol = "d1",
         train_source: str = "ankner/math-500",
         test_source: str = "HuggingFaceH4/MATH-500",
         num_test: int | None = None,
@@ -179,11 +219,11 @@ class MATH500(Task):
         seed: int = 42,
         num_workers: int = 0,
     ) -> None:
-        super().__init__(protocol=protocol, batch_size=batch_size, eval_batch_size=eval_batch_size, seed=seed,
-                         num_workers=num_workers, reward_workers=reward_workers, reward_timeout=reward_timeout)
+        super().__init__(batch_size=batch_size, eval_batch_size=eval_batch_size, seed=seed, num_workers=num_workers,
+                         reward_workers=reward_workers, reward_timeout=reward_timeout)
+        self.protocol = choose("MATH500", protocol, {"d1": lambda: MATHD1(fix_boxed_check, answer_fallback),
+                                                     "espo": lambda: MATHESPO(fix_verify_order)})
         self.train_source, self.test_source, self.num_test = train_source, test_source, num_test
-        self.fix_boxed_check, self.fix_verify_order = fix_boxed_check, fix_verify_order
-        self.answer_fallback = answer_fallback
 
     def load_split(self, split: Literal["train", "test"]) -> Sequence[dict[str, Any]]:
         rows = load_rows(self.train_source if split == "train" else self.test_source, split)
@@ -191,31 +231,3 @@ class MATH500(Task):
             if not row.get("answer") and row.get("solution"):
                 row["answer"] = boxed_answer(row["solution"]) or ""
         return rows if split == "train" else take(rows, self.num_test)
-
-    def prompt(self, example: dict[str, Any]) -> Prompt:
-        if self.protocol == "espo":
-            return [{"role": "user", "content": example["problem"] + ESPO_SUFFIX}]
-        return [{"role": "user", "content": f"{FORMAT}\n\n{D1_TRAIN}\n\n{example['problem']}"}]
-
-    def eval_prompt(self, example: dict[str, Any]) -> Prompt:
-        if self.protocol == "espo":
-            return self.prompt(example)
-        return [{"role": "user", "content": f"{D1_EVAL}\n\n{example['problem']}"}]
-
-    def eval_prefill(self) -> str:
-        return "<reasoning>" if self.protocol == "d1" else ""
-
-    def reward_components(self, completions: list[str], examples: list[dict[str, Any]]) -> dict[str, list[float]]:
-        names = ["correctness"] if self.protocol == "espo" else ["correctness", "format"]
-        items = [(self.protocol, c, str(e["answer"]), str(e.get("solution") or "\\boxed{" + str(e["answer"]) + "}"),
-                  self.fix_boxed_check, self.fix_verify_order) for c, e in zip(completions, examples, strict=True)]
-        results = self.pool.map(_components, items)
-        return {n: [r[n] if isinstance(r, dict) else 0.0 for r in results] for n in names}
-
-    def score(self, completion: str, example: dict[str, Any]) -> float:
-        return self.scores([completion], [example])[0]
-
-    def scores(self, completions: list[str], examples: list[dict[str, Any]]) -> list[float]:
-        items = [(self.protocol, c, str(e["answer"]), self.answer_fallback)
-                 for c, e in zip(completions, examples, strict=True)]
-        return [float(v) for v in self.pool.map(_score, items)]

@@ -1,6 +1,7 @@
 """``Countdown``: reach a target number with the given numbers, each used once, and + - * /.
 
-Both papers use d1's rules (ESPO took Countdown over unchanged, so ``protocol`` changes nothing here):
+Both papers use d1's rules (:class:`CountdownD1`; ESPO took Countdown over unchanged, so ``protocol: espo``,
+:class:`CountdownESPO`, differs only in its name):
 
 * reward (training): the last ``<answer>...</answer>``; 0 without one; 0.1 (the format score) when the
   integers in it are not exactly the given numbers, when it holds anything but digits, ``+ - * / ( ) .``
@@ -12,7 +13,7 @@ Both papers use d1's rules (ESPO took Countdown over unchanged, so ``protocol`` 
   operators; "expr = number" keeps expr; correct iff the numbers match and the value is within 1e-5 of the
   target. ``answer_fallback=True`` (a fix, not d1) grades the first ``<answer>`` span when there is no box.
 
-Expressions are evaluated by :func:`espo.tasks.countdown_gen.evaluate` (exact fractions, no ``eval``);
+Expressions are evaluated by :func:`espo.tasks.countdown.gen.evaluate` (exact fractions, no ``eval``);
 d1's ``eval`` would also accept ``**`` and ``//``, which this task refuses (scored like any invalid text).
 Data: a hub dataset (``Jiayi-Pan/Countdown-Tasks-3to4``, 3-number rows, shuffled with the seed, the last
 ``held_out`` rows kept out as d1 does), local files with ``numbers``/``target`` or d1's ``input``/``output``
@@ -26,9 +27,10 @@ from collections.abc import Sequence
 from typing import Any, Literal
 
 from espo.tasks import parsing as P
-from espo.tasks.base import Prompt, Task
-from espo.tasks.countdown_gen import ExpressionError, evaluate, make_instance
+from espo.tasks.base import Prompt
+from espo.tasks.countdown.gen import ExpressionError, evaluate, make_instance
 from espo.tasks.data import held_out, load_rows, take
+from espo.tasks.protocol import Protocol, ProtocolTask, choose
 
 FORMAT = ("Respond in the following format:\n<reasoning>\nYour reasoning here\n</reasoning>\n"
           "<answer>\nYour final answer\n</answer>")
@@ -144,70 +146,19 @@ class _Generated(Sequence):
         return make_instance(self.seed, index % self.size, self.count)
 
 
-class Countdown(Task):
-    """Countdown with three numbers (d1's CD3).
+class CountdownD1(Protocol):
+    """d1's Countdown: the tag format, a 0 / 0.1 / 1.0 reward on the last ``<answer>``, d1's boxed metric.
 
     Args:
-        protocol: ``"d1"`` or ``"espo"`` (identical for this task).
-        train_source: Hub id or local file; None: the built-in generator of solvable instances.
-        test_source: Local file or hub id of the test set (d1's ``countdown_cd3_test.jsonl``); None: the
-            generator with a fixed seed of its own.
-        num_numbers: Keep hub rows with this many numbers (d1: 3).
-        held_out: Rows held out of a hub training set after the seeded shuffle (d1: 500).
-        num_train: Size of the generated training split.
-        num_test: Size of the generated test split, or the first ``num_test`` rows of a test file.
-        reward_workers: Reward processes (0: inline; the parser is linear and the evaluator bounded).
-        reward_timeout: Seconds per completion when ``reward_workers > 0``.
-        batch_size: Prompts per training step.
-        eval_batch_size: Prompts per evaluation batch.
-        seed: Seed of the shuffling order and of generated training instances.
-        num_workers: DataLoader workers.
         answer_fallback: Evaluation only: grade the first ``<answer>`` span of a completion without
             ``\\boxed{}`` (a fix). Off: d1's parser, which grades the whole completion then (so such answers
             nearly always score 0, as in d1's published numbers).
     """
 
-    required_fields = ("numbers", "target")
-    # Opted out of the per-item worker: the parser is linear and the evaluator bounded, so by default (0 workers)
-    # the reward runs inline; reward_workers > 0 maps it over the pool with the deadline.
-    runs_own_rewards = True
-    TEST_SEED = 0
+    name = "d1"
 
-    def __init__(
-        self,
-        protocol: Literal["d1", "espo"] = "d1",
-        train_source: str | None = "Jiayi-Pan/Countdown-Tasks-3to4",
-        test_source: str | None = None,
-        num_numbers: int = 3,
-        held_out: int = 500,
-        num_train: int = 100_000,
-        num_test: int | None = 256,
-        reward_workers: int = 0,
-        reward_timeout: float = 5.0,
-        batch_size: int = 4,
-        eval_batch_size: int = 8,
-        seed: int = 42,
-        num_workers: int = 0,
-        answer_fallback: bool = False,
-    ) -> None:
-        super().__init__(protocol=protocol, batch_size=batch_size, eval_batch_size=eval_batch_size, seed=seed,
-                         num_workers=num_workers, reward_workers=reward_workers, reward_timeout=reward_timeout)
+    def __init__(self, answer_fallback: bool = False) -> None:
         self.answer_fallback = answer_fallback
-        self.train_source, self.test_source = train_source, test_source
-        self.num_numbers, self.held_out, self.num_train, self.num_test = num_numbers, held_out, num_train, num_test
-
-    def load_split(self, split: Literal["train", "test"]) -> Sequence[dict[str, Any]]:
-        source = self.train_source if split == "train" else self.test_source
-        if source is None:
-            size = self.num_train if split == "train" else (self.num_test or 256)
-            seed = self.seed if split == "train" else self.TEST_SEED
-            return _Generated(size, seed, self.num_numbers)
-        rows = [normalise(r, f"{source} row {i}") for i, r in enumerate(load_rows(source, split))]
-        self.check_fields(rows, split)  # before the filter below, which would drop rows without the fields
-        if split == "test":
-            return take(rows, self.num_test)
-        rows = [r for r in rows if len(r.get("numbers", ())) == self.num_numbers]
-        return held_out(rows, self.held_out, self.seed)[0]
 
     def prompt(self, example: dict[str, Any]) -> Prompt:
         numbers, target = example["numbers"], example["target"]
@@ -231,9 +182,77 @@ class Countdown(Task):
     def eval_prefill(self) -> str:
         return "<reasoning>"
 
-    def reward_components(self, completions: list[str], examples: list[dict[str, Any]]) -> dict[str, list[float]]:
-        items = [(c, list(e["numbers"]), int(e["target"])) for c, e in zip(completions, examples, strict=True)]
-        return {"correctness": [float(v) for v in self.pool.map(reward, items)]}
+    def reward_components(self, completion: str, example: dict[str, Any]) -> dict[str, float]:
+        return {"correctness": float(reward(completion, list(example["numbers"]), int(example["target"])))}
 
     def score(self, completion: str, example: dict[str, Any]) -> float:
         return score(completion, list(example["numbers"]), int(example["target"]), self.answer_fallback)
+
+
+class CountdownESPO(CountdownD1):
+    """ESPO's Countdown: d1's, unchanged (ESPO reused d1's prompts, reward and evaluation)."""
+
+    name = "espo"
+
+
+class Countdown(ProtocolTask):
+    """Countdown with three numbers (d1's CD3).
+
+    Args:
+        protocol: ``"d1"`` or ``"espo"`` (identical for this task), or a ``Protocol`` object of your own.
+        train_source: Hub id or local file; None: the built-in generator of solvable instances.
+        test_source: Local file or hub id of the test set (d1's ``countdown_cd3_test.jsonl``); None: the
+            generator with a fixed seed of its own.
+        num_numbers: Keep hub rows with this many numbers (d1: 3).
+        held_out: Rows held out of a hub training set after the seeded shuffle (d1: 500).
+        num_train: Size of the generated training split.
+        num_test: Size of the generated test split, or the first ``num_test`` rows of a test file.
+        reward_workers: Reward processes (0: inline; the parser is linear and the evaluator bounded).
+        reward_timeout: Seconds per completion when ``reward_workers > 0``.
+        batch_size: Prompts per training step.
+        eval_batch_size: Prompts per evaluation batch.
+        seed: Seed of the shuffling order and of generated training instances.
+        num_workers: DataLoader workers.
+        answer_fallback: Evaluation only: grade the first ``<answer>`` span of a completion without
+            ``\\boxed{}`` (a fix; see :class:`CountdownD1`).
+    """
+
+    required_fields = ("numbers", "target")
+    TEST_SEED = 0
+
+    def __init__(
+        self,
+        protocol: Literal["d1", "espo"] | Protocol = "d1",
+        train_source: str | None = "Jiayi-Pan/Countdown-Tasks-3to4",
+        test_source: str | None = None,
+        num_numbers: int = 3,
+        held_out: int = 500,
+        num_train: int = 100_000,
+        num_test: int | None = 256,
+        reward_workers: int = 0,
+        reward_timeout: float = 5.0,
+        batch_size: int = 4,
+        eval_batch_size: int = 8,
+        seed: int = 42,
+        num_workers: int = 0,
+        answer_fallback: bool = False,
+    ) -> None:
+        super().__init__(batch_size=batch_size, eval_batch_size=eval_batch_size, seed=seed, num_workers=num_workers,
+                         reward_workers=reward_workers, reward_timeout=reward_timeout)
+        self.protocol = choose("Countdown", protocol, {"d1": lambda: CountdownD1(answer_fallback),
+                                                       "espo": lambda: CountdownESPO(answer_fallback)})
+        self.train_source, self.test_source = train_source, test_source
+        self.num_numbers, self.held_out, self.num_train, self.num_test = num_numbers, held_out, num_train, num_test
+
+    def load_split(self, split: Literal["train", "test"]) -> Sequence[dict[str, Any]]:
+        source = self.train_source if split == "train" else self.test_source
+        if source is None:
+            size = self.num_train if split == "train" else (self.num_test or 256)
+            seed = self.seed if split == "train" else self.TEST_SEED
+            return _Generated(size, seed, self.num_numbers)
+        rows = [normalise(r, f"{source} row {i}") for i, r in enumerate(load_rows(source, split))]
+        self.check_fields(rows, split)  # before the filter below, which would drop rows without the fields
+        if split == "test":
+            return take(rows, self.num_test)
+        rows = [r for r in rows if len(r.get("numbers", ())) == self.num_numbers]
+        return held_out(rows, self.held_out, self.seed)[0]

@@ -1,4 +1,4 @@
-"""The process that runs untrusted code for ``espo.tasks.sandbox`` (started as a script, never imported).
+"""The process that runs untrusted code for ``espo.rewards.sandbox`` (started as a script, never imported).
 
 It reads one job (JSON on stdin) before it restricts anything, then confines itself, in this order, to what
 the kernel allows (each step is reported back, none is silently assumed):

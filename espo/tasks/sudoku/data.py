@@ -7,7 +7,7 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 
-from espo.tasks.sudoku_gen import puzzle_at
+from espo.tasks.sudoku.gen import puzzle_at
 
 
 class GeneratedPuzzles(Sequence):

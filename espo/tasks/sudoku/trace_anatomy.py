@@ -28,8 +28,8 @@ import re
 from collections.abc import Iterable
 from typing import Any
 
-from espo.tasks.sudoku_gen import CELLS, SIZE
-from espo.tasks.sudoku_trace import parse_answer, seen_and_left
+from espo.tasks.sudoku.gen import CELLS, SIZE
+from espo.tasks.sudoku.trace import parse_answer, seen_and_left
 
 _CANDIDATE_STEP = re.compile(r"([1-4])([1-4]):[1-4]{0,3}>([1-4]{1,4})")
 COUNTS = ("completions", "answers", "single_blanks", "multi_blanks", "trace_steps", "traced_blanks")

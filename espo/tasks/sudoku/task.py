@@ -3,18 +3,24 @@
 The prompt wording below is reconstructed from the descriptions of d1's and ESPO's ``SUDOKU_SYSTEM_PROMPT``
 (rules, the 16-character encoding with '0' for blanks, the ``<reasoning>``/``<answer>`` format and, for ESPO,
 the worked example ``0401002010030310`` -> ``2431312412434312``); it is not a verbatim copy of either text.
+
+Protocols: ``d1`` (:class:`SudokuD1`) and ``espo`` (:class:`SudokuESPO`, whose system prompt adds the worked
+example) share the reward (cell accuracy of the last ``<answer>``) and the evaluation parser (d1's five
+patterns); ``prompt_format: raw`` (:class:`RawSudoku`) is the character-level demo's format for either: the
+bare puzzle as the prompt and bare digits as the answer.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
-from espo.tasks.base import Prompt, Task
+from espo.tasks.base import Prompt
 from espo.tasks.data import subsample
-from espo.tasks.sudoku_data import GeneratedPuzzles, PuzzlePairs, load_csv
-from espo.tasks.sudoku_gen import MAX_BLANKS
+from espo.tasks.protocol import Protocol, ProtocolTask, choose
+from espo.tasks.sudoku.data import GeneratedPuzzles, PuzzlePairs, load_csv
+from espo.tasks.sudoku.gen import MAX_BLANKS
 
 _RULES = (
     "Please solve the following 4x4 Sudoku puzzle. The puzzle is given as a 16-character string read from "
@@ -138,16 +144,92 @@ def parse_eval_answer(text: str) -> str | None:
     return None
 
 
-def _reward(text: str, allow_raw: bool, puzzle: str, solution: str) -> float:
-    return cell_accuracy(parse_answer(text, allow_raw), puzzle, solution)
+class SudokuD1(Protocol):
+    """d1's Sudoku: the rules and the tag format, per-cell reward on the last ``<answer>``, d1's lenient metric.
+
+    Args:
+        eval_parser: ``"d1"``: grade evaluations with :func:`parse_eval_answer` (both papers' metric);
+            ``"reward"``: with the training reward's parse.
+    """
+
+    name = "d1"
+    system_prompt: ClassVar[str] = D1_SYSTEM_PROMPT
+    request: ClassVar[str] = "Solve"  # how the training prompt asks for the puzzle
+
+    def __init__(self, eval_parser: Literal["d1", "reward"] = "d1") -> None:
+        self.eval_parser = eval_parser
+
+    def prompt(self, example: dict[str, Any]) -> Prompt:
+        return self._ask(example, self.request)
+
+    def eval_prompt(self, example: dict[str, Any]) -> Prompt:
+        return self._ask(example, "Solve")  # both papers' evaluators ask as d1's training prompt does
+
+    def _ask(self, example: dict[str, Any], request: str) -> Prompt:
+        content = f"{self.system_prompt}\n\n{request} the following Sudoku puzzle: {example['puzzle']}\n"
+        return [{"role": "user", "content": content}]
+
+    def eval_prefill(self) -> str:
+        return "<reasoning>"
+
+    def target(self, example: dict[str, Any]) -> str:
+        solution = example["solution"]
+        rows = ", ".join(solution[r * 4:(r + 1) * 4] for r in range(4))
+        return (
+            "<reasoning>\nEach empty cell takes the one digit from 1-4 that its row, column and 2x2 box "
+            f"still lack. Rows: {rows}.\n</reasoning>\n<answer>\n{solution}\n</answer>"
+        )
+
+    def reward_components(self, completion: str, example: dict[str, Any]) -> dict[str, float]:
+        return {"cell_accuracy": cell_accuracy(parse_answer(completion, False), example["puzzle"], example["solution"])}
+
+    def score(self, completion: str, example: dict[str, Any]) -> float:
+        """Cell accuracy of one completion, its answer read as ``eval_parser`` says.
+
+        The papers' metric is micro-averaged over blank cells, which equals the mean of this score when every
+        test puzzle has the same number of blanks (d1's set has 8 each).
+        """
+        answer = parse_eval_answer(completion) if self.eval_parser == "d1" else parse_answer(completion, False)
+        return cell_accuracy(answer, example["puzzle"], example["solution"])
 
 
-class Sudoku(Task):
+class SudokuESPO(SudokuD1):
+    """ESPO's Sudoku: d1's, with a worked example in the system prompt and "Now, solve" in the training prompt."""
+
+    name = "espo"
+    system_prompt = ESPO_SYSTEM_PROMPT
+    request = "Now, solve"
+
+
+class RawSudoku(Protocol):
+    """The character-level demo's format: the bare puzzle and a newline, answered with bare digits.
+
+    Args:
+        paper: The protocol name the config chose (``d1`` or ``espo``: the format is the same for both).
+    """
+
+    def __init__(self, paper: str = "d1") -> None:
+        self.name = paper
+
+    def prompt(self, example: dict[str, Any]) -> Prompt:
+        return example["puzzle"] + "\n"
+
+    def target(self, example: dict[str, Any]) -> str:
+        return example["solution"]
+
+    def reward_components(self, completion: str, example: dict[str, Any]) -> dict[str, float]:
+        return {"cell_accuracy": self.score(completion, example)}
+
+    def score(self, completion: str, example: dict[str, Any]) -> float:
+        return cell_accuracy(parse_answer(completion, True), example["puzzle"], example["solution"])
+
+
+class Sudoku(ProtocolTask):
     """4x4 Sudoku with d1's per-cell partial-credit reward.
 
     Args:
         protocol: Which paper's prompt to use: ``"d1"`` (rules and format) or ``"espo"`` (adds a worked
-            example).
+            example), or a ``Protocol`` object of your own.
         prompt_format: ``"chat"`` for a chat-message prompt with ``<answer>`` tags, ``"raw"`` for the bare
             puzzle string (the character-level demo model), whose completions may be bare digits.
         train_file: A ``Puzzle,Solution`` CSV for training; None generates puzzles on the fly.
@@ -161,8 +243,8 @@ class Sudoku(Task):
             1M-puzzle CSV shuffled with seed 42); 0 keeps every row.
         test_subsample: Evaluate on this many puzzles of ``test_file``, drawn as d1's evaluator does (256 of the
             500 with NumPy seed 42); None: all of them.
-        eval_parser: ``"d1"``: grade evaluations with d1's lenient five-pattern parser (both papers' metric);
-            ``"reward"``: with the training reward's parse.
+        eval_parser: ``"d1"``: grade chat-format evaluations with d1's lenient five-pattern parser (both
+            papers' metric); ``"reward"``: with the training reward's parse.
         batch_size: Prompts per training step.
         eval_batch_size: Prompts per evaluation batch.
         seed: Seed of the shuffling order and of the generated training puzzles.
@@ -170,13 +252,12 @@ class Sudoku(Task):
     """
 
     required_fields = ("puzzle", "solution")
-    runs_own_rewards = True  # opted out of the per-item worker: the parse is linear (see __init__)
     # A fixed seed so generated test sets are identical across runs with different training seeds.
     TEST_SEED = 0
 
     def __init__(
         self,
-        protocol: Literal["d1", "espo"] = "d1",
+        protocol: Literal["d1", "espo"] | Protocol = "d1",
         prompt_format: Literal["chat", "raw"] = "chat",
         train_file: str | None = None,
         test_file: str | None = None,
@@ -194,16 +275,19 @@ class Sudoku(Task):
     ) -> None:
         # Inline (reward_workers 0): the parse is linear, so a deadline buys nothing; the pool still counts any
         # exception.
-        super().__init__(protocol=protocol, batch_size=batch_size, eval_batch_size=eval_batch_size, seed=seed,
-                         num_workers=num_workers, reward_workers=0)
+        super().__init__(batch_size=batch_size, eval_batch_size=eval_batch_size, seed=seed, num_workers=num_workers,
+                         reward_workers=0)
         if prompt_format not in ("chat", "raw"):
             raise ValueError(f"prompt_format must be 'chat' or 'raw', got {prompt_format!r}.")
+        named = {"d1": lambda: SudokuD1(eval_parser), "espo": lambda: SudokuESPO(eval_parser)}
+        if prompt_format == "raw":
+            named = {"d1": lambda: RawSudoku("d1"), "espo": lambda: RawSudoku("espo")}
+        self.protocol = choose("Sudoku", protocol, named)
         if not 1 <= min_blanks <= max_blanks <= MAX_BLANKS:
             raise ValueError(f"Need 1 <= min_blanks <= max_blanks <= {MAX_BLANKS}, "
                              f"got {min_blanks}, {max_blanks}.")
         if num_train < 1 or num_test < 1:
             raise ValueError("num_train and num_test must be positive.")
-        self.prompt_format = prompt_format
         self.train_file = train_file
         self.test_file = test_file
         self.num_train = num_train
@@ -212,7 +296,6 @@ class Sudoku(Task):
         self.num_test = num_test
         self.held_out = held_out
         self.test_subsample = test_subsample
-        self.eval_parser = eval_parser
 
     def load_split(self, split: Literal["train", "test"]) -> Sequence[dict[str, Any]]:
         path = self.train_file if split == "train" else self.test_file
@@ -229,55 +312,3 @@ class Sudoku(Task):
         if split == "train":
             return GeneratedPuzzles(self.num_train, self.seed, "sudoku-train", *blanks)
         return GeneratedPuzzles(self.num_test, self.TEST_SEED, "sudoku-test", *blanks)
-
-    def prompt(self, example: dict[str, Any]) -> Prompt:
-        puzzle = example["puzzle"]
-        if self.prompt_format == "raw":
-            return puzzle + "\n"
-        if self.protocol == "espo":
-            content = f"{ESPO_SYSTEM_PROMPT}\n\nNow, solve the following Sudoku puzzle: {puzzle}\n"
-        else:
-            content = f"{D1_SYSTEM_PROMPT}\n\nSolve the following Sudoku puzzle: {puzzle}\n"
-        return [{"role": "user", "content": content}]
-
-    def eval_prompt(self, example: dict[str, Any]) -> Prompt:
-        if self.prompt_format == "raw" or self.protocol == "d1":
-            return self.prompt(example)
-        # ESPO's evaluator words the request as d1 does ("Solve ..."), unlike its training prompt ("Now, solve").
-        return [{"role": "user", "content": f"{ESPO_SYSTEM_PROMPT}\n\nSolve the following Sudoku puzzle: "
-                                            f"{example['puzzle']}\n"}]
-
-    def eval_prefill(self) -> str:
-        return "" if self.prompt_format == "raw" else "<reasoning>"
-
-    def target(self, example: dict[str, Any]) -> str:
-        solution = example["solution"]
-        if self.prompt_format == "raw":
-            return solution
-        rows = ", ".join(solution[r * 4:(r + 1) * 4] for r in range(4))
-        return (
-            "<reasoning>\nEach empty cell takes the one digit from 1-4 that its row, column and 2x2 box "
-            f"still lack. Rows: {rows}.\n</reasoning>\n<answer>\n{solution}\n</answer>"
-        )
-
-    def reward_components(
-        self, completions: list[str], examples: list[dict[str, Any]]
-    ) -> dict[str, list[float]]:
-        allow_raw = self.prompt_format == "raw"
-        items = [(text, allow_raw, ex["puzzle"], ex["solution"])
-                 for text, ex in zip(completions, examples, strict=True)]
-        return {"cell_accuracy": [float(v) for v in self.pool.map(_reward, items)]}
-
-    def score(self, completion: str, example: dict[str, Any]) -> float:
-        """Cell accuracy of one completion.
-
-        With ``eval_parser="d1"`` (and the chat format) the answer is read by :func:`parse_eval_answer`, as d1
-        and ESPO grade evaluations; otherwise with the training reward's parse. The papers' metric is
-        micro-averaged over blank cells, which equals the mean of this score when every test puzzle has the
-        same number of blanks (d1's set has 8 each).
-        """
-        if self.eval_parser == "d1" and self.prompt_format == "chat":
-            answer = parse_eval_answer(completion)
-        else:
-            answer = parse_answer(completion, self.prompt_format == "raw")
-        return cell_accuracy(answer, example["puzzle"], example["solution"])

@@ -33,9 +33,8 @@ from typing import Any, Literal
 
 from espo.rng import derive_seed
 from espo.tasks.base import Prompt, Task
-from espo.tasks.pool import RewardPool
-from espo.tasks.sudoku import cell_accuracy
-from espo.tasks.sudoku_gen import CELLS, MAX_BLANKS, PEERS, SIZE, generate_puzzle
+from espo.tasks.sudoku.gen import CELLS, MAX_BLANKS, PEERS, SIZE, generate_puzzle
+from espo.tasks.sudoku.task import cell_accuracy
 
 FORMAT_BONUS = 0.1
 _ANSWER = re.compile(r"(?<!\d)\d{16}(?!\d)")
@@ -115,10 +114,6 @@ def is_well_formed(text: str, style: TraceStyle = "singles") -> bool:
     return isinstance(text, str) and _WELL_FORMED[style].fullmatch(text.strip()) is not None
 
 
-def _rewards(text: str, puzzle: str, solution: str, style: TraceStyle) -> tuple[float, float]:
-    return cell_accuracy(parse_answer(text), puzzle, solution), FORMAT_BONUS * is_well_formed(text, style)
-
-
 def puzzle_at(seed: int, stream: str, index: int, min_blanks: int, max_blanks: int,
               exclude: frozenset[str] = frozenset()) -> dict[str, str]:
     """Puzzle ``index`` of a stream: unique solution, solvable by naked singles, not in ``exclude``.
@@ -191,8 +186,9 @@ class SudokuTrace(Task):
         num_workers: int = 0,
         style: TraceStyle = "singles",
     ) -> None:
-        super().__init__(protocol="d1", batch_size=batch_size, eval_batch_size=eval_batch_size, seed=seed,
-                         num_workers=num_workers)
+        # Inline (reward_workers 0): the parse is two linear regexes, so a deadline buys nothing.
+        super().__init__(batch_size=batch_size, eval_batch_size=eval_batch_size, seed=seed, num_workers=num_workers,
+                         reward_workers=0)
         if not 1 <= min_blanks <= max_blanks <= MAX_BLANKS:
             raise ValueError(f"Need 1 <= min_blanks <= max_blanks <= {MAX_BLANKS}, got {min_blanks}, {max_blanks}.")
         if num_train < 1 or num_test < 1:
@@ -201,7 +197,6 @@ class SudokuTrace(Task):
             raise ValueError(f"style must be one of {sorted(_WELL_FORMED)}, got {style!r}.")
         self.min_blanks, self.max_blanks, self.style = min_blanks, max_blanks, style
         self.num_train, self.num_test = num_train, num_test
-        self.pool = RewardPool(workers=0)  # the parse is two linear regexes: inline
 
     def _test_split(self) -> TracePuzzles:
         return TracePuzzles(self.num_test, self.TEST_SEED, "sudoku-trace-test", self.min_blanks, self.max_blanks)
@@ -220,10 +215,9 @@ class SudokuTrace(Task):
     def target(self, example: dict[str, Any]) -> str:
         return _WRITERS[self.style](example["puzzle"], example["solution"])
 
-    def reward_components(self, completions: list[str], examples: list[dict[str, Any]]) -> dict[str, list[float]]:
-        items = [(c, e["puzzle"], e["solution"], self.style) for c, e in zip(completions, examples, strict=True)]
-        pairs = [v if isinstance(v, tuple) else (0.0, 0.0) for v in self.pool.map(_rewards, items)]
-        return {"cell_accuracy": [float(a) for a, _ in pairs], "format": [float(f) for _, f in pairs]}
+    def reward_components(self, completion: str, example: dict[str, Any]) -> dict[str, float]:
+        return {"cell_accuracy": self.score(completion, example),
+                "format": FORMAT_BONUS * is_well_formed(completion, self.style)}
 
     def score(self, completion: str, example: dict[str, Any]) -> float:
         return cell_accuracy(parse_answer(completion), example["puzzle"], example["solution"])

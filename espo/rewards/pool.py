@@ -6,9 +6,9 @@ pool gives each item its own deadline from the moment a worker starts it; a work
 killed (SIGKILL) and replaced, a worker that dies is replaced, and in both cases the item scores the
 ``fallback`` value (0) and a counter goes up (``timeouts``, ``errors``). An exception raised by the
 function is an error too. The task exposes the counters and the module logs them as ``reward/timeouts``,
-``reward/errors`` and ``reward/invalid`` (values that were not finite numbers, see ``espo.tasks.guard``).
+``reward/errors`` and ``reward/invalid`` (values that were not finite numbers, see ``espo.rewards.guard``).
 Code that judges items some other way (the Code task's sandbox) reports into the same counters through
-``count_timeout``/``count_error``/``count_invalid``. What runs inside ``with pool.apart() as counts:`` is
+``count_timeout``/``count_error``/``count_invalid`` (thread-safe). What runs inside ``with pool.apart() as counts:`` is
 counted in ``counts`` instead (validation's reward calls, so ``reward/*`` stays the training stream's).
 
 A pool can be *bound* to an object (``bind``): a job may then name one of its methods instead of passing
@@ -22,7 +22,10 @@ CUDA. ``"forkserver"`` or ``"spawn"`` start clean interpreters instead (the rewa
 before a worker reports ready, so imports never eat an item's deadline). Functions must be picklable,
 i.e. defined at module level. ``workers=0`` runs everything inline in the calling process
 (exceptions are still caught and counted, but nothing can interrupt a hang): that is for rewards that are
-cheap and linear by construction, such as Sudoku's cell count.
+cheap and linear by construction, such as Sudoku's cell count. ``threads=True`` runs items in ``workers``
+threads of the calling process, exceptions caught and counted, with no deadline of the pool's own: that is
+for rewards that confine and time themselves, such as the Code task's, where each item waits on a sandboxed
+program that is killed at its own deadline.
 """
 
 from __future__ import annotations
@@ -30,9 +33,11 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 import signal
+import threading
 import time
 import traceback
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from multiprocessing.connection import Connection, wait
 from typing import Any
@@ -108,13 +113,16 @@ class RewardPool:
         memory_mb: Address space each worker may add to what it maps at start, in MiB (None: no limit).
         fallback: The value of an item that timed out or failed.
         start_method: ``"fork"`` (fast, the default where available), ``"forkserver"`` or ``"spawn"``.
+        threads: Run items in ``workers`` threads of this process instead (no deadline: for rewards that
+            enforce their own, such as a sandboxed program's).
     """
 
     def __init__(self, workers: int = 2, timeout: float = 10.0, memory_mb: int | None = 4096,
-                 fallback: float = 0.0, start_method: str | None = None) -> None:
+                 fallback: float = 0.0, start_method: str | None = None, threads: bool = False) -> None:
         if workers < 0 or timeout <= 0:
             raise ValueError("workers must be >= 0 and timeout positive.")
         self.workers, self.timeout, self.memory_mb, self.fallback = workers, timeout, memory_mb, fallback
+        self.threads = threads
         methods = mp.get_all_start_methods()
         self.start_method = start_method or ("fork" if "fork" in methods else "spawn")
         if self.start_method not in methods:
@@ -128,6 +136,7 @@ class RewardPool:
         self.invalid = 0
         self._invalid_keys: set[str] = set()
         self.last_error: str | None = None
+        self._lock = threading.Lock()  # counters are bumped from threads (``threads=True``, the sandbox)
 
     # ------------------------------------------------------------------ public
     def map(self, fn: Callable[..., Any] | str, items: Sequence[tuple]) -> list[Any]:
@@ -139,9 +148,12 @@ class RewardPool:
             return []
         if isinstance(fn, str) and self._target is None:
             raise ValueError(f"RewardPool.map({fn!r}, ...) names a method, but no object is bound (call bind first).")
-        if self.workers == 0:
+        if self.workers == 0 or self.threads:
             call = getattr(self._target, fn) if isinstance(fn, str) else fn
-            return [self._inline(call, args) for args in items]
+            if self.workers == 0:
+                return [self._inline(call, args) for args in items]
+            with ThreadPoolExecutor(self.workers) as executor:
+                return list(executor.map(lambda args: self._inline(call, args), items))
         return self._parallel(fn, list(items))
 
     def bind(self, target: Any) -> None:
@@ -156,22 +168,25 @@ class RewardPool:
 
     def count_timeout(self) -> None:
         """Counts an item that ran out of time outside the pool (e.g. a sandboxed program)."""
-        self.timeouts += 1
+        with self._lock:
+            self.timeouts += 1
 
     def count_error(self, message: str) -> None:
         """Counts an item that failed outside the pool, keeping the message as ``last_error``."""
-        self.errors += 1
-        self.last_error = message[:500]
+        with self._lock:
+            self.errors += 1
+            self.last_error = message[:500]
 
     def count_invalid(self, message: str, key: str = "") -> bool:
         """Counts a value that came back but was not usable (not a number, NaN), keeping the message.
 
         Returns True the first time ``key`` (where the value came from) is counted, so callers report once.
         """
-        self.invalid += 1
-        self.last_error = message[:500]
-        first = key not in self._invalid_keys
-        self._invalid_keys.add(key)
+        with self._lock:
+            self.invalid += 1
+            self.last_error = message[:500]
+            first = key not in self._invalid_keys
+            self._invalid_keys.add(key)
         return first
 
     def stats(self) -> dict[str, float]:
@@ -209,7 +224,12 @@ class RewardPool:
         state = self.__dict__.copy()
         state["_slots"] = []
         state["_target"] = None  # the bound task is rebound by its owner (and would be copied twice)
+        del state["_lock"]
         return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
 
     def __del__(self) -> None:
         try:
