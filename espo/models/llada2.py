@@ -28,21 +28,32 @@ import torch.nn.functional as F
 from torch import nn
 
 from espo.models.block_attention import BlockDiffusionNetwork, BlockKV, apply_rotary, attend, rope_cos_sin
+from espo.models.config_fields import check_block_size, official_values, require_block_size
 from espo.models.dream import TiedHead
 from espo.models.llada import RMSNorm
 
 
 @dataclass
 class LLaDA2Config:
-    """The fields of LLaDA2's ``config.json`` that define the network.
+    """The fields of LLaDA2's ``config.json`` that define the network, with the official defaults.
+
+    A key missing from ``config.json`` takes the default of the official ``LLaDA2MoeConfig``
+    (``configuration_llada2_moe.py`` of inclusionAI/LLaDA2.0-mini, copied in ZHZisZZ/dllm as
+    ``dllm/pipelines/llada2/models/configuration_llada2_moe.py``): ``rms_norm_eps`` 1e-5, ``rope_theta`` 10000,
+    ``num_experts_per_tok`` 2, ``num_experts`` 16, no shared experts ... A null means what it means in the official
+    ``modeling_llada2_moe.py``: ``num_experts: null`` is a dense model (every layer a SwiGLU of
+    ``intermediate_size``), ``num_shared_experts: null`` no shared expert (0 builds one of width 0, whose
+    zero-size weights the official code saves and espo loads), ``head_dim: null`` is ``hidden_size //
+    num_attention_heads``. The official default ``num_key_value_heads`` 0 cannot build attention (the official
+    code divides by it): espo asks for the key instead.
 
     Args:
         hidden_size: Model width.
-        intermediate_size: Width of the dense MLP layers.
+        intermediate_size: Width of the dense MLP layers (None: no dense layer may be built).
         num_hidden_layers: Decoder layers.
         num_attention_heads: Query heads.
         num_key_value_heads: Key/value heads.
-        head_dim: Per-head width.
+        head_dim: Per-head width; None: ``hidden_size // num_attention_heads``.
         vocab_size: Rows of the embedding and of the head.
         rope_theta: RoPE base.
         partial_rotary_factor: Fraction of each head that RoPE rotates.
@@ -51,57 +62,84 @@ class LLaDA2Config:
         use_qkv_bias: Bias on the fused q/k/v projection.
         use_bias: Bias on the attention output projection (``dense``).
         use_qk_norm: Per-head RMSNorm on queries and keys.
-        num_experts: Routed experts per sparse layer.
-        num_shared_experts: Shared experts (one SwiGLU ``num_shared_experts`` times as wide).
+        num_experts: Routed experts per sparse layer; None: a dense model.
+        num_shared_experts: Shared experts (one SwiGLU ``num_shared_experts`` times as wide); None: none.
         num_experts_per_tok: Experts chosen per token.
         n_group: Expert groups of the group-limited router.
         topk_group: Groups a token may choose from.
         routed_scaling_factor: Scale of the routed experts' weights.
-        moe_intermediate_size: Width of each expert.
+        moe_intermediate_size: Width of each expert (None: no sparse layer may be built).
         first_k_dense_replace: Leading layers with a dense MLP instead of experts.
         tie_word_embeddings: Head shares the embedding matrix.
-        block_size: Block length of the block-diffusion attention. Not a published config field (LLaDA2 passes
-            ``block_length`` to ``generate``, default 32); read from ``config.json`` when present.
+        block_size: Block length of the block-diffusion attention. Not a field of the official class (LLaDA2 passes
+            ``block_length`` to ``generate``, default 32); None: not stated (``load_model`` then needs
+            ``block_size=``).
         mask_token_id: The mask id.
         eos_token_id: End-of-sequence id.
-        pad_token_id: Padding id (its embedding row gets no gradient).
+        pad_token_id: Padding id (its embedding row gets no gradient); None: no padding row.
     """
 
-    hidden_size: int = 2048
-    intermediate_size: int = 5120
-    num_hidden_layers: int = 20
+    hidden_size: int = 1024
+    intermediate_size: int | None = None
+    num_hidden_layers: int = 24
     num_attention_heads: int = 16
-    num_key_value_heads: int = 4
-    head_dim: int = 128
-    vocab_size: int = 157184
-    rope_theta: float = 600000.0
+    num_key_value_heads: int = 0
+    head_dim: int | None = None
+    vocab_size: int = 30592
+    rope_theta: float = 10000.0
     partial_rotary_factor: float = 0.5
-    rms_norm_eps: float = 1e-6
+    rms_norm_eps: float = 1e-5
     max_position_embeddings: int = 16384
     use_qkv_bias: bool = False
-    use_bias: bool = False
+    use_bias: bool = True
     use_qk_norm: bool = True
-    num_experts: int = 256
-    num_shared_experts: int = 1
-    num_experts_per_tok: int = 8
+    num_experts: int | None = 16
+    num_shared_experts: int | None = 0
+    num_experts_per_tok: int = 2
     n_group: int = 8
     topk_group: int = 4
     routed_scaling_factor: float = 2.5
-    moe_intermediate_size: int = 512
-    first_k_dense_replace: int = 1
+    moe_intermediate_size: int | None = None
+    first_k_dense_replace: int = 0
     tie_word_embeddings: bool = False
-    block_size: int = 32
-    mask_token_id: int | None = 156895
-    eos_token_id: int | None = 156892
-    pad_token_id: int | None = 156892
+    block_size: int | None = None
+    mask_token_id: int | None = None
+    eos_token_id: int | None = None
+    pad_token_id: int | None = 126081
+
+    def __post_init__(self) -> None:
+        if self.head_dim is None:  # the official class's reading of a missing or null head_dim
+            self.head_dim = self.hidden_size // self.num_attention_heads
+        if self.num_key_value_heads <= 0 or self.num_attention_heads % self.num_key_value_heads:
+            raise ValueError(f"LLaDA2 config: num_key_value_heads {self.num_key_value_heads} must be positive and "
+                             f"divide num_attention_heads {self.num_attention_heads} (the official default 0 cannot "
+                             "build attention: set the key).")
+        if self.rotary_dim % 2:
+            raise ValueError(f"LLaDA2 config: the rotary width {self.rotary_dim} must be even.")
+        sparse = self.num_experts is not None and self.num_hidden_layers > self.first_k_dense_replace
+        dense = self.num_experts is None or self.first_k_dense_replace > 0
+        if sparse and (self.moe_intermediate_size is None or self.num_experts % self.n_group
+                       or self.topk_group > self.n_group):
+            raise ValueError(f"LLaDA2 config: sparse layers need moe_intermediate_size (got "
+                             f"{self.moe_intermediate_size}) and num_experts {self.num_experts} divisible into "
+                             f"n_group {self.n_group} >= topk_group {self.topk_group}.")
+        if dense and self.intermediate_size is None:
+            raise ValueError("LLaDA2 config: dense layers (num_experts null or first_k_dense_replace > 0) need "
+                             "intermediate_size.")
+        check_block_size(self.block_size, "LLaDA2")
 
     @property
     def rotary_dim(self) -> int:
         return int(self.head_dim * self.partial_rotary_factor)
 
+    @property
+    def is_sparse(self) -> bool:
+        """Whether any layer is a mixture of experts (``num_experts`` not null)."""
+        return self.num_experts is not None
+
     @classmethod
     def from_dict(cls, raw: dict) -> LLaDA2Config:
-        """Builds a config from ``config.json``; rejects settings this implementation does not cover."""
+        """Builds a config from ``config.json`` as the official class reads it; rejects what is not implemented."""
         expected = {"hidden_act": "silu", "score_function": "sigmoid", "norm_head": False, "use_rmsnorm": True,
                     "use_sliding_window": False}
         for key, value in expected.items():
@@ -110,15 +148,9 @@ class LLaDA2Config:
         scaling = raw.get("rope_scaling")
         if scaling and (scaling.get("rope_type") or scaling.get("type")) not in (None, "default"):
             raise ValueError(f"LLaDA2 config rope_scaling={scaling!r} is not supported (expected null).")
-        known = {f.name for f in fields(cls)}
-        values = {k: v for k, v in raw.items() if k in known and v is not None}
-        if "head_dim" not in values and "hidden_size" in values and "num_attention_heads" in values:
-            values["head_dim"] = values["hidden_size"] // values["num_attention_heads"]
-        cfg = cls(**values)
-        if cfg.num_experts % cfg.n_group or cfg.topk_group > cfg.n_group or cfg.rotary_dim % 2:
-            raise ValueError(f"LLaDA2 config: num_experts {cfg.num_experts} must divide into n_group {cfg.n_group} "
-                             f">= topk_group {cfg.topk_group}, and the rotary width {cfg.rotary_dim} be even.")
-        return cfg
+        nullable = {"intermediate_size", "head_dim", "num_experts", "num_shared_experts", "moe_intermediate_size",
+                    "block_size", "mask_token_id", "eos_token_id", "pad_token_id"}
+        return cls(**official_values(cls, raw, nullable, "LLaDA2"))
 
     def to_dict(self) -> dict:
         """``config.json`` in the layout of the published LLaDA2 checkpoints."""
@@ -135,6 +167,8 @@ class LLaDA2Config:
             "using_split_qkv_in_self_attention": False,
         }
         out.update({f.name: getattr(self, f.name) for f in fields(self)})
+        if self.block_size is None:  # not an official field: written only when stated
+            del out["block_size"]
         return dict(sorted(out.items()))
 
     @classmethod
@@ -214,8 +248,9 @@ class LLaDA2SparseMoeBlock(nn.Module):
         self.experts = nn.ModuleList(LLaDA2MLP(cfg.hidden_size, cfg.moe_intermediate_size)
                                      for _ in range(cfg.num_experts))
         self.gate = LLaDA2Gate(cfg)
+        # As the official block: present unless null, so 0 gives a zero-width expert (zero-size saved weights).
         self.shared_experts = (LLaDA2MLP(cfg.hidden_size, cfg.moe_intermediate_size * cfg.num_shared_experts)
-                               if cfg.num_shared_experts else None)
+                               if cfg.num_shared_experts is not None else None)
         self.last_load: torch.Tensor | None = None  # tokens per expert in the last forward (detached)
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
@@ -239,7 +274,7 @@ class LLaDA2DecoderLayer(nn.Module):
         self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.attention = LLaDA2Attention(cfg)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
-        self.mlp = (LLaDA2SparseMoeBlock(cfg) if cfg.num_experts and index >= cfg.first_k_dense_replace
+        self.mlp = (LLaDA2SparseMoeBlock(cfg) if cfg.is_sparse and index >= cfg.first_k_dense_replace
                     else LLaDA2MLP(cfg.hidden_size, cfg.intermediate_size))
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: torch.Tensor,
@@ -266,7 +301,7 @@ class LLaDA2MoeModelLM(BlockDiffusionNetwork):
     def __init__(self, cfg: LLaDA2Config) -> None:
         super().__init__()
         self.config = cfg
-        self.block_size = cfg.block_size
+        self.block_size = require_block_size(cfg.block_size, "LLaDA2")
         self.model = LLaDA2BaseModel(cfg)
         self.lm_head = (TiedHead(self.model.word_embeddings) if cfg.tie_word_embeddings
                         else nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False))

@@ -4,7 +4,8 @@ Module names follow the hub ``modeling_sdar.py`` (``model.embed_tokens``, ``mode
 ... ``q_norm``/``k_norm`` ... ``mlp.down_proj``, ``model.norm``, ``lm_head``), so released safetensors load
 without remote code. Architecture: pre-norm decoder layers; per-head RMSNorm on queries and keys before RoPE
 (Qwen3); grouped-query attention with an explicit ``head_dim``; SwiGLU MLP; optional tied head. Attention is
-block-diffusion (see :mod:`espo.models.block_attention`) with ``block_size`` from ``config.json``.
+block-diffusion (see :mod:`espo.models.block_attention`) with one stated block size (``config.json``'s
+``block_size`` or the loader's option, see :mod:`espo.models.config_fields`).
 
 Numerics follow the official forward on its non-flash path: RMSNorm normalises and applies the weight in
 float32, then casts back (the fused ``rms_norm_fn``); cos/sin are computed in float32 and cast to the activation
@@ -31,54 +32,71 @@ from espo.models.block_attention import (
     attend,
     rope_cos_sin,
 )
+from espo.models.config_fields import check_block_size, official_values, require_block_size
 from espo.models.dream import TiedHead
 
 
 @dataclass
 class SDARConfig:
-    """The fields of SDAR's ``config.json`` that define the network (Qwen3 names plus ``block_size``).
+    """The fields of SDAR's ``config.json`` that define the network (Qwen3 names), with the official defaults.
+
+    A key missing from ``config.json`` takes the default of the official ``SDARConfig``
+    (``configuration_sdar.py`` shipped with the SDAR checkpoints, copied in Gen-Verse's dLLM-RL as
+    ``models/sdar/configuration_sdar.py``): the Qwen3 defaults below, ``rope_theta`` 10000 and ``head_dim`` 128
+    whatever the width. A null value means what it means there (``num_key_value_heads: null`` is
+    ``num_attention_heads``; the ids may be null); any other null is refused, as the official model cannot use it.
 
     Args:
         hidden_size: Model width.
         intermediate_size: SwiGLU width.
         num_hidden_layers: Decoder layers.
         num_attention_heads: Query heads.
-        num_key_value_heads: Key/value heads (grouped-query attention).
-        head_dim: Per-head width (Qwen3 sets it explicitly).
+        num_key_value_heads: Key/value heads (grouped-query attention); None: one per query head.
+        head_dim: Per-head width (explicit, as Qwen3).
         vocab_size: Rows of the embedding and of the head.
         rope_theta: RoPE base.
         rms_norm_eps: RMSNorm epsilon.
         max_position_embeddings: Longest trained position (informational).
         attention_bias: Biases on q/k/v/o.
         tie_word_embeddings: Head shares the embedding matrix.
-        block_size: Block length of the block-diffusion attention (SDAR is trained with 4).
+        block_size: Block length of the block-diffusion attention. Not a field of the official class: SDAR's
+            training code reads it from ``config.json`` (``config.block_size``), its ``generate`` takes it as
+            ``block_length``. None: not stated (``load_model`` then needs ``block_size=``).
         mask_token_id: The ``<|MASK|>`` id.
         eos_token_id: End-of-sequence id.
-        pad_token_id: Padding id (its embedding row gets no gradient, ``padding_idx``).
+        pad_token_id: Padding id (its embedding row gets no gradient, ``padding_idx``); None: no padding row.
         bos_token_id: Beginning-of-sequence id.
     """
 
-    hidden_size: int = 2048
-    intermediate_size: int = 6144
-    num_hidden_layers: int = 28
-    num_attention_heads: int = 16
-    num_key_value_heads: int = 8
+    hidden_size: int = 4096
+    intermediate_size: int = 22016
+    num_hidden_layers: int = 32
+    num_attention_heads: int = 32
+    num_key_value_heads: int | None = 32
     head_dim: int = 128
     vocab_size: int = 151936
-    rope_theta: float = 1000000.0
+    rope_theta: float = 10000.0
     rms_norm_eps: float = 1e-6
     max_position_embeddings: int = 32768
     attention_bias: bool = False
-    tie_word_embeddings: bool = True
-    block_size: int = 4
-    mask_token_id: int | None = 151669
-    eos_token_id: int | None = 151643
-    pad_token_id: int | None = 151643
-    bos_token_id: int | None = 151643
+    tie_word_embeddings: bool = False
+    block_size: int | None = None
+    mask_token_id: int | None = None
+    eos_token_id: int | None = None
+    pad_token_id: int | None = None
+    bos_token_id: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.num_key_value_heads is None:  # the official class's "backward compatibility" reading of null
+            self.num_key_value_heads = self.num_attention_heads
+        if self.num_attention_heads % self.num_key_value_heads:
+            raise ValueError(f"SDAR config: num_attention_heads {self.num_attention_heads} must be a multiple of "
+                             f"num_key_value_heads {self.num_key_value_heads}.")
+        check_block_size(self.block_size, "SDAR")
 
     @classmethod
     def from_dict(cls, raw: dict) -> SDARConfig:
-        """Builds a config from ``config.json``; rejects settings this implementation does not cover."""
+        """Builds a config from ``config.json`` as the official class reads it; rejects what is not implemented."""
         if raw.get("hidden_act", "silu") != "silu":
             raise ValueError(f"SDAR config hidden_act={raw['hidden_act']!r} is not supported (expected 'silu').")
         scaling = raw.get("rope_scaling")
@@ -86,15 +104,9 @@ class SDARConfig:
             raise ValueError(f"SDAR config rope_scaling={scaling!r} is not supported (expected null).")
         if raw.get("use_sliding_window"):
             raise ValueError("SDAR config use_sliding_window=true is not supported.")
-        known = {f.name for f in fields(cls)}
-        values = {k: v for k, v in raw.items() if k in known and v is not None}
-        if "head_dim" not in values and "hidden_size" in values and "num_attention_heads" in values:
-            values["head_dim"] = values["hidden_size"] // values["num_attention_heads"]
-        cfg = cls(**values)
-        if cfg.block_size <= 0 or cfg.num_attention_heads % cfg.num_key_value_heads:
-            raise ValueError(f"SDAR config: block_size={cfg.block_size} must be positive and heads "
-                             f"{cfg.num_attention_heads} a multiple of kv heads {cfg.num_key_value_heads}.")
-        return cfg
+        nullable = {"num_key_value_heads", "block_size", "mask_token_id", "eos_token_id", "pad_token_id",
+                    "bos_token_id"}
+        return cls(**official_values(cls, raw, nullable, "SDAR"))
 
     def to_dict(self) -> dict:
         """``config.json`` in the layout of the published SDAR checkpoints."""
@@ -107,6 +119,8 @@ class SDARConfig:
             "sliding_window": None, "use_cache": True, "use_sliding_window": False,
         }
         out.update({f.name: getattr(self, f.name) for f in fields(self)})
+        if self.block_size is None:  # not an official field: written only when stated
+            del out["block_size"]
         return dict(sorted(out.items()))
 
     @classmethod
@@ -183,7 +197,7 @@ class SDARForCausalLM(BlockDiffusionNetwork):
     def __init__(self, cfg: SDARConfig) -> None:
         super().__init__()
         self.config = cfg
-        self.block_size = cfg.block_size
+        self.block_size = require_block_size(cfg.block_size, "SDAR")
         self.model = SDARBaseModel(cfg)
         self.lm_head = (TiedHead(self.model.embed_tokens) if cfg.tie_word_embeddings
                         else nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False))

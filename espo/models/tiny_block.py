@@ -19,15 +19,20 @@ from espo.models.llada2 import LLaDA2Config, LLaDA2MoeModelLM
 from espo.models.sdar import SDARConfig, SDARForCausalLM
 from espo.models.tokenizer import build_char_tokenizer
 
-#: Tiny SDAR sizes (GQA, explicit head_dim different from hidden/heads, as Qwen3 allows).
+#: Tiny SDAR sizes (GQA, explicit head_dim different from hidden/heads, as Qwen3 allows), with the released
+#: models' rope_theta; ``block_size`` as SDAR's training config states it.
 TINY_SDAR_PUBLISHED = {"hidden_size": 32, "intermediate_size": 48, "num_hidden_layers": 2,
-                       "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 16, "block_size": 4}
-#: Tiny LLaDA2 sizes: one dense layer then sparse ones; 4 experts in 2 groups, 2 per token from 1 group.
+                       "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 16, "block_size": 4,
+                       "rope_theta": 1000000.0}
+#: Tiny LLaDA2 sizes: one dense layer then sparse ones; 4 experts in 2 groups, 2 per token from 1 group; the
+#: LLaDA2.0-mini values of rope_theta, rms_norm_eps and use_bias. ``block_size`` is written (not an official field)
+#: so the tiny checkpoints state their block; tests of the unstated case drop it.
 TINY_LLADA2_PUBLISHED = {"hidden_size": 32, "intermediate_size": 48, "num_hidden_layers": 2,
                          "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 8, "num_experts": 4,
                          "num_shared_experts": 1, "num_experts_per_tok": 2, "n_group": 2, "topk_group": 1,
                          "moe_intermediate_size": 16, "first_k_dense_replace": 1, "block_size": 4,
-                         "partial_rotary_factor": 0.5, "routed_scaling_factor": 2.5}
+                         "partial_rotary_factor": 0.5, "routed_scaling_factor": 2.5, "rope_theta": 600000.0,
+                         "rms_norm_eps": 1e-6, "use_bias": False}
 
 
 def _write(out: Path, network: torch.nn.Module, config: dict, tokenizer: Any, num_shards: int) -> Path:
