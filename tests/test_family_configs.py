@@ -16,7 +16,8 @@ import torch
 from safetensors import safe_open
 
 from espo.models import export_pretrained, load_model
-from espo.models.llada2 import LLaDA2Config, LLaDA2MLP
+from espo.models.layers import SwiGLU
+from espo.models.llada2 import LLaDA2Config
 from espo.models.sdar import SDARConfig
 from espo.models.tiny_block import make_tiny_llada2_published, make_tiny_sdar_published
 from tests.test_block_models import FLOAT32_NORM_STEPS
@@ -80,7 +81,7 @@ def test_llada2_null_num_experts_is_a_dense_model(tmp_path):
     assert json.loads((directory / "config.json").read_text())["num_experts"] is None
     model = load_model(directory, dtype="float32")
     layers = model.network.model.layers
-    assert all(isinstance(layer.mlp, LLaDA2MLP) and layer.mlp.gate_proj.out_features == 48 for layer in layers)
+    assert all(isinstance(layer.mlp, SwiGLU) and layer.mlp.gate_proj.out_features == 48 for layer in layers)
     assert not any(".gate." in key or "experts" in key for key in saved_shapes(directory))
 
 

@@ -14,11 +14,44 @@ source: ``config.json``'s ``block_size`` when the checkpoint carries it, else th
 
 from __future__ import annotations
 
+import json
 from dataclasses import MISSING, fields
+from pathlib import Path
 from typing import Any
 
 #: The option that states the block size when ``config.json`` does not.
 BLOCK_SIZE_OPTION = "load_model(..., block_size=N) (YAML: model.policy.block_size)"
+
+
+class ConfigFile:
+    """Mixin of the families' config dataclasses: ``from_file`` reads ``config.json`` through ``from_dict``."""
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> Any:
+        raise NotImplementedError
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> Any:
+        """The config of a ``config.json`` file."""
+        return cls.from_dict(json.loads(Path(path).read_text()))
+
+
+def reject_unsupported(raw: dict[str, Any], family: str, expected: dict[str, Any]) -> None:
+    """Fails naming a ``config.json`` setting this implementation does not cover.
+
+    Args:
+        raw: The ``config.json`` content.
+        family: Family name for messages.
+        expected: The only supported value of each listed key (a missing key counts as it); a boolean setting
+            also accepts the values Python reads as that boolean. ``rope_scaling`` must be absent, null or default.
+    """
+    for key, value in expected.items():
+        got = raw.get(key, value)
+        if got != value and not (isinstance(value, bool) and bool(got) == value):
+            raise ValueError(f"{family} config field {key}={got!r} is not supported (expected {value!r}).")
+    scaling = raw.get("rope_scaling")
+    if scaling and (scaling.get("rope_type") or scaling.get("type")) not in (None, "default"):
+        raise ValueError(f"{family} config rope_scaling={scaling!r} is not supported (expected null).")
 
 
 def official_values(cls: type, raw: dict[str, Any], nullable: set[str], family: str) -> dict[str, Any]:
