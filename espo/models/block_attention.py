@@ -15,15 +15,18 @@ Padding (left-padded prompts) is masked out of every key set; positions count re
 to itself only, which keeps SDPA free of all-masked rows. Block boundaries stay on canvas positions (a
 deviation only for padded rows: the reference decodes one unpadded prompt at a time).
 
-A finished block's keys/values depend on that block and earlier ones only, so :class:`BlockKV` caches them
-exactly; a block step runs the block's own L positions against the cache.
+A finished block's keys/values depend on that block and earlier ones only, so the layers' cache entries
+(:class:`~espo.models.layers.LayerKV`, the protocol every family shares) hold them exactly; a block step runs the
+block's own L positions against the cache.
 """
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
+
+from espo.models.config_fields import require_block_size
+from espo.models.layers import CachedNetwork, LayerKV, RotaryEmbedding
 
 
 def positions_of(valid: torch.Tensor) -> torch.Tensor:
@@ -85,81 +88,17 @@ def reused_context_mask(length: int, key_valid: torch.Tensor | None, block_size:
     return ((allowed[None] & valid[:, None, :]) | diagonal[None])[:, None]
 
 
-class BlockKV:
-    """One layer's exact key/value cache of finished blocks (post-norm, post-RoPE keys; grouped KV heads).
+class BlockDiffusionNetwork(CachedNetwork):
+    """The three forwards of a block-diffusion network; subclasses give ``embed``, ``lm_head`` and ``rotary`` (a
+    :class:`~espo.models.layers.RotaryEmbedding`), and hold their layers and final norm as ``model.layers`` and
+    ``model.norm`` (both published layouts do). Each layer is called as ``layer(x, cos, sin, mask, kv)``."""
 
-    ``store`` decides whether a call appends its keys/values (a finished block) or only reads the cache
-    (a denoising step of the current block). ``record`` keeps exactly this call's keys/values and ignores any
-    earlier ones: idempotent, so activation checkpointing may recompute the recording call in the backward.
-    """
-
-    def __init__(self) -> None:
-        self.k: torch.Tensor | None = None  # [B, Hkv, P, D]
-        self.v: torch.Tensor | None = None
-        self.store = False
-        self.record = False
-
-    def extend(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The cached keys/values followed by this call's (appended when ``store``)."""
-        if self.record:
-            self.k, self.v = k, v
-            return k, v
-        if self.k is not None:
-            k, v = torch.cat([self.k, k], dim=2), torch.cat([self.v, v], dim=2)
-        if self.store:
-            self.k, self.v = k, v
-        return k, v
-
-    def select(self, rows: torch.Tensor) -> None:
-        """Keeps the batch rows ``rows`` (rows that finished leave the batch)."""
-        if self.k is not None:
-            self.k, self.v = self.k[rows], self.v[rows]
-
-    @property
-    def length(self) -> int:
-        return 0 if self.k is None else self.k.shape[2]
-
-
-def rope_cos_sin(positions: torch.Tensor, rotary_dim: int, theta: float, dtype: torch.dtype
-                 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos/sin [B, 1, T, rotary_dim] computed in float32 from the positions, then cast to ``dtype`` (Qwen3 and
-    LLaDA2 both do this, and both rotate in the activation dtype)."""
-    inv_freq = 1.0 / theta ** (torch.arange(0, rotary_dim, 2, dtype=torch.float, device=positions.device)
-                               / rotary_dim)  # [R/2]
-    angles = positions.float()[..., None] * inv_freq  # [B, T, R/2]
-    angles = torch.cat([angles, angles], dim=-1)[:, None]  # [B, 1, T, R]
-    return angles.cos().to(dtype), angles.sin().to(dtype)
-
-
-def apply_rotary(t: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate-half RoPE on the first ``cos.shape[-1]`` dims of t [B, H, T, D] (partial rotary keeps the rest)."""
-    rot = cos.shape[-1]
-    head, tail = t[..., :rot], t[..., rot:]
-    half = rot // 2
-    rotated = head * cos + torch.cat([-head[..., half:], head[..., :half]], dim=-1) * sin
-    return torch.cat([rotated, tail], dim=-1) if tail.shape[-1] else rotated
-
-
-def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, kv: BlockKV | None
-           ) -> torch.Tensor:
-    """Grouped-query SDPA of q [B, H, Tq, D] over k/v [B, Hkv, Tk, D] (plus the cache); returns [B, Tq, H*D]."""
-    if kv is not None:
-        k, v = kv.extend(k, v)
-    heads, kv_heads = q.shape[1], k.shape[1]
-    if heads != kv_heads:
-        k = k.repeat_interleave(heads // kv_heads, dim=1)
-        v = v.repeat_interleave(heads // kv_heads, dim=1)
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=False)  # [B, H, Tq, D]
-    return out.transpose(1, 2).reshape(q.shape[0], q.shape[2], -1)
-
-
-class BlockDiffusionNetwork(nn.Module):
-    """The three forwards of a block-diffusion network; subclasses give ``embed``, ``rope`` and ``lm_head``,
-    and hold their layers and final norm as ``model.layers`` and ``model.norm`` (both published layouts do).
-    Each layer is called as ``layer(x, cos, sin, mask, kv)``."""
-
-    block_size: int
     model: nn.Module
+    rotary: RotaryEmbedding
+
+    def __init__(self, block_size: int | None, family: str) -> None:
+        super().__init__()
+        self.block_size = require_block_size(block_size, family)  # one clear error when it was never stated
 
     def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -171,14 +110,12 @@ class BlockDiffusionNetwork(nn.Module):
         return self.model.norm(x)
 
     def rope(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        raise NotImplementedError
-
-    def new_cache(self) -> list[BlockKV]:
-        """An empty KV cache, one :class:`BlockKV` per layer."""
-        return [BlockKV() for _ in self.layer_list()]
+        """cos/sin [B, 1, T, R] of positions [B, T] (float32, cast to ``dtype``: both families rotate in it)."""
+        cos, sin = self.rotary.cos_sin(positions, dtype)
+        return cos[:, None], sin[:, None]
 
     def _run(self, input_ids: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor,
-             caches: list[BlockKV] | None = None) -> torch.Tensor:
+             caches: list[LayerKV] | None = None) -> torch.Tensor:
         x = self.embed(input_ids)  # [B, T, D]
         cos, sin = self.rope(positions, x.dtype)
         layers = self.layer_list()
@@ -227,39 +164,35 @@ class BlockDiffusionNetwork(nn.Module):
         first = torch.full((count,), b, dtype=torch.long, device=device).scatter_reduce(0, inverse, rows, "amin")
         clean_valid = None if valid is None else valid[first]
         idx = torch.arange(t, device=device)
-        caches = self.new_cache()
-        for kv in caches:
-            kv.record = True
+        caches = [LayerKV(keep=t) for _ in self.layer_list()]  # record mode: idempotent under recomputation
         self._run(context_ids[first], pos[first], block_causal_mask(idx, idx, clean_valid, self.block_size), caches)
         views = []
         for kv in caches:
-            view = BlockKV()
+            view = LayerKV()  # read mode: the clean keys, then the noisy view's own
             view.k, view.v = kv.k[inverse], kv.v[inverse]  # [B, Hkv, T, D] each view's clean keys/values
             views.append(view)
         return self._run(noisy_ids, pos, reused_context_mask(t, valid, self.block_size, device), views)
 
     def hidden_states_cached(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
-                             caches: list[BlockKV], offset: int, *, store: bool) -> torch.Tensor:
+                             cache: list[LayerKV], offset: int = 0) -> torch.Tensor:
         """Hidden states [B, L, D] of canvas positions ``offset .. offset+L-1`` against the cached earlier ones.
 
         Args:
             input_ids: Tokens of those positions [B, L].
             attention_mask: Optional [B, offset + L] padding mask over every key position.
-            caches: One :class:`BlockKV` per layer holding positions ``< offset``.
+            cache: One :class:`~espo.models.layers.LayerKV` per layer holding positions ``< offset``, in read mode
+                (with ``append`` to add this call's keys/values: a finished block or the prompt prefill).
             offset: Canvas position of ``input_ids[:, 0]``; must equal the cached length.
-            store: Append this call's keys/values to the caches (a finished block or the prompt prefill).
         """
         b, length = input_ids.shape
-        if caches and caches[0].length != offset:
-            raise ValueError(f"The cache holds {caches[0].length} positions, the call starts at {offset}.")
+        if cache and cache[0].length != offset:
+            raise ValueError(f"The cache holds {cache[0].length} positions, the call starts at {offset}.")
         valid = _valid(attention_mask, b, offset + length, input_ids.device)
         pos = _positions(valid, b, offset + length, input_ids.device)[:, offset:]
         device = input_ids.device
         mask = block_causal_mask(torch.arange(offset, offset + length, device=device),
                                  torch.arange(offset + length, device=device), valid, self.block_size)
-        for kv in caches:
-            kv.store = store
-        return self._run(input_ids, pos, mask, caches)
+        return self._run(input_ids, pos, mask, cache)
 
 
 def _valid(attention_mask: torch.Tensor | None, b: int, t: int, device: torch.device) -> torch.Tensor | None:
@@ -274,17 +207,3 @@ def _positions(valid: torch.Tensor | None, b: int, t: int, device: torch.device)
     if valid is None:
         return torch.arange(t, device=device).expand(b, t)
     return positions_of(valid)
-
-
-class FP32WeightRMSNorm(nn.Module):
-    """RMSNorm with the weight applied in float32 before the cast back (SDAR's fused ``rms_norm_fn``)."""
-
-    def __init__(self, dim: int, eps: float) -> None:
-        super().__init__()
-        self.eps = eps
-        self.weight = nn.Parameter(torch.ones(dim))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x32 = x.float()
-        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
-        return (x32 * self.weight.float()).to(x.dtype)

@@ -15,31 +15,28 @@ the LM head can still run on chosen positions only. ``raw_hidden_states`` gives 
 
 from __future__ import annotations
 
-import json
-import math
 from dataclasses import dataclass, fields
-from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from espo.models.llada import LayerKV, RMSNorm
+from espo.models import layers
+from espo.models.config_fields import ConfigFile, reject_unsupported
 
 
 @dataclass
-class DreamConfig:
+class DreamConfig(ConfigFile):
     """The fields of Dream's ``config.json`` that define the network (Qwen2 names).
 
     Args:
         hidden_size: Model width.
-        intermediate_size: SwiGLU width.
+        intermediate_size: layers.SwiGLU width.
         num_hidden_layers: Decoder layers.
         num_attention_heads: Query heads.
         num_key_value_heads: Key/value heads (grouped-query attention).
         vocab_size: Rows of the embedding and of the head.
         rope_theta: RoPE base.
-        rms_norm_eps: RMSNorm epsilon.
+        rms_norm_eps: layers.RMSNorm epsilon.
         max_position_embeddings: Longest position the model was trained for (informational).
         tie_word_embeddings: Head shares the embedding matrix (no ``lm_head.weight`` in the checkpoint).
         mask_token_id: The ``[MASK]`` id.
@@ -70,11 +67,7 @@ class DreamConfig:
     @classmethod
     def from_dict(cls, raw: dict) -> DreamConfig:
         """Builds a config from a ``config.json`` dict; rejects settings this implementation does not cover."""
-        if raw.get("hidden_act", "silu") != "silu":
-            raise ValueError(f"Dream config hidden_act={raw['hidden_act']!r} is not supported (expected 'silu').")
-        scaling = raw.get("rope_scaling")
-        if scaling and (scaling.get("rope_type") or scaling.get("type")) not in (None, "default"):
-            raise ValueError(f"Dream config rope_scaling={scaling!r} is not supported (expected null).")
+        reject_unsupported(raw, "Dream", {"hidden_act": "silu"})
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in raw.items() if k in known})
 
@@ -97,110 +90,38 @@ class DreamConfig:
         out.update({f.name: getattr(self, f.name) for f in fields(self)})
         return dict(sorted(out.items()))
 
-    @classmethod
-    def from_file(cls, path: str | Path) -> DreamConfig:
-        return cls.from_dict(json.loads(Path(path).read_text()))
 
+class DreamDecoderLayer(layers.PreNormDecoderLayer):
+    """One pre-norm layer (the FSDP wrap and activation-checkpointing unit, as Dream's ``_no_split_modules``):
+    ``self_attn`` with biased q/k/v and an unbiased ``o_proj``, then a layers.SwiGLU ``mlp``."""
 
-def dream_rope(position_ids: torch.Tensor, head_dim: int, theta: float, dtype: torch.dtype
-               ) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos/sin [B, T, head_dim]: computed in float32 from the positions, then cast to ``dtype`` (as Dream)."""
-    inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, dtype=torch.float, device=position_ids.device)
-                               / head_dim)  # [D/2], float32 and never a buffer, so no dtype cast reaches it
-    angles = position_ids.float()[..., None] * inv_freq  # [B, T, D/2]
-    angles = torch.cat([angles, angles], dim=-1)  # [B, T, D]
-    return angles.cos().to(dtype), angles.sin().to(dtype)
-
-
-def _rotate(t: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    half = t.shape[-1] // 2
-    return t * cos + torch.cat([-t[..., half:], t[..., :half]], dim=-1) * sin
-
-
-class DreamAttention(nn.Module):
-    """``self_attn``: biased q/k/v, unbiased o_proj, bidirectional grouped-query SDPA."""
-
-    def __init__(self, cfg: DreamConfig) -> None:
-        super().__init__()
-        self.heads, self.kv_heads, self.head_dim = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
-        self.q_proj = nn.Linear(cfg.hidden_size, self.heads * self.head_dim, bias=True)
-        self.k_proj = nn.Linear(cfg.hidden_size, self.kv_heads * self.head_dim, bias=True)
-        self.v_proj = nn.Linear(cfg.hidden_size, self.kv_heads * self.head_dim, bias=True)
-        self.o_proj = nn.Linear(self.heads * self.head_dim, cfg.hidden_size, bias=False)
-
-    def forward(self, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: torch.Tensor | None,
-                kv: LayerKV | None = None) -> torch.Tensor:
-        b, t, _ = h.shape
-        q = self.q_proj(h).view(b, t, self.heads, self.head_dim).transpose(1, 2)  # [B, H, T, D]
-        k = self.k_proj(h).view(b, t, self.kv_heads, self.head_dim).transpose(1, 2)  # [B, Hkv, T, D]
-        v = self.v_proj(h).view(b, t, self.kv_heads, self.head_dim).transpose(1, 2)
-        cos, sin = cos[:, None], sin[:, None]  # [B, 1, T, D]
-        q, k = _rotate(q, cos, sin), _rotate(k, cos, sin)
-        if kv is not None:  # sampling's KV cache: record keys/values, or attend to the recorded ones
-            k, v = kv.update(k, v)
-        if self.kv_heads != self.heads:
-            group = self.heads // self.kv_heads  # KV head j serves query heads j*group ... j*group+group-1
-            k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
-        att = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=False)  # [B, H, T, D]
-        return self.o_proj(att.transpose(1, 2).reshape(b, t, -1))
-
-
-class DreamMLP(nn.Module):
-    def __init__(self, cfg: DreamConfig) -> None:
-        super().__init__()
-        self.gate_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
-        self.up_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
-        self.down_proj = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=False)
-
-    def forward(self, h: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(F.silu(self.gate_proj(h)) * self.up_proj(h))
-
-
-class DreamDecoderLayer(nn.Module):
-    """One pre-norm layer (the FSDP wrap and activation-checkpointing unit, as Dream's ``_no_split_modules``)."""
-
-    def __init__(self, cfg: DreamConfig) -> None:
-        super().__init__()
-        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
-        self.self_attn = DreamAttention(cfg)
-        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
-        self.mlp = DreamMLP(cfg)
-
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: torch.Tensor | None,
-                kv: LayerKV | None = None) -> torch.Tensor:
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask, kv)
-        return x + self.mlp(self.post_attention_layernorm(x))
+    def __init__(self, cfg: DreamConfig, rotary: layers.RotaryEmbedding) -> None:
+        attention = layers.SelfAttention(cfg.hidden_size, cfg.num_attention_heads, cfg.num_key_value_heads,
+                                         cfg.head_dim, rotary, qkv_bias=True, o_bias=False)
+        mlp = layers.SwiGLU(cfg.hidden_size, cfg.intermediate_size)
+        super().__init__(cfg.hidden_size, cfg.rms_norm_eps, attention, mlp)
 
 
 class DreamBaseModel(nn.Module):
     """``model``: embeddings (``padding_idx`` = pad id), layers and the final norm."""
 
-    def __init__(self, cfg: DreamConfig) -> None:
+    def __init__(self, cfg: DreamConfig, rotary: layers.RotaryEmbedding) -> None:
         super().__init__()
         self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size, padding_idx=cfg.pad_token_id)
-        self.layers = nn.ModuleList(DreamDecoderLayer(cfg) for _ in range(cfg.num_hidden_layers))
-        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.layers = nn.ModuleList(DreamDecoderLayer(cfg, rotary) for _ in range(cfg.num_hidden_layers))
+        self.norm = layers.RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
 
 
-class TiedHead(nn.Module):
-    """The head of a ``tie_word_embeddings`` checkpoint: the embedding matrix, without a parameter of its own."""
-
-    def __init__(self, embedding: nn.Embedding) -> None:
-        super().__init__()
-        object.__setattr__(self, "_embedding", embedding)  # not a submodule: no duplicate state-dict key
-
-    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        return F.linear(hidden, self._embedding.weight)
-
-
-class DreamModel(nn.Module):
+class DreamModel(layers.CachedNetwork):
     """The Dream network with the published names; ``forward`` gives shifted logits (position i -> token i).
 
-    ``lm_head`` is the head module itself (``nn.Linear``, or :class:`TiedHead`), so ``network.lm_head(h)``
-    maps any [..., hidden] states to logits, the same call as LLaDA's.
+    ``lm_head`` is the head module itself (``nn.Linear``, or :class:`~espo.models.layers.TiedHead`), so
+    ``network.lm_head(h)`` maps any [..., hidden] states to logits, the same call as LLaDA's. The cached forward
+    returns the raw (unshifted) hidden states: ``cache_shift`` is 1.
     """
 
     block_class = DreamDecoderLayer
+    cache_shift = 1
 
     def __init__(self, cfg: DreamConfig) -> None:
         super().__init__()
@@ -208,20 +129,18 @@ class DreamModel(nn.Module):
             raise ValueError(f"hidden_size={cfg.hidden_size}, heads={cfg.num_attention_heads}, "
                              f"kv_heads={cfg.num_key_value_heads} do not divide evenly.")
         self.config = cfg
-        self.model = DreamBaseModel(cfg)
-        self.lm_head = (TiedHead(self.model.embed_tokens) if cfg.tie_word_embeddings
-                        else nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False))
+        # cos/sin computed in float32, cast to the activation dtype, rotation in that dtype (the hub code).
+        self.rotary = layers.RotaryEmbedding(cfg.head_dim, cfg.rope_theta)
+        self.model = DreamBaseModel(cfg, self.rotary)
+        self.lm_head = layers.lm_head(self.model.embed_tokens, cfg.vocab_size, cfg.tie_word_embeddings)
+
+    def layer_list(self) -> nn.ModuleList:
+        return self.model.layers
 
     def reset_parameters(self, generator: torch.Generator, std: float = 0.02) -> None:
         """Random init from ``generator`` only: normal(std) matrices and biases scaled by std, unit norms."""
-        out_std = std / math.sqrt(2 * self.config.num_hidden_layers)
-        for name, p in self.named_parameters():
-            with torch.no_grad():
-                if "norm" in name:
-                    p.fill_(1.0)
-                    continue
-                s = out_std if name.endswith(("o_proj.weight", "down_proj.weight")) else std
-                p.copy_(torch.randn(p.shape, generator=generator, dtype=torch.float) * s)
+        layers.init_weights_(self, generator, std=std, num_layers=self.config.num_hidden_layers,
+                      residual=r"(o_proj|down_proj)\.weight$", zero_bias=False)
 
     def raw_hidden_states(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
@@ -244,23 +163,18 @@ class DreamModel(nn.Module):
             valid = attention_mask.bool()  # [B, T]
             mask = valid[:, None, :, None] & valid[:, None, None, :]  # [B, 1, T, T]
             if position_ids is None:
-                position_ids = (valid.long().cumsum(-1) - 1).masked_fill(~valid, 1)  # [B, T]
+                position_ids = _padded_positions(valid)
         if position_ids is None:
             position_ids = torch.arange(t, device=input_ids.device).expand(b, t)
-        x = self.model.embed_tokens(input_ids)  # [B, T, D]
-        cos, sin = dream_rope(position_ids, self.config.head_dim, self.config.rope_theta, x.dtype)
-        for layer in self.model.layers:
-            x = layer(x, cos, sin, mask)
-        return self.model.norm(x)
+        return self._run(input_ids, position_ids, mask, None)
 
-    def raw_hidden_states_cached(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, cache: list[LayerKV], offset: int = 0,
-    ) -> torch.Tensor:
-        """Unshifted hidden states of a window of positions ``offset..`` only, attending to cached keys/values.
+    def hidden_states_cached(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
+                             cache: list[layers.LayerKV], offset: int = 0) -> torch.Tensor:
+        """Unshifted hidden states of a window of positions ``offset..`` only, attending through the cache.
 
-        The sampling cache's entry point, as LLaDA's ``hidden_states_cached`` (see there for the record and
-        reuse modes). Positions and the padding mask are those ``raw_hidden_states`` derives from the full
-        [B, T] mask, restricted to the window's queries, so at ``offset=0`` over the whole canvas this is
+        The sampling cache's entry point (see :class:`~espo.models.layers.CachedNetwork` and LLaDA's for the
+        record and reuse modes). Positions and the padding mask are those ``raw_hidden_states`` derives from the
+        full [B, T] mask, restricted to the window's queries, so at ``offset=0`` over the whole canvas this is
         exactly ``raw_hidden_states``.
 
         Args:
@@ -278,12 +192,18 @@ class DreamModel(nn.Module):
         if attention_mask is not None and not bool(attention_mask.all()):
             valid = attention_mask.bool()  # [B, T]
             mask = valid[:, None, window, None] & valid[:, None, None, :]  # [B, 1, W, T]
-            position_ids = (valid.long().cumsum(-1) - 1).masked_fill(~valid, 1)[:, window]  # [B, W]
+            position_ids = _padded_positions(valid)[:, window]  # [B, W]
         else:
             position_ids = torch.arange(offset, offset + width, device=input_ids.device).expand(b, width)
+        return self._run(input_ids, position_ids, mask, cache)
+
+    def _run(self, input_ids: torch.Tensor, position_ids: torch.Tensor, mask: torch.Tensor | None,
+             cache: list[layers.LayerKV] | None) -> torch.Tensor:
         x = self.model.embed_tokens(input_ids)  # [B, W, D]
-        cos, sin = dream_rope(position_ids, self.config.head_dim, self.config.rope_theta, x.dtype)
-        for layer, kv in zip(self.model.layers, cache, strict=True):
+        cos, sin = self.rotary.cos_sin(position_ids, x.dtype)  # [B, W, D]
+        cos, sin = cos[:, None], sin[:, None]  # [B, 1, W, D]
+        stack = self.model.layers
+        for layer, kv in zip(stack, cache or [None] * len(stack), strict=True):
             x = layer(x, cos, sin, mask, kv)
         return self.model.norm(x)
 
@@ -294,3 +214,8 @@ class DreamModel(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         return self.lm_head(self.hidden_states(input_ids, attention_mask))
+
+
+def _padded_positions(valid: torch.Tensor) -> torch.Tensor:
+    """Dream's positions of a padded batch: ``cumsum(valid) - 1`` for real tokens, 1 for pads (as the hub)."""
+    return (valid.long().cumsum(-1) - 1).masked_fill(~valid, 1)

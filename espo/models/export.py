@@ -138,7 +138,8 @@ def export_pretrained(model: DiffusionLM, directory: str | Path, *, adapter_only
     """Writes the policy as an HF model directory (or only its LoRA adapter): espo's one model-directory writer.
 
     ``config.json`` is built one way: the source directory's, verbatim, when the model was loaded from one,
-    else the network's config with the mask and EOS ids; ``torch_dtype`` is the written weights' dtype.
+    else the network's config with the mask and EOS ids; ``torch_dtype`` is the written weights' dtype, and a
+    block-diffusion model's ``block_size`` is stated (not an official field, so the export says what it trained with).
 
     Args:
         model: The policy (native family, optionally LoRA-wrapped and/or 4-bit).
@@ -180,5 +181,7 @@ def export_pretrained(model: DiffusionLM, directory: str | Path, *, adapter_only
         if model.tokenizer is not None:
             model.tokenizer.save_pretrained(str(out))
     config["torch_dtype"] = str(next(iter(state.values())).dtype).removeprefix("torch.")
+    if getattr(model, "block_size", None) is not None:  # its trained block, where SDAR's training config states it
+        config["block_size"] = model.block_size
     (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     return out

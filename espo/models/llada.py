@@ -11,19 +11,18 @@ RoPE tables are built and applied in float32 (rotate-half layout), attention is
 
 from __future__ import annotations
 
-import json
-import math
-import re
 from dataclasses import asdict, dataclass, fields
-from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
+
+from espo.models import layers
+from espo.models.config_fields import ConfigFile, reject_unsupported
+from espo.models.layers import LayerKV
 
 
 @dataclass
-class LLaDAConfig:
+class LLaDAConfig(ConfigFile):
     """The fields of LLaDA's ``config.json`` that define the network.
 
     Args:
@@ -35,7 +34,7 @@ class LLaDAConfig:
         vocab_size: Tokenizer vocabulary size.
         embedding_size: Rows of the embedding and of the head (may pad ``vocab_size``).
         rope_theta: RoPE base.
-        rms_norm_eps: RMSNorm epsilon.
+        rms_norm_eps: layers.RMSNorm epsilon.
         max_sequence_length: Length the RoPE table is pre-built for (longer inputs rebuild it).
         mask_token_id: Id of the ``[MASK]`` token that diffusion corrupts tokens into.
         eos_token_id: End-of-sequence id (also LLaDA's padding id).
@@ -77,10 +76,7 @@ class LLaDAConfig:
             "rope_full_precision": True, "attention_layer_norm": False, "clip_qkv": None,
             "activation_type": "silu", "layer_norm_type": "rms", "block_type": "llama",
         }
-        for key, expected in unsupported.items():
-            value = raw.get(key, expected)
-            if value != expected and not (isinstance(expected, bool) and bool(value) == expected):
-                raise ValueError(f"LLaDA config field {key}={raw[key]!r} is not supported (expected {expected}).")
+        reject_unsupported(raw, "LLaDA", unsupported)
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in raw.items() if k in known})
 
@@ -94,93 +90,20 @@ class LLaDAConfig:
         )
         return out
 
-    @classmethod
-    def from_file(cls, path: str | Path) -> LLaDAConfig:
-        return cls.from_dict(json.loads(Path(path).read_text()))
-
-
-class RMSNorm(nn.Module):
-    """LLaDA's RMSNorm: normalise in float32, cast back, then scale by the weight in the input dtype."""
-
-    def __init__(self, dim: int, eps: float) -> None:
-        super().__init__()
-        self.eps = eps
-        self.weight = nn.Parameter(torch.ones(dim))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x32 = x.float()
-        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * x32.to(x.dtype)
-
-
-def rope_tables(length: int, head_dim: int, theta: float, device: torch.device) -> tuple[torch.Tensor, ...]:
-    """cos/sin tables [length, head_dim] in float32, rotate-half layout."""
-    inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, device=device, dtype=torch.float) / head_dim)
-    angles = torch.outer(torch.arange(length, device=device, dtype=torch.float), inv_freq)
-    angles = torch.cat([angles, angles], dim=-1)
-    return angles.cos(), angles.sin()
-
-
-def apply_rope(t: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotates q or k [B, H, T, D] in float32 (as LLaDA's ``rope_full_precision``) and casts back."""
-    t32 = t.float()
-    half = t32.shape[-1] // 2
-    rotated = torch.cat([-t32[..., half:], t32[..., :half]], dim=-1)
-    return (t32 * cos + rotated * sin).to(t.dtype)
-
-
-class LayerKV:
-    """One layer's key/value cache for sampling (see ``espo.sampling.cache``).
-
-    Args:
-        keep: Record mode: store the post-RoPE keys/values of the first ``keep`` positions of this call (all of
-            them when ``keep`` covers the call). None: reuse mode.
-
-    Attributes:
-        at: Reuse mode. None (prefix cache): this call's positions follow the stored ones, which are prepended.
-            An int (dual cache): this call's keys/values overwrite the stored ones from position ``at`` on, and
-            the queries attend to all stored positions (prefix, current window, suffix).
-    """
-
-    def __init__(self, keep: int | None = None) -> None:
-        self.keep = keep
-        self.at: int | None = None
-        self.k: torch.Tensor | None = None  # [B, Hkv, P, D]
-        self.v: torch.Tensor | None = None
-
-    def update(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.keep is not None:
-            whole = self.keep >= k.shape[2]  # a fresh tensor: no copy needed to keep all of it
-            self.k = k if whole else k[:, :, : self.keep].clone()
-            self.v = v if whole else v[:, :, : self.keep].clone()
-            return k, v
-        if self.k is None:
-            return k, v
-        if self.at is None:
-            return torch.cat([self.k, k], dim=2), torch.cat([self.v, v], dim=2)
-        width = k.shape[2]
-        self.k[:, :, self.at: self.at + width] = k  # the window's fresh keys replace its stale ones in place
-        self.v[:, :, self.at: self.at + width] = v
-        return self.k, self.v
-
-    def select(self, rows: torch.Tensor) -> None:
-        """Keeps the cached batch rows ``rows`` (rows that stopped decoding leave the batch)."""
-        if self.k is not None:
-            self.k, self.v = self.k[rows], self.v[rows]
-
 
 class LLaDABlock(nn.Module):
     """One pre-norm block: bidirectional attention, then a SwiGLU feed-forward (``ff_proj`` is the gate)."""
 
-    def __init__(self, cfg: LLaDAConfig) -> None:
+    def __init__(self, cfg: LLaDAConfig, rotary: layers.RotaryEmbedding) -> None:
         super().__init__()
         self.n_heads, self.kv_heads, self.head_dim = cfg.n_heads, cfg.kv_heads, cfg.head_dim
-        self.attn_norm = RMSNorm(cfg.d_model, cfg.rms_norm_eps)
+        self.rotary = rotary
+        self.attn_norm = layers.RMSNorm(cfg.d_model, cfg.rms_norm_eps)
         self.q_proj = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
         self.k_proj = nn.Linear(cfg.d_model, cfg.kv_heads * cfg.head_dim, bias=False)
         self.v_proj = nn.Linear(cfg.d_model, cfg.kv_heads * cfg.head_dim, bias=False)
         self.attn_out = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
-        self.ff_norm = RMSNorm(cfg.d_model, cfg.rms_norm_eps)
+        self.ff_norm = layers.RMSNorm(cfg.d_model, cfg.rms_norm_eps)
         self.ff_proj = nn.Linear(cfg.d_model, cfg.mlp_hidden_size, bias=False)
         self.up_proj = nn.Linear(cfg.d_model, cfg.mlp_hidden_size, bias=False)
         self.ff_out = nn.Linear(cfg.mlp_hidden_size, cfg.d_model, bias=False)
@@ -189,41 +112,33 @@ class LLaDABlock(nn.Module):
         self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, attn_mask: torch.Tensor | None,
         kv: LayerKV | None = None,
     ) -> torch.Tensor:
-        b, t, _ = x.shape
         h = self.attn_norm(x)
-        q = self.q_proj(h).view(b, t, self.n_heads, self.head_dim).transpose(1, 2)  # [B, H, T, D]
-        k = self.k_proj(h).view(b, t, self.kv_heads, self.head_dim).transpose(1, 2)  # [B, Hkv, T, D]
-        v = self.v_proj(h).view(b, t, self.kv_heads, self.head_dim).transpose(1, 2)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        if kv is not None:  # sampling's KV cache: record keys/values, or attend to the recorded ones
-            k, v = kv.update(k, v)
-        if self.kv_heads != self.n_heads:
-            group = self.n_heads // self.kv_heads
-            k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
-        att = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=False)
-        x = x + self.attn_out(att.transpose(1, 2).reshape(b, t, -1))
-        h = self.ff_norm(x)
-        return x + self.ff_out(F.silu(self.ff_proj(h)) * self.up_proj(h))
+        q = layers.split_heads(self.q_proj(h), self.n_heads, self.head_dim)  # [B, H, T, D]
+        k = layers.split_heads(self.k_proj(h), self.kv_heads, self.head_dim)  # [B, Hkv, T, D]
+        v = layers.split_heads(self.v_proj(h), self.kv_heads, self.head_dim)
+        q, k = self.rotary.rotate(q, cos, sin), self.rotary.rotate(k, cos, sin)
+        x = x + self.attn_out(layers.grouped_query_attention(q, k, v, attn_mask, kv))
+        return x + layers.swiglu(self.ff_norm(x), self.ff_proj, self.up_proj, self.ff_out)
 
 
 class LLaDATransformer(nn.Module):
     """``model.transformer``: embeddings, blocks, final norm and the untied head (``ff_out``)."""
 
-    def __init__(self, cfg: LLaDAConfig) -> None:
+    def __init__(self, cfg: LLaDAConfig, rotary: layers.RotaryEmbedding) -> None:
         super().__init__()
         self.wte = nn.Embedding(cfg.rows, cfg.d_model)
-        self.blocks = nn.ModuleList(LLaDABlock(cfg) for _ in range(cfg.n_layers))
-        self.ln_f = RMSNorm(cfg.d_model, cfg.rms_norm_eps)
+        self.blocks = nn.ModuleList(LLaDABlock(cfg, rotary) for _ in range(cfg.n_layers))
+        self.ln_f = layers.RMSNorm(cfg.d_model, cfg.rms_norm_eps)
         self.ff_out = nn.Linear(cfg.d_model, cfg.rows, bias=False)
 
 
 class _Inner(nn.Module):
-    def __init__(self, cfg: LLaDAConfig) -> None:
+    def __init__(self, cfg: LLaDAConfig, rotary: layers.RotaryEmbedding) -> None:
         super().__init__()
-        self.transformer = LLaDATransformer(cfg)
+        self.transformer = LLaDATransformer(cfg, rotary)
 
 
-class LLaDAModelLM(nn.Module):
+class LLaDAModelLM(layers.CachedNetwork):
     """The LLaDA network with the published parameter names (``model.transformer.*``).
 
     ``forward`` returns logits [B, T, V] where position i predicts token i (no shift). ``hidden_states``
@@ -238,9 +153,14 @@ class LLaDAModelLM(nn.Module):
             raise ValueError(f"d_model={cfg.d_model}, n_heads={cfg.n_heads}, n_kv_heads={cfg.kv_heads} "
                              "do not divide evenly.")
         self.config = cfg
-        self.model = _Inner(cfg)
+        # rope_full_precision: tables and rotation in float32, whatever the activation dtype.
+        self.rotary = layers.RotaryEmbedding(cfg.head_dim, cfg.rope_theta, full_precision=True)
+        self.model = _Inner(cfg, self.rotary)
         # Not a buffer: kept in float32 and out of dtype casts, FSDP and the state dict, as in LLaDA.
         self._rope: dict[str, torch.Tensor] = {}
+
+    def layer_list(self) -> nn.ModuleList:
+        return self.model.transformer.blocks
 
     def reset_parameters(self, generator: torch.Generator, std: float = 0.02) -> None:
         """Random init (normal std 0.02, unit norms); the residual outputs are scaled by 1/sqrt(2L).
@@ -249,21 +169,15 @@ class LLaDAModelLM(nn.Module):
             generator: The only source of randomness (the global RNG is never used).
             std: Standard deviation of the weight matrices.
         """
-        out_std = std / math.sqrt(2 * self.config.n_layers)
-        for name, p in self.named_parameters():
-            if p.dim() == 1:
-                nn.init.ones_(p)
-                continue
-            s = out_std if re.search(r"blocks\.\d+\.(attn_out|ff_out)\.weight$", name) else std
-            with torch.no_grad():
-                p.copy_(torch.randn(p.shape, generator=generator, dtype=torch.float) * s)
+        layers.init_weights_(self, generator, std=std, num_layers=self.config.n_layers,
+                      residual=r"blocks\.\d+\.(attn_out|ff_out)\.weight$", zero_bias=False)
 
     def _tables(self, length: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         cached = self._rope.get("cos")
         if cached is None or cached.shape[0] < length or cached.device != device:
             size = max(length, self.config.max_sequence_length)
             # Built on CPU in float32, then moved, as the reference does (GPU sin/cos can differ by an ulp).
-            cos, sin = rope_tables(size, self.config.head_dim, self.config.rope_theta, torch.device("cpu"))
+            cos, sin = self.rotary.cos_sin(torch.arange(size), torch.float32)  # [size, D]
             self._rope["cos"], self._rope["sin"] = cos.to(device), sin.to(device)
         return self._rope["cos"][:length], self._rope["sin"][:length]
 
@@ -275,28 +189,15 @@ class LLaDAModelLM(nn.Module):
             attention_mask: Optional [B, T] with 1 for real tokens and 0 for padding; padded keys are
                 masked out and attention stays bidirectional (the post-2025-10 LLaDA behaviour).
         """
-        tr = self.model.transformer
-        x = tr.wte(input_ids)
-        cos, sin = self._tables(input_ids.shape[1], input_ids.device)
-        mask = None
-        if attention_mask is not None and not bool(attention_mask.all()):
-            mask = attention_mask.bool()[:, None, None, :]  # [B, 1, 1, T] over keys
-        for block in tr.blocks:
-            x = block(x, cos, sin, mask)
-        return tr.ln_f(x)
+        return self._run(input_ids, attention_mask, None, 0)
 
-    def hidden_states_cached(
-        self,
-        input_ids: torch.Tensor,
-        attention_mask: torch.Tensor | None,
-        cache: list[LayerKV],
-        offset: int = 0,
-    ) -> torch.Tensor:
-        """``hidden_states`` for a window of positions ``offset..`` only, attending to cached keys/values.
+    def hidden_states_cached(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
+                             cache: list[LayerKV], offset: int = 0) -> torch.Tensor:
+        """``hidden_states`` for a window of positions ``offset..`` only, attending through the cache.
 
         With ``LayerKV(keep=P)`` entries and ``offset=0`` this is exactly ``hidden_states`` and records the
         keys/values of positions ``< P``. With recorded entries and ``offset=P`` only the window is computed:
-        prefix cache (``at=None``): the window is the suffix and its queries attend to the recorded prefix plus
+        prefix cache (read mode): the window is the suffix and its queries attend to the recorded prefix plus
         its own keys/values; dual cache (``at=offset``, all T positions recorded): the window's keys/values
         replace the recorded ones at its positions and its queries attend to all T.
 
@@ -309,6 +210,10 @@ class LLaDAModelLM(nn.Module):
         Returns:
             Final-norm hidden states [B, W, d_model].
         """
+        return self._run(input_ids, attention_mask, cache, offset)
+
+    def _run(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, cache: list[LayerKV] | None,
+             offset: int) -> torch.Tensor:
         tr = self.model.transformer
         x = tr.wte(input_ids)
         cos, sin = self._tables(offset + input_ids.shape[1], input_ids.device)
@@ -316,7 +221,7 @@ class LLaDAModelLM(nn.Module):
         mask = None
         if attention_mask is not None and not bool(attention_mask.all()):
             mask = attention_mask.bool()[:, None, None, :]  # [B, 1, 1, T] over keys
-        for block, kv in zip(tr.blocks, cache, strict=True):
+        for block, kv in zip(tr.blocks, cache or [None] * len(tr.blocks), strict=True):
             x = block(x, cos, sin, mask, kv)
         return tr.ln_f(x)
 

@@ -18,107 +18,128 @@ activation dtype; RMSNorm normalises in float32 and casts back before the weight
 
 from __future__ import annotations
 
-import json
-import math
 from dataclasses import dataclass, fields
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from espo.models.block_attention import BlockDiffusionNetwork, BlockKV, apply_rotary, attend, rope_cos_sin
-from espo.models.dream import TiedHead
-from espo.models.llada import RMSNorm
+from espo.models import layers
+from espo.models.block_attention import BlockDiffusionNetwork
+from espo.models.config_fields import ConfigFile, official_values, reject_unsupported
 
 
 @dataclass
-class LLaDA2Config:
-    """The fields of LLaDA2's ``config.json`` that define the network.
+class LLaDA2Config(ConfigFile):
+    """The fields of LLaDA2's ``config.json`` that define the network, with the official defaults.
+
+    A key missing from ``config.json`` takes the default of the official ``LLaDA2MoeConfig``
+    (``configuration_llada2_moe.py`` of inclusionAI/LLaDA2.0-mini, copied in ZHZisZZ/dllm as
+    ``dllm/pipelines/llada2/models/configuration_llada2_moe.py``): ``rms_norm_eps`` 1e-5, ``rope_theta`` 10000,
+    ``num_experts_per_tok`` 2, ``num_experts`` 16, no shared experts ... A null means what it means in the official
+    ``modeling_llada2_moe.py``: ``num_experts: null`` is a dense model (every layer a layers.SwiGLU of
+    ``intermediate_size``), ``num_shared_experts: null`` no shared expert (0 builds one of width 0, whose
+    zero-size weights the official code saves and espo loads), ``head_dim: null`` is ``hidden_size //
+    num_attention_heads``. The official default ``num_key_value_heads`` 0 cannot build attention (the official
+    code divides by it): espo asks for the key instead.
 
     Args:
         hidden_size: Model width.
-        intermediate_size: Width of the dense MLP layers.
+        intermediate_size: Width of the dense MLP layers (None: no dense layer may be built).
         num_hidden_layers: Decoder layers.
         num_attention_heads: Query heads.
         num_key_value_heads: Key/value heads.
-        head_dim: Per-head width.
+        head_dim: Per-head width; None: ``hidden_size // num_attention_heads``.
         vocab_size: Rows of the embedding and of the head.
         rope_theta: RoPE base.
         partial_rotary_factor: Fraction of each head that RoPE rotates.
-        rms_norm_eps: RMSNorm epsilon.
+        rms_norm_eps: layers.RMSNorm epsilon.
         max_position_embeddings: Longest trained position (informational).
         use_qkv_bias: Bias on the fused q/k/v projection.
         use_bias: Bias on the attention output projection (``dense``).
-        use_qk_norm: Per-head RMSNorm on queries and keys.
-        num_experts: Routed experts per sparse layer.
-        num_shared_experts: Shared experts (one SwiGLU ``num_shared_experts`` times as wide).
+        use_qk_norm: Per-head layers.RMSNorm on queries and keys.
+        num_experts: Routed experts per sparse layer; None: a dense model.
+        num_shared_experts: Shared experts (one layers.SwiGLU ``num_shared_experts`` times as wide); None: none.
         num_experts_per_tok: Experts chosen per token.
         n_group: Expert groups of the group-limited router.
         topk_group: Groups a token may choose from.
         routed_scaling_factor: Scale of the routed experts' weights.
-        moe_intermediate_size: Width of each expert.
+        moe_intermediate_size: Width of each expert (None: no sparse layer may be built).
         first_k_dense_replace: Leading layers with a dense MLP instead of experts.
         tie_word_embeddings: Head shares the embedding matrix.
-        block_size: Block length of the block-diffusion attention. Not a published config field (LLaDA2 passes
-            ``block_length`` to ``generate``, default 32); read from ``config.json`` when present.
+        block_size: Block length of the block-diffusion attention. Not a field of the official class (LLaDA2 passes
+            ``block_length`` to ``generate``, default 32); None: not stated (``load_model`` then needs
+            ``block_size=``).
         mask_token_id: The mask id.
         eos_token_id: End-of-sequence id.
-        pad_token_id: Padding id (its embedding row gets no gradient).
+        pad_token_id: Padding id (its embedding row gets no gradient); None: no padding row.
     """
 
-    hidden_size: int = 2048
-    intermediate_size: int = 5120
-    num_hidden_layers: int = 20
+    hidden_size: int = 1024
+    intermediate_size: int | None = None
+    num_hidden_layers: int = 24
     num_attention_heads: int = 16
-    num_key_value_heads: int = 4
-    head_dim: int = 128
-    vocab_size: int = 157184
-    rope_theta: float = 600000.0
+    num_key_value_heads: int = 0
+    head_dim: int | None = None
+    vocab_size: int = 30592
+    rope_theta: float = 10000.0
     partial_rotary_factor: float = 0.5
-    rms_norm_eps: float = 1e-6
+    rms_norm_eps: float = 1e-5
     max_position_embeddings: int = 16384
     use_qkv_bias: bool = False
-    use_bias: bool = False
+    use_bias: bool = True
     use_qk_norm: bool = True
-    num_experts: int = 256
-    num_shared_experts: int = 1
-    num_experts_per_tok: int = 8
+    num_experts: int | None = 16
+    num_shared_experts: int | None = 0
+    num_experts_per_tok: int = 2
     n_group: int = 8
     topk_group: int = 4
     routed_scaling_factor: float = 2.5
-    moe_intermediate_size: int = 512
-    first_k_dense_replace: int = 1
+    moe_intermediate_size: int | None = None
+    first_k_dense_replace: int = 0
     tie_word_embeddings: bool = False
-    block_size: int = 32
-    mask_token_id: int | None = 156895
-    eos_token_id: int | None = 156892
-    pad_token_id: int | None = 156892
+    block_size: int | None = None
+    mask_token_id: int | None = None
+    eos_token_id: int | None = None
+    pad_token_id: int | None = 126081
+
+    def __post_init__(self) -> None:
+        if self.head_dim is None:  # the official class's reading of a missing or null head_dim
+            self.head_dim = self.hidden_size // self.num_attention_heads
+        if self.num_key_value_heads <= 0 or self.num_attention_heads % self.num_key_value_heads:
+            raise ValueError(f"LLaDA2 config: num_key_value_heads {self.num_key_value_heads} must be positive and "
+                             f"divide num_attention_heads {self.num_attention_heads} (the official default 0 cannot "
+                             "build attention: set the key).")
+        if self.rotary_dim % 2:
+            raise ValueError(f"LLaDA2 config: the rotary width {self.rotary_dim} must be even.")
+        sparse = self.num_experts is not None and self.num_hidden_layers > self.first_k_dense_replace
+        dense = self.num_experts is None or self.first_k_dense_replace > 0
+        if sparse and (self.moe_intermediate_size is None or self.num_experts % self.n_group
+                       or self.topk_group > self.n_group):
+            raise ValueError(f"LLaDA2 config: sparse layers need moe_intermediate_size (got "
+                             f"{self.moe_intermediate_size}) and num_experts {self.num_experts} divisible into "
+                             f"n_group {self.n_group} >= topk_group {self.topk_group}.")
+        if dense and self.intermediate_size is None:
+            raise ValueError("LLaDA2 config: dense layers (num_experts null or first_k_dense_replace > 0) need "
+                             "intermediate_size.")
 
     @property
     def rotary_dim(self) -> int:
         return int(self.head_dim * self.partial_rotary_factor)
 
+    @property
+    def is_sparse(self) -> bool:
+        """Whether any layer is a mixture of experts (``num_experts`` not null)."""
+        return self.num_experts is not None
+
     @classmethod
     def from_dict(cls, raw: dict) -> LLaDA2Config:
-        """Builds a config from ``config.json``; rejects settings this implementation does not cover."""
-        expected = {"hidden_act": "silu", "score_function": "sigmoid", "norm_head": False, "use_rmsnorm": True,
-                    "use_sliding_window": False}
-        for key, value in expected.items():
-            if raw.get(key, value) != value:
-                raise ValueError(f"LLaDA2 config field {key}={raw[key]!r} is not supported (expected {value!r}).")
-        scaling = raw.get("rope_scaling")
-        if scaling and (scaling.get("rope_type") or scaling.get("type")) not in (None, "default"):
-            raise ValueError(f"LLaDA2 config rope_scaling={scaling!r} is not supported (expected null).")
-        known = {f.name for f in fields(cls)}
-        values = {k: v for k, v in raw.items() if k in known and v is not None}
-        if "head_dim" not in values and "hidden_size" in values and "num_attention_heads" in values:
-            values["head_dim"] = values["hidden_size"] // values["num_attention_heads"]
-        cfg = cls(**values)
-        if cfg.num_experts % cfg.n_group or cfg.topk_group > cfg.n_group or cfg.rotary_dim % 2:
-            raise ValueError(f"LLaDA2 config: num_experts {cfg.num_experts} must divide into n_group {cfg.n_group} "
-                             f">= topk_group {cfg.topk_group}, and the rotary width {cfg.rotary_dim} be even.")
-        return cfg
+        """Builds a config from ``config.json`` as the official class reads it; rejects what is not implemented."""
+        reject_unsupported(raw, "LLaDA2", {"hidden_act": "silu", "score_function": "sigmoid", "norm_head": False,
+                                           "use_rmsnorm": True, "use_sliding_window": False})
+        nullable = {"intermediate_size", "head_dim", "num_experts", "num_shared_experts", "moe_intermediate_size",
+                    "block_size", "mask_token_id", "eos_token_id", "pad_token_id"}
+        return cls(**official_values(cls, raw, nullable, "LLaDA2"))
 
     def to_dict(self) -> dict:
         """``config.json`` in the layout of the published LLaDA2 checkpoints."""
@@ -135,49 +156,35 @@ class LLaDA2Config:
             "using_split_qkv_in_self_attention": False,
         }
         out.update({f.name: getattr(self, f.name) for f in fields(self)})
+        if self.block_size is None:  # not an official field: written only when stated
+            del out["block_size"]
         return dict(sorted(out.items()))
-
-    @classmethod
-    def from_file(cls, path: str | Path) -> LLaDA2Config:
-        return cls.from_dict(json.loads(Path(path).read_text()))
 
 
 class LLaDA2Attention(nn.Module):
-    """``attention``: fused ``query_key_value``, per-head q/k RMSNorm, partial RoPE, grouped SDPA, ``dense``."""
+    """``attention``: fused ``query_key_value``, per-head q/k layers.RMSNorm, partial RoPE, grouped SDPA, ``dense``."""
 
-    def __init__(self, cfg: LLaDA2Config) -> None:
+    def __init__(self, cfg: LLaDA2Config, rotary: layers.RotaryEmbedding) -> None:
         super().__init__()
         self.heads, self.kv_heads, self.head_dim = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
+        self.rotary = rotary
         width = (self.heads + 2 * self.kv_heads) * self.head_dim
         self.query_key_value = nn.Linear(cfg.hidden_size, width, bias=cfg.use_qkv_bias)
         self.use_qk_norm = cfg.use_qk_norm
         if cfg.use_qk_norm:
-            self.query_layernorm = RMSNorm(self.head_dim, cfg.rms_norm_eps)
-            self.key_layernorm = RMSNorm(self.head_dim, cfg.rms_norm_eps)
+            self.query_layernorm = layers.RMSNorm(self.head_dim, cfg.rms_norm_eps)
+            self.key_layernorm = layers.RMSNorm(self.head_dim, cfg.rms_norm_eps)
         self.dense = nn.Linear(self.heads * self.head_dim, cfg.hidden_size, bias=cfg.use_bias)
 
     def forward(self, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: torch.Tensor,
-                kv: BlockKV | None) -> torch.Tensor:
+                kv: layers.LayerKV | None) -> torch.Tensor:
         b, t, _ = h.shape
         qkv = self.query_key_value(h).view(b, t, self.heads + 2 * self.kv_heads, self.head_dim)
         q, k, v = (part.transpose(1, 2) for part in qkv.split([self.heads, self.kv_heads, self.kv_heads], dim=2))
         if self.use_qk_norm:
             q, k = self.query_layernorm(q), self.key_layernorm(k)
-        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
-        return self.dense(attend(q, k, v, mask, kv))
-
-
-class LLaDA2MLP(nn.Module):
-    """A SwiGLU MLP (dense layers, each expert, the shared experts)."""
-
-    def __init__(self, hidden: int, intermediate: int) -> None:
-        super().__init__()
-        self.gate_proj = nn.Linear(hidden, intermediate, bias=False)
-        self.up_proj = nn.Linear(hidden, intermediate, bias=False)
-        self.down_proj = nn.Linear(intermediate, hidden, bias=False)
-
-    def forward(self, h: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(F.silu(self.gate_proj(h)) * self.up_proj(h))
+        q, k = self.rotary.rotate(q, cos, sin), self.rotary.rotate(k, cos, sin)
+        return self.dense(layers.grouped_query_attention(q, k, v, mask, kv))
 
 
 class LLaDA2Gate(nn.Module):
@@ -211,11 +218,12 @@ class LLaDA2SparseMoeBlock(nn.Module):
 
     def __init__(self, cfg: LLaDA2Config) -> None:
         super().__init__()
-        self.experts = nn.ModuleList(LLaDA2MLP(cfg.hidden_size, cfg.moe_intermediate_size)
+        self.experts = nn.ModuleList(layers.SwiGLU(cfg.hidden_size, cfg.moe_intermediate_size)
                                      for _ in range(cfg.num_experts))
         self.gate = LLaDA2Gate(cfg)
-        self.shared_experts = (LLaDA2MLP(cfg.hidden_size, cfg.moe_intermediate_size * cfg.num_shared_experts)
-                               if cfg.num_shared_experts else None)
+        # As the official block: present unless null, so 0 gives a zero-width expert (zero-size saved weights).
+        self.shared_experts = (layers.SwiGLU(cfg.hidden_size, cfg.moe_intermediate_size * cfg.num_shared_experts)
+                               if cfg.num_shared_experts is not None else None)
         self.last_load: torch.Tensor | None = None  # tokens per expert in the last forward (detached)
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
@@ -231,31 +239,24 @@ class LLaDA2SparseMoeBlock(nn.Module):
         return out if self.shared_experts is None else out + self.shared_experts(h)
 
 
-class LLaDA2DecoderLayer(nn.Module):
+class LLaDA2DecoderLayer(layers.PreNormDecoderLayer):
     """One pre-norm layer, experts included: the FSDP wrap and activation-checkpointing unit."""
 
-    def __init__(self, cfg: LLaDA2Config, index: int) -> None:
-        super().__init__()
-        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
-        self.attention = LLaDA2Attention(cfg)
-        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
-        self.mlp = (LLaDA2SparseMoeBlock(cfg) if cfg.num_experts and index >= cfg.first_k_dense_replace
-                    else LLaDA2MLP(cfg.hidden_size, cfg.intermediate_size))
-
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: torch.Tensor,
-                kv: BlockKV | None = None) -> torch.Tensor:
-        x = x + self.attention(self.input_layernorm(x), cos, sin, mask, kv)
-        return x + self.mlp(self.post_attention_layernorm(x))
+    def __init__(self, cfg: LLaDA2Config, index: int, rotary: layers.RotaryEmbedding) -> None:
+        mlp = (LLaDA2SparseMoeBlock(cfg) if cfg.is_sparse and index >= cfg.first_k_dense_replace
+               else layers.SwiGLU(cfg.hidden_size, cfg.intermediate_size))
+        super().__init__(cfg.hidden_size, cfg.rms_norm_eps, LLaDA2Attention(cfg, rotary), mlp,
+                         attention_name="attention")
 
 
 class LLaDA2BaseModel(nn.Module):
     """``model``: embeddings, layers, final norm."""
 
-    def __init__(self, cfg: LLaDA2Config) -> None:
+    def __init__(self, cfg: LLaDA2Config, rotary: layers.RotaryEmbedding) -> None:
         super().__init__()
         self.word_embeddings = nn.Embedding(cfg.vocab_size, cfg.hidden_size, padding_idx=cfg.pad_token_id)
-        self.layers = nn.ModuleList(LLaDA2DecoderLayer(cfg, i) for i in range(cfg.num_hidden_layers))
-        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.layers = nn.ModuleList(LLaDA2DecoderLayer(cfg, i, rotary) for i in range(cfg.num_hidden_layers))
+        self.norm = layers.RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
 
 
 class LLaDA2MoeModelLM(BlockDiffusionNetwork):
@@ -264,18 +265,14 @@ class LLaDA2MoeModelLM(BlockDiffusionNetwork):
     block_class = LLaDA2DecoderLayer
 
     def __init__(self, cfg: LLaDA2Config) -> None:
-        super().__init__()
+        super().__init__(cfg.block_size, "LLaDA2")
         self.config = cfg
-        self.block_size = cfg.block_size
-        self.model = LLaDA2BaseModel(cfg)
-        self.lm_head = (TiedHead(self.model.word_embeddings) if cfg.tie_word_embeddings
-                        else nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False))
+        self.rotary = layers.RotaryEmbedding(cfg.rotary_dim, cfg.rope_theta)  # partial; tables in the activation dtype
+        self.model = LLaDA2BaseModel(cfg, self.rotary)
+        self.lm_head = layers.lm_head(self.model.word_embeddings, cfg.vocab_size, cfg.tie_word_embeddings)
 
     def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
         return self.model.word_embeddings(input_ids)
-
-    def rope(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        return rope_cos_sin(positions, self.config.rotary_dim, self.config.rope_theta, dtype)
 
     def expert_load(self) -> torch.Tensor | None:
         """Tokens routed to each expert in the last forward, per sparse layer [layers, E] (None before any)."""
@@ -284,16 +281,8 @@ class LLaDA2MoeModelLM(BlockDiffusionNetwork):
 
     def reset_parameters(self, generator: torch.Generator, std: float = 0.02) -> None:
         """Random init from ``generator`` only: normal(std) matrices, zero biases, unit norms, zero expert bias."""
-        out_std = std / math.sqrt(2 * self.config.num_hidden_layers)
-        for name, p in self.named_parameters():
-            with torch.no_grad():
-                if "norm" in name:
-                    p.fill_(1.0)
-                elif name.endswith(".bias"):
-                    p.zero_()
-                else:
-                    s = out_std if name.endswith(("dense.weight", "down_proj.weight")) else std
-                    p.copy_(torch.randn(p.shape, generator=generator, dtype=torch.float) * s)
+        layers.init_weights_(self, generator, std=std, num_layers=self.config.num_hidden_layers,
+                      residual=r"(dense|down_proj)\.weight$", zero_bias=True)
         for name, buf in self.named_buffers():
             if name.endswith("expert_bias"):
                 buf.zero_()

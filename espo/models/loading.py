@@ -9,6 +9,7 @@ holds a second full copy. Shape and key mismatches fail with a message that name
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
+from espo.models.config_fields import resolve_block_size
 from espo.models.dream import DreamConfig, DreamModel
 from espo.models.llada import LLaDAConfig, LLaDAModelLM
 from espo.models.llada2 import LLaDA2Config, LLaDA2MoeModelLM
@@ -37,19 +39,23 @@ _HUB_PATTERNS = ["*.json", "*.safetensors", "*.model", "*.txt", "*.py", "*.tikto
 
 @dataclass(frozen=True)
 class Family:
-    """A natively implemented model family: its config class, network class and LoRA target names."""
+    """A natively implemented model family: its config class, network class and LoRA target names.
+
+    ``block_diffusion`` families need a stated block size (``config.json`` or ``load_model(block_size=...)``).
+    """
 
     name: str
     config_class: type
     network_class: type
     lora_targets: tuple[str, ...]
+    block_diffusion: bool = False
 
 
 FAMILIES = {
     "llada": Family("llada", LLaDAConfig, LLaDAModelLM, LLADA_LORA_TARGETS),
     "dream": Family("dream", DreamConfig, DreamModel, DREAM_LORA_TARGETS),
-    "sdar": Family("sdar", SDARConfig, SDARForCausalLM, SDAR_LORA_TARGETS),
-    "llada2_moe": Family("llada2_moe", LLaDA2Config, LLaDA2MoeModelLM, LLADA2_LORA_TARGETS),
+    "sdar": Family("sdar", SDARConfig, SDARForCausalLM, SDAR_LORA_TARGETS, block_diffusion=True),
+    "llada2_moe": Family("llada2_moe", LLaDA2Config, LLaDA2MoeModelLM, LLADA2_LORA_TARGETS, block_diffusion=True),
 }
 
 
@@ -178,6 +184,7 @@ def load_model(
     device: str | torch.device | None = None,
     family: str = "auto",
     trust_remote_code: bool = False,
+    block_size: int | None = None,
 ) -> DiffusionLM:
     """Loads a masked-diffusion LM from a local directory or hub id.
 
@@ -191,6 +198,9 @@ def load_model(
             family; ``"generic"`` forces the remote-code path.
         trust_remote_code: Allow the generic path (``transformers.AutoModel`` with the checkpoint's own code)
             for families without a native implementation.
+        block_size: Block length of a block-diffusion family (SDAR, LLaDA2) whose ``config.json`` does not state
+            ``block_size`` (no official config field does); when both are given they must agree. Other families
+            take none.
 
     Returns:
         A ``DiffusionLM`` in eval mode; ``source_dir`` records where it came from (exports copy its extras).
@@ -201,6 +211,9 @@ def load_model(
     kind = family_of(raw, family)
     saved = raw.get("torch_dtype", raw.get("dtype"))  # transformers 5 writes "dtype"
     target = resolve_dtype(dtype) or (torch.float32 if saved == "float32" else torch.bfloat16)
+    if block_size is not None and not (kind in FAMILIES and FAMILIES[kind].block_diffusion):
+        raise ValueError(f"{directory}: block_size={block_size} applies to block-diffusion families "
+                         f"({sorted(k for k, f in FAMILIES.items() if f.block_diffusion)}), not {kind!r}.")
     if kind not in FAMILIES:
         if not trust_remote_code:
             raise ValueError(f"{directory}: model_type {raw.get('model_type')!r} has no native implementation "
@@ -212,6 +225,9 @@ def load_model(
     else:
         fam = FAMILIES[kind]
         cfg = fam.config_class.from_dict(raw)
+        if fam.block_diffusion:  # one stated source: config.json's block_size or the option
+            cfg = dataclasses.replace(cfg, block_size=resolve_block_size(cfg.block_size, block_size, str(directory),
+                                                                         fam.name))
         files = _weight_files(directory)
         tokenizer = load_tokenizer(directory)
         mask_id, eos_ids = special_ids(raw, tokenizer, directory)

@@ -147,7 +147,6 @@ def make_tiny_dream_published(directory: str | Path, seed: int = 0, num_shards: 
         **overrides: ``DreamConfig`` fields (on top of :data:`TINY_DREAM_PUBLISHED`).
     """
     from espo.models.dream import DreamConfig, DreamModel
-    from espo.models.export import save_sharded
 
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
@@ -160,10 +159,28 @@ def make_tiny_dream_published(directory: str | Path, seed: int = 0, num_shards: 
     cfg = DreamConfig(**fields_)
     network = DreamModel(cfg)
     network.reset_parameters(torch.Generator().manual_seed(seed))
+    return write_published(out, network, cfg.to_dict(), bos_token_id=cfg.bos_token_id, num_shards=num_shards,
+                           transformers_version="4.46.2")
+
+
+def write_published(out: Path, network: torch.nn.Module, config: dict[str, Any], *, bos_token_id: int | None,
+                    num_shards: int, transformers_version: str) -> Path:
+    """Writes a Qwen-style family's weights (sharded), ``config.json`` and ``generation_config.json`` as the hub.
+
+    Args:
+        out: Output directory.
+        network: The initialised network.
+        config: ``config.json`` fields (with ``eos_token_id`` and ``pad_token_id``); dtype and version are added.
+        bos_token_id: The generation config's BOS id.
+        num_shards: Safetensors shards (with an index when more than one).
+        transformers_version: The version string the published files carry.
+    """
+    from espo.models.export import save_sharded
+
     save_sharded(network.state_dict(), out, num_shards=num_shards)
-    config = {**cfg.to_dict(), "torch_dtype": "float32", "transformers_version": "4.46.2"}
-    (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    (out / "config.json").write_text(json.dumps(
+        {**config, "torch_dtype": "float32", "transformers_version": transformers_version}, indent=2) + "\n")
     (out / "generation_config.json").write_text(json.dumps(
-        {"bos_token_id": cfg.bos_token_id, "eos_token_id": cfg.eos_token_id, "pad_token_id": cfg.pad_token_id,
-         "transformers_version": "4.46.2"}, indent=2) + "\n")
+        {"bos_token_id": bos_token_id, "eos_token_id": config["eos_token_id"], "pad_token_id": config["pad_token_id"],
+         "transformers_version": transformers_version}, indent=2) + "\n")
     return out

@@ -80,13 +80,19 @@ class DiffusionLM(nn.Module):
         return self.network.hidden_states_with_context(noisy_ids, context_ids, attention_mask)
 
     def new_block_cache(self) -> list:
-        """Block-diffusion models: an empty exact KV cache (one entry per layer) for ``hidden_states_cached``."""
+        """Block-diffusion models: an empty exact KV cache (one ``LayerKV`` per layer) for ``hidden_states_cached``."""
         return self.network.new_cache()
 
     def hidden_states_cached(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, caches: list,
                              offset: int, *, store: bool) -> torch.Tensor:
-        """Block-diffusion models: hidden states of one block against the exact KV cache of earlier ones."""
-        return self.network.hidden_states_cached(input_ids, attention_mask, caches, offset, store=store)
+        """Block-diffusion models: hidden states of one block against the exact KV cache of earlier ones.
+
+        The entries are in read mode; ``store`` sets their ``append`` (a finished block or the prefill joins the
+        cache), the one key/value protocol of ``espo.models.layers.kv_cache``.
+        """
+        for kv in caches:
+            kv.keep, kv.at, kv.append = None, None, store
+        return self.network.hidden_states_cached(input_ids, attention_mask, caches, offset)
 
     def lm_head(self, hidden: torch.Tensor) -> torch.Tensor:
         """Logits for hidden states [..., D] -> [..., V]."""

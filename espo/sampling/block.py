@@ -35,7 +35,7 @@ from typing import Any, Literal
 
 import torch
 
-from espo.models.block_attention import BlockKV
+from espo.models.layers import LayerKV as BlockKV
 from espo.sampling.base import Sampler, check_common, exclude_, gumbel_, rank_commit, uniform
 from espo.sampling.dream import filter_logits
 from espo.sampling.engine import Stats, finished_rows

@@ -22,9 +22,11 @@ What is exact and what is not:
 Dream predicts token i from raw position i - 1, so its window starts one column early (the last committed
 token before the block), which keeps the block's first column on fresh hidden states.
 
-Needs the native network (LLaDA's ``hidden_states_cached`` or Dream's ``raw_hidden_states_cached``),
+Needs a network that offers its cached forward (:class:`~espo.models.layers.CachedNetwork`: LLaDA, Dream),
 directly or as a ``DiffusionLM``'s ``network``; its parameters must be unsharded (single device, or FSDP2
-after ``unshard()``).
+after ``unshard()``). The cache speaks the one key/value protocol of :mod:`espo.models.layers.kv_cache`: each
+block's first call records (``keep``), later calls read the prefix or overwrite their window (``at``).
+Block-diffusion networks have their own exact cache (``BlockDiffusionSampler``) and are refused here.
 """
 
 from __future__ import annotations
@@ -34,7 +36,8 @@ from typing import Any, Literal
 
 import torch
 
-from espo.models.llada import LayerKV
+from espo.models.block_attention import BlockDiffusionNetwork
+from espo.models.layers import CachedNetwork, LayerKV
 
 CacheMode = Literal["none", "prefix", "dual"]
 CACHE_MODES = ("none", "prefix", "dual")
@@ -43,31 +46,31 @@ CACHE_MODES = ("none", "prefix", "dual")
 CachedForward = Callable[[torch.Tensor, torch.Tensor | None, list[LayerKV], int], torch.Tensor]
 
 
-def cached_forward_of(model: Any) -> tuple[CachedForward, int, int]:
-    """``(forward, num_layers, shift)`` of a cacheable model; shift 1 when raw position i predicts i + 1.
+def cached_network_of(model: Any) -> CachedNetwork:
+    """The network behind ``model`` that offers its cached forward (a ``DiffusionLM``'s, or ``model`` itself).
 
     Raises:
-        ValueError: When the model (or its ``network``) has no cached forward.
+        ValueError: When there is none, or it is block-diffusion (its exact cache belongs to its own sampler).
     """
-    for owner in (model, getattr(model, "network", None)):
-        config = getattr(owner, "config", None)
-        if hasattr(owner, "hidden_states_cached") and hasattr(config, "n_layers"):
-            return owner.hidden_states_cached, int(config.n_layers), 0
-        if hasattr(owner, "raw_hidden_states_cached") and hasattr(config, "num_hidden_layers"):
-            return owner.raw_hidden_states_cached, int(config.num_hidden_layers), 1
-    raise ValueError(
-        f"cache='prefix'/'dual' needs a native LLaDA or Dream network (hidden_states_cached or "
-        f"raw_hidden_states_cached); {type(model).__name__} has none. Use cache='none'."
-    )
+    network = getattr(model, "network", model)
+    if hasattr(network, "get_base_model"):  # a LoRA policy: peft wraps the network; its layers carry the adapters
+        network = network.get_base_model()
+    if not isinstance(network, CachedNetwork) or isinstance(network, BlockDiffusionNetwork):
+        raise ValueError(
+            f"cache='prefix'/'dual' needs a native LLaDA or Dream network (a CachedNetwork offering "
+            f"hidden_states_cached); {type(model).__name__} has none. Use cache='none' (block-diffusion models: "
+            "BlockDiffusionSampler keeps an exact cache)."
+        )
+    return network
 
 
 class KVCache:
     """Per-layer keys/values of the current block, for the rows still decoding.
 
     Args:
-        forward: The network's cached forward (see :func:`cached_forward_of`).
-        num_layers: Transformer blocks of the network.
-        shift: 1 when raw position i predicts token i + 1 (Dream), else 0.
+        forward: The network's cached forward (``CachedNetwork.hidden_states_cached``).
+        num_layers: Transformer layers of the network (one ``LayerKV`` each).
+        shift: 1 when raw position i predicts token i + 1 (Dream), else 0 (``CachedNetwork.cache_shift``).
         dual: Keep the suffix too (dual cache) instead of the prefix only.
     """
 
@@ -81,8 +84,9 @@ class KVCache:
     @classmethod
     def for_model(cls, model: Any, mode: CacheMode) -> KVCache:
         """The ``mode`` (``"prefix"`` or ``"dual"``) cache for a native LLaDA or Dream model."""
-        forward, num_layers, shift = cached_forward_of(model)
-        return cls(forward, num_layers, shift, dual=mode == "dual")
+        network = cached_network_of(model)
+        return cls(network.hidden_states_cached, len(network.layer_list()), network.cache_shift,
+                   dual=mode == "dual")
 
     def _columns(self, raw: torch.Tensor, lo: int, start: int, end: int) -> torch.Tensor:
         """The block's hidden states [R', L, D] from raw ones [R', W, D] of positions ``lo..``."""
@@ -107,9 +111,10 @@ class KVCache:
         lo = max(start - self.shift, 0)  # first position whose hidden state the block needs
         fresh = self.block != block or self.rows is None or not bool(torch.isin(rows, self.rows).all())
         if fresh:
+            # Record mode: keep the prefix (or, dual, every position) of this full forward.
             self.layers = [LayerKV(keep=ids.shape[1] if self.dual else lo) for _ in range(self.num_layers)]
             raw = self.forward(ids, attention_mask, self.layers, 0)  # [R', T, D]
-            for kv in self.layers:
+            for kv in self.layers:  # then read the prefix (prefix cache) or overwrite the window at lo (dual)
                 kv.keep, kv.at = None, (lo if self.dual else None)
             self.block, self.rows = block, rows
             self.positions += ids.numel()

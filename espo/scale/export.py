@@ -64,7 +64,7 @@ def load_checkpoint_policy(checkpoint: str | Path, model: str | None = None, dty
         raise ValueError(f"{path} does not name its base model: pass model=... (--model).")
     if spec.get("load_in_4bit"):
         raise ValueError(f"{path} is a 4-bit run: export it with model.export at the end of training.")
-    policy = load_model(source, dtype=dtype or spec.get("dtype"))
+    policy = load_model(source, dtype=dtype or spec.get("dtype"), block_size=spec.get("block_size"))
     lora = spec.get("lora")
     if lora is not None:  # the checkpoint holds the peft-wrapped policy: wrap the base the same way first
         apply_lora(policy, lora if isinstance(lora, LoRASpec) else LoRASpec(**dict(lora)))

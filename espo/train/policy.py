@@ -43,6 +43,8 @@ class PolicySpec:
             float32. None: compute in the parameter dtype.
         fsdp_gather_rollout: Under FSDP2, unshard the policy once for the whole rollout (one full copy of
             the weights per rank while sampling) instead of all-gathering every block at every denoising step.
+        block_size: Attention block of a block-diffusion checkpoint (SDAR, LLaDA2) whose ``config.json`` does
+            not state ``block_size``; must agree with it when it does (``espo.models.config_fields``).
     """
 
     path: str
@@ -52,6 +54,7 @@ class PolicySpec:
     activation_checkpointing: bool = False
     fsdp_param_dtype: str | None = None
     fsdp_gather_rollout: bool = True
+    block_size: int | None = None
 
     def __post_init__(self) -> None:
         if self.load_in_4bit and self.lora is None:
@@ -72,7 +75,7 @@ def build_policy(spec: PolicySpec, *, with_reference: bool, mesh: Any = None) ->
     """
     if mesh is not None:
         check_sharded(spec)
-    policy = load_model(spec.path, dtype=spec.dtype)
+    policy = load_model(spec.path, dtype=spec.dtype, block_size=spec.block_size)
     if spec.load_in_4bit:  # 4-bit NF4 base, then LoRA adapters (the QLoRA order); the base is frozen
         quantize_4bit(policy, compute_dtype=resolve_dtype(spec.dtype))
     if spec.lora is not None:
@@ -90,7 +93,8 @@ def build_policy(spec: PolicySpec, *, with_reference: bool, mesh: Any = None) ->
         if with_reference:
             # Reloaded after the policy is sharded rather than deep-copied before: one full copy of the
             # weights in host memory at a time. It is the same starting point, sharded the same way.
-            reference = load_model(spec.path, dtype=spec.dtype).requires_grad_(False).eval()
+            reference = load_model(spec.path, dtype=spec.dtype, block_size=spec.block_size)
+            reference = reference.requires_grad_(False).eval()
             reference = shard_model(reference, mesh, param_dtype=spec.fsdp_param_dtype)
     return policy, reference
 
