@@ -43,7 +43,7 @@ def test_recipe_carries_its_papers_settings(name):
     assert bool(model["policy"].get("load_in_4bit")) == qlora and ("lora" in model["policy"]) == qlora
     assert model["lr_scheduler"]["class_path"] == "espo.train.schedules.WarmupSchedule"
     if name.startswith(("d1/", "wd1/", "spg/")):
-        assert model["max_prompt_length"] == 200 and model["micro_batch_size"] == 6
+        assert model["batching"]["max_prompt_length"] == 200 and model["batching"]["micro_batch_size"] == 6
         assert cfg["data"]["init_args"]["protocol"] == "d1"
         assert model["lr_scheduler"]["init_args"] == {"warmup_ratio": 1e-4, "planned_steps": "epoch", "epochs": 10}
     if objective in ("DiffuGRPO", "WD1"):
