@@ -44,6 +44,8 @@ from espo.callbacks.completions import CompletionLogger
 from espo.callbacks.summary import RunSummary
 from espo.module import DiffusionRL
 from espo.tasks.base import Task
+from espo.train.sizes import Batching
+from espo.train.update import Stability
 
 # Lightning 2.6 with torch >= 2.13 warns about its own pytree use on every run; it is not actionable here.
 warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)", category=Warning)
@@ -71,6 +73,9 @@ _CLASS_KEYS = {"model.objective": (espo.objectives, espo.objectives.Objective),
                "model.sampler": (espo.sampling, espo.sampling.Sampler), "data": (espo.tasks, Task)}
 _KEY = re.compile(r'Parser key "([\w.]+)"')
 _UNKNOWN_NAME = re.compile(r"Expected a dot import path string: (\S+)")
+#: Settings that DiffusionRL groups: flat name -> its group (model.micro_batch_size is model.batching.micro_batch_size).
+GROUPED_SETTINGS = {field.name: group for group, settings in (("batching", Batching), ("stability", Stability))
+                    for field in dataclasses.fields(settings)}
 
 
 class EspoArgumentParser(LightningArgumentParser):
@@ -221,6 +226,55 @@ def _show(value: Any) -> str:
     return json.dumps(value) if isinstance(value, (int, float, str, list, dict, type(None), bool)) else repr(value)
 
 
+def with_grouped_settings(argv: list[str]) -> list[str]:
+    """Reads the flat spelling of grouped settings (``model.micro_batch_size``) as the grouped one, with a note.
+
+    Configs written before ``DiffusionRL`` grouped its batch and stability settings, saved run configs included,
+    spell them flat. ``--model.micro_batch_size 4`` becomes ``--model.batching.micro_batch_size 4``; a
+    ``--config`` file with flat keys is passed on as its regrouped YAML text. Each moved key prints one line
+    naming its new place.
+    """
+    out = []
+    for i, token in enumerate(argv):
+        flag, eq, value = token.partition("=")
+        key = flag[len("--model."):] if flag.startswith("--model.") else ""
+        if key in GROUPED_SETTINGS:
+            token = f"--model.{GROUPED_SETTINGS[key]}.{key}{eq}{value}"
+            _note_moved(key, "the command line")
+        elif flag == "--config" and eq:
+            token = f"--config={_regrouped(value)}"
+        elif i and argv[i - 1] in ("-c", "--config"):
+            token = _regrouped(token)
+        out.append(token)
+    return out
+
+
+def _regrouped(path: str) -> str:
+    """``path``, or the regrouped YAML text of that file when its ``model`` spells a grouped setting flat."""
+    file = Path(path).expanduser()
+    if not file.is_file():
+        return path  # inline YAML is read as given; a missing file is reported by check_config_files
+    config = yaml.safe_load(file.read_text(encoding="utf-8"))
+    model = config.get("model") if isinstance(config, dict) else None
+    flat = [key for key in model if key in GROUPED_SETTINGS] if isinstance(model, dict) else []
+    if not flat:
+        return path
+    model = dict(model)
+    for key in flat:
+        group = dict(model.get(GROUPED_SETTINGS[key]) or {})
+        if key in group:
+            raise ValueError(f"{path} sets both model.{key} and model.{GROUPED_SETTINGS[key]}.{key}; keep the second.")
+        group[key] = model.pop(key)
+        model[GROUPED_SETTINGS[key]] = group
+        _note_moved(key, path)
+    return yaml.safe_dump({**config, "model": model}, sort_keys=False)
+
+
+def _note_moved(key: str, source: str) -> None:
+    rank_zero_info(f"espo: model.{key} ({source}) is now model.{GROUPED_SETTINGS[key]}.{key}; read as such "
+                   "(the flat spelling is deprecated)")
+
+
 def check_config_files(args: list[str]) -> None:
     """Exits with a message naming the file, line and column when a ``--config`` file is missing or not YAML."""
     paths = [args[i + 1] for i, a in enumerate(args[:-1]) if a in ("-c", "--config")]
@@ -254,6 +308,7 @@ def cli(args: list[str] | dict[str, Any] | None = None, run: bool = True,
     if args is None or isinstance(args, (list, tuple)):
         args = with_objective_defaults([str(a) for a in (sys.argv[1:] if args is None else args)])
         check_config_files(args)
+        args = with_grouped_settings(args)
     return cli_class(
         DiffusionRL,
         Task,

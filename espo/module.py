@@ -39,8 +39,8 @@ from espo.train.preflight import check_prompts_render
 from espo.train.reference_sync import ReferenceSync, check_reference_sync
 from espo.train.rollout import RolloutSettings, roll_out
 from espo.train.schedules import epoch_steps, plan_schedule
-from espo.train.sizes import EffectiveSizes, effective_sizes
-from espo.train.update import Counters, UpdateSettings, update
+from espo.train.sizes import Batching, EffectiveSizes, effective_sizes
+from espo.train.update import Counters, Stability, UpdateSettings, update
 
 # The policy is kept in eval mode on purpose (no dropout in RL); Lightning warns about that at fit start.
 warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode", category=UserWarning)
@@ -62,14 +62,12 @@ class DiffusionRL(LightningModule):
         export: Write the trained policy as a model directory when training ends (None: no export).
         num_generations: Completions per prompt G (advantages are computed within each group).
         num_iterations: Inner optimiser steps μ per rollout batch.
-        micro_batch_size: Rows per forward/backward in the updates (None: the whole rollout batch).
-        rollout_batch_size: Rows per sampler call (None: the whole rollout batch).
-        max_grad_norm: Gradient-norm clip per optimiser step (None: no clipping).
+        batching: Rows per update forward/backward and per sampler call, and the prompt length limit
+            (``micro_batch_size``, ``rollout_batch_size``, ``max_prompt_length``; see ``espo.train.sizes.Batching``).
+        stability: Gradient clipping and the stop after non-finite steps in a row (``max_grad_norm``,
+            ``max_consecutive_skips``; see ``espo.train.update.Stability``).
         seed: Run seed of every random stream (rollouts, masks); the global RNG is never used.
-        max_prompt_length: Prompts longer than this are left-truncated (counted and logged).
         sft_sample_every: With an SFT objective, sample and score every this many steps (0: never).
-        max_consecutive_skips: Stop the run with an error after this many optimiser steps in a row were
-            skipped for a non-finite loss or gradient (0 or None: never stop).
         reference_sync: Move a full-fine-tuning reference toward the policy, ref ← α·policy + (1 − α)·ref every
             ``every`` optimiser steps (TRL's ``sync_ref_model``; ESPO's code recipe and DiffuCoder: 64 steps,
             α 0.6). None (the default): the reference stays the starting point. Refused with LoRA (there TRL's
@@ -93,13 +91,10 @@ class DiffusionRL(LightningModule):
         export: ExportSpec | None = None,
         num_generations: int = 6,
         num_iterations: int = 1,
-        micro_batch_size: int | None = None,
-        rollout_batch_size: int | None = None,
-        max_grad_norm: float | None = 0.2,
+        batching: Batching = Batching(),  # noqa: B008 - frozen settings, safe to share
+        stability: Stability = Stability(),  # noqa: B008 - frozen settings, safe to share
         seed: int = 42,
-        max_prompt_length: int | None = None,
         sft_sample_every: int = 10,
-        max_consecutive_skips: int | None = 10,
         filter_zero_std_groups: bool = False,
         reference_sync: ReferenceSync | None = None,
         val_examples: int = 0,
@@ -110,20 +105,18 @@ class DiffusionRL(LightningModule):
         if objective.requires_rollouts and num_generations < 2:
             raise ValueError(f"{type(objective).__name__} compares completions within a prompt's group: "
                              "num_generations must be at least 2.")
-        for name, value in (("micro_batch_size", micro_batch_size), ("rollout_batch_size", rollout_batch_size)):
-            if value is not None and value < 1:
-                raise ValueError(f"{name} must be positive or None.")
         if export is not None and export.adapter_only and policy.lora is None:
             raise ValueError("export.adapter_only needs policy.lora: there is no adapter to export.")
         self.save_hyperparameters(ignore=["objective", "sampler", "optimizer", "lr_scheduler"])
         self.policy_spec, self.objective, self.sampler = policy, objective, sampler
         self.optimizer_factory, self.scheduler_factory = optimizer, lr_scheduler
         self.evaluation, self.export_spec, self.seed = evaluation, export, seed
-        self.rollout_settings = RolloutSettings(num_generations, rollout_batch_size, max_prompt_length,
-                                                sft_sample_every, filter_zero_std_groups, policy.fsdp_gather_rollout)
+        self.rollout_settings = RolloutSettings(num_generations, batching.rollout_batch_size,
+                                                batching.max_prompt_length, sft_sample_every, filter_zero_std_groups,
+                                                policy.fsdp_gather_rollout)
         check_reference_sync(reference_sync, lora=policy.lora is not None, objective=objective)
-        self.update_settings = UpdateSettings(num_iterations, micro_batch_size, max_grad_norm, seed,
-                                              max_consecutive_skips, reference_sync)
+        self.update_settings = UpdateSettings(num_iterations, batching.micro_batch_size, stability.max_grad_norm,
+                                              seed, stability.max_consecutive_skips, reference_sync)
         self.counters = Counters()
         self.sizes: EffectiveSizes | None = None
         self.automatic_optimization = False

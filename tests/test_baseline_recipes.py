@@ -43,8 +43,8 @@ def test_recipe_carries_its_papers_settings(name):
     assert bool(model["policy"].get("load_in_4bit")) == qlora and ("lora" in model["policy"]) == qlora
     assert model["lr_scheduler"]["class_path"] == "espo.train.schedules.WarmupSchedule"
     if name.startswith(("d1/", "wd1/", "spg/")):
-        assert model["max_prompt_length"] == 200
-        assert model["micro_batch_size"] == (3 if name == "spg/sudoku" else 6)  # SPG's Sudoku script: 3 x accum 4
+        assert model["batching"]["max_prompt_length"] == 200
+        assert model["batching"]["micro_batch_size"] == (3 if name == "spg/sudoku" else 6)  # SPG Sudoku: 3 x accum 4
         assert cfg["data"]["init_args"]["protocol"] == "d1"
     if name.startswith(("d1/", "wd1/", "spg/")) and not name.endswith("sudoku"):
         assert model["lr_scheduler"]["init_args"] == {"warmup_ratio": 1e-4, "planned_steps": "epoch", "epochs": 10}

@@ -15,6 +15,8 @@ from espo.module import DiffusionRL
 from espo.objectives import ESPO, SPG, WD1, CoupledGRPO, DiffuGRPO
 from espo.sampling import BlockDiffusionSampler
 from espo.train.policy import PolicySpec
+from espo.train.sizes import Batching
+from espo.train.update import Stability
 from tests.test_module import CountSevens, fit
 
 
@@ -34,7 +36,7 @@ def dirs(tmp_path_factory) -> dict[str, Path]:
 def run(directory: Path, objective, tmp_path: Path, steps: int = 4) -> tuple[DiffusionRL, dict, int]:
     sampler = BlockDiffusionSampler(gen_length=8, block_length=4, steps=2, temperature=1.0)
     module = DiffusionRL(PolicySpec(str(directory)), objective, sampler, num_generations=4, num_iterations=2,
-                         micro_batch_size=4, max_grad_norm=None,
+                         batching=Batching(micro_batch_size=4), stability=Stability(max_grad_norm=None),
                          optimizer=lambda p: torch.optim.AdamW(p, lr=1e-2, weight_decay=0.0))
     module.configure_model()
     before = {n: p.detach().clone() for n, p in module.policy.named_parameters() if p.requires_grad}
@@ -75,7 +77,7 @@ def test_espo_fit_command_runs_on_both_layouts(dirs, tmp_path):
                             "class_path": "lightning.pytorch.loggers.CSVLogger",
                             "init_args": {"save_dir": str(tmp_path / family), "name": "run"}}},
             "model": {"policy": {"path": str(directory), "dtype": "float32"}, "num_generations": 2, "num_iterations": 1,
-                      "micro_batch_size": 4,
+                      "batching": {"micro_batch_size": 4},
                       "objective": {"class_path": "ESPO", "init_args": {"beta": 0.01, "num_mc": 1}},
                       "sampler": {"class_path": "BlockDiffusionSampler",
                                   "init_args": {"gen_length": 8, "block_length": 4, "steps": 2}}},

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import pytest
@@ -73,6 +74,20 @@ def test_bad_keys_and_types_fail_at_parse_time(args, needle, capsys: pytest.Capt
     assert needle in err and "no/such/dir" not in err
 
 
+@pytest.mark.parametrize("where", ["command line", "config file"])
+def test_a_flat_setting_of_older_configs_is_read_into_its_group(where: str, tmp_path: Path,
+                                                                caplog: pytest.LogCaptureFixture):
+    old = tmp_path / "old.yaml"  # as a run config saved before the grouping spells it
+    old.write_text("model:\n  micro_batch_size: 4\n  max_grad_norm: 0.5\n")
+    extra = (["--model.micro_batch_size", "4", "--model.max_grad_norm=0.5"] if where == "command line"
+             else ["--config", str(old)])
+    with caplog.at_level(logging.INFO):
+        parsed = cli(["--config", str(REPO / "configs/demo.yaml"), "--model.policy.path", "no/such/dir", *extra],
+                     run=False)
+    assert parsed.model.update_settings.micro_batch_size == 4 and parsed.model.update_settings.max_grad_norm == 0.5
+    assert "model.micro_batch_size" in caplog.text and "is now model.batching.micro_batch_size" in caplog.text
+
+
 def test_help_lists_module_options(capsys: pytest.CaptureFixture[str]):
     with pytest.raises(SystemExit) as exit_info:
         main(["fit", "--help"])
@@ -85,7 +100,7 @@ def test_help_lists_module_options(capsys: pytest.CaptureFixture[str]):
 def test_two_step_fit_writes_summary(tiny_dir: Path, tmp_path: Path):
     assert main(["fit", "--config", str(REPO / "configs/demo.yaml"), "--model.policy.path", str(tiny_dir),
           "--trainer.max_steps", "4", "--trainer.logger.init_args.save_dir", str(tmp_path),
-          "--data.init_args.batch_size", "2", "--model.micro_batch_size", "6",
+          "--data.init_args.batch_size", "2", "--model.batching.micro_batch_size", "6",
           "--completions.every_n_steps", "1", "--completions.num_rows", "2", "--model.val_examples", "3"]) is None
     [summary_file] = tmp_path.glob("demo/version_*/summary.json")
     summary = json.loads(summary_file.read_text())

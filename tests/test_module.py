@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
+import pytest
 import torch
 
 from espo.module import DiffusionRL
@@ -14,6 +16,8 @@ from espo.sampling import LLaDASampler
 from espo.tasks import Sudoku, Task
 from espo.train.persistence import ExportSpec
 from espo.train.policy import PolicySpec
+from espo.train.sizes import Batching
+from espo.train.update import Stability
 
 
 class CountSevens(Task):
@@ -42,7 +46,8 @@ def fit(module: DiffusionRL, task: Task, steps: int, root: Path) -> pl.Trainer:
 def test_every_trainable_parameter_changes_after_two_rl_steps(tiny_dir: Path, tmp_path: Path):
     sampler = LLaDASampler(gen_length=8, block_length=4, steps=4, temperature=1.0)
     module = DiffusionRL(PolicySpec(str(tiny_dir), dtype="float32"), ESPO(beta=0.01, num_mc=1), sampler,
-                         num_generations=4, num_iterations=2, micro_batch_size=4, max_grad_norm=None,
+                         num_generations=4, num_iterations=2, batching=Batching(micro_batch_size=4),
+                         stability=Stability(max_grad_norm=None),
                          optimizer=lambda p: torch.optim.AdamW(p, lr=1e-2, weight_decay=0.0))
     module.configure_model()
     before = {n: p.detach().clone() for n, p in module.policy.named_parameters()}
@@ -103,3 +108,13 @@ def test_non_finite_update_is_skipped_and_counted(tiny_dir: Path, tmp_path: Path
     assert module.skipped_updates == 2
     for n, p in module.policy.named_parameters():
         assert torch.equal(p.detach(), before[n]), n
+
+
+def test_diffusion_rl_takes_at_most_16_arguments():
+    # Related settings travel in groups (PolicySpec, Evaluation, ExportSpec, Batching, Stability, ReferenceSync).
+    assert len(inspect.signature(DiffusionRL.__init__).parameters) - 1 <= 16  # minus self
+
+
+def test_batching_refuses_a_size_below_one():
+    with pytest.raises(ValueError, match="model.batching.rollout_batch_size must be positive or null, got 0"):
+        Batching(rollout_batch_size=0)

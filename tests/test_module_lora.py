@@ -15,14 +15,16 @@ from espo.objectives import ESPO
 from espo.sampling import LLaDASampler
 from espo.train.persistence import ExportSpec
 from espo.train.policy import PolicySpec
+from espo.train.sizes import Batching
+from espo.train.update import Stability
 
 
 @pytest.mark.slow
 def test_lora_rl_trains_the_adapter_only_and_exports_merged(tiny_dir: Path, tmp_path: Path):
     sampler = LLaDASampler(gen_length=8, block_length=4, steps=4, temperature=1.0)
     module = DiffusionRL(PolicySpec(str(tiny_dir), dtype="float32", lora=LoRASpec(r=4, alpha=8)),
-                         ESPO(beta=0.01, num_mc=1), sampler, num_generations=4, num_iterations=2, micro_batch_size=4,
-                         max_grad_norm=None,
+                         ESPO(beta=0.01, num_mc=1), sampler, num_generations=4, num_iterations=2,
+                         batching=Batching(micro_batch_size=4), stability=Stability(max_grad_norm=None),
                          optimizer=lambda p: torch.optim.AdamW(p, lr=1e-2, weight_decay=0.0),
                          export=ExportSpec(str(tmp_path / "export")))
     module.configure_model()

@@ -14,6 +14,7 @@ from espo.objectives import ESPO, SPG
 from espo.sampling import LLaDASampler
 from espo.train.policy import PolicySpec
 from espo.train.reference_sync import ReferenceSync, mix_into_reference, sync_if_due
+from espo.train.update import Stability
 from tests.test_module import CountSevens
 
 SAMPLER = LLaDASampler(gen_length=8, block_length=4, steps=4, temperature=1.0)
@@ -61,7 +62,8 @@ class Snapshots(pl.Callback):
 def test_fit_syncs_every_n_steps_and_checkpoints_carry_the_reference(tiny_dir: Path, tmp_path: Path):
     def build() -> DiffusionRL:
         return DiffusionRL(PolicySpec(str(tiny_dir)), ESPO(beta=0.01, num_mc=1), SAMPLER, num_generations=4,
-                           num_iterations=2, max_grad_norm=None, reference_sync=ReferenceSync(every=2, alpha=0.6),
+                           num_iterations=2, stability=Stability(max_grad_norm=None),
+                           reference_sync=ReferenceSync(every=2, alpha=0.6),
                            optimizer=lambda p: torch.optim.AdamW(p, lr=1e-2, weight_decay=0.0))
 
     module = build()

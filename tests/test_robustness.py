@@ -22,7 +22,8 @@ from espo.objectives import ESPO
 from espo.sampling import LLaDASampler
 from espo.tasks import Sudoku, Task
 from espo.train.policy import PolicySpec
-from espo.train.sizes import effective_sizes
+from espo.train.sizes import Batching, effective_sizes
+from espo.train.update import Stability
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -191,10 +192,10 @@ def fit(module: DiffusionRL, task: Task, steps: int, root: Path, **kwargs: Any) 
 
 def test_batch_sizes_that_do_not_divide_fail_before_the_model_loads(tmp_path: Path):
     sampler = LLaDASampler(gen_length=8, block_length=8, steps=4)
-    for knob, needle in (("micro_batch_size", "model.micro_batch_size=5 does not divide the 8 completions"),
-                         ("rollout_batch_size", "model.rollout_batch_size=3 does not divide the 8 completions")):
-        module = DiffusionRL(PolicySpec("no/such/model"), ESPO(), sampler, num_generations=4,
-                             **{knob: 5 if knob == "micro_batch_size" else 3})
+    for batching, needle in (
+            (Batching(micro_batch_size=5), "model.batching.micro_batch_size=5 does not divide the 8 completions"),
+            (Batching(rollout_batch_size=3), "model.batching.rollout_batch_size=3 does not divide the 8 completions")):
+        module = DiffusionRL(PolicySpec("no/such/model"), ESPO(), sampler, num_generations=4, batching=batching)
         with pytest.raises(ValueError, match=rf"{needle} per step \(data batch_size 2 x model.num_generations 4\); "
                                              r"choose one of \[1, 2, 4, 8\]"):
             fit(module, Constant(batch_size=2), 1, tmp_path)
@@ -241,7 +242,7 @@ class NaNObjective(ESPO):
 def test_a_run_of_skipped_updates_stops_with_a_message_and_a_checkpoint(tiny_dir: Path, tmp_path: Path):
     sampler = LLaDASampler(gen_length=8, block_length=8, steps=4, temperature=1.0)
     module = DiffusionRL(PolicySpec(str(tiny_dir)), NaNObjective(beta=0.0, num_mc=1), sampler, num_generations=2,
-                         max_consecutive_skips=3, optimizer=lambda p: torch.optim.SGD(p, lr=0.1))
+                         stability=Stability(max_consecutive_skips=3), optimizer=lambda p: torch.optim.SGD(p, lr=0.1))
     checkpoint = RunCheckpoint(dirpath=str(tmp_path / "ckpt"), every_n_train_steps=100)
     with pytest.raises(RuntimeError, match=r"3 optimiser steps in a row had a non-finite loss or gradient "
                                            r"\(at rollout step 2; 3 skipped in all\).*max_consecutive_skips=3"):
@@ -254,7 +255,7 @@ def test_equal_rewards_give_zero_advantages_and_a_finite_step_with_std_scaling(t
                                                                               capsys: pytest.CaptureFixture[str]):
     sampler = LLaDASampler(gen_length=8, block_length=4, steps=4, temperature=1.0)
     module = DiffusionRL(PolicySpec(str(tiny_dir)), ESPO(beta=0.01, num_mc=1, baseline="mean", scale_rewards=True),
-                         sampler, num_generations=4, micro_batch_size=4,
+                         sampler, num_generations=4, batching=Batching(micro_batch_size=4),
                          optimizer=lambda p: torch.optim.SGD(p, lr=0.1))
     trainer = fit(module, Constant(batch_size=2), 1, tmp_path)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}

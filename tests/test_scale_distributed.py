@@ -44,7 +44,7 @@ def _config(root: Path, name: str, reference_sync: dict | None = None, **policy:
             # The SFT warm start earns rewards, so advantages (and the policy gradient) are not zero.
             "policy": {"path": str(REPO / "checkpoints" / "tiny-sudoku-sft"), **policy}, "seed": 0,
             "reference_sync": reference_sync,
-            "num_generations": 2, "num_iterations": 2, "max_grad_norm": 1.0,
+            "num_generations": 2, "num_iterations": 2, "stability": {"max_grad_norm": 1.0},
             "export": {"dir": str(root / name / "export")},
             "objective": {"class_path": "ESPO", "init_args": {"beta": 0.01, "num_mc": 1}},
             "sampler": {"class_path": "LLaDASampler",

@@ -15,6 +15,8 @@ from espo.sampling import LLaDASampler
 from espo.tools.compare import main as compare_main
 from espo.tools.compare import objective_section, run_config, snake
 from espo.train.policy import PolicySpec
+from espo.train.sizes import Batching
+from espo.train.update import Stability
 from tests.test_module import CountSevens, fit
 
 REPO = Path(__file__).resolve().parents[1]
@@ -33,7 +35,7 @@ def _argv(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_every_trainable_parameter_changes(objective, tiny_dir: Path, tmp_path: Path):
     sampler = LLaDASampler(gen_length=8, block_length=4, steps=4, temperature=1.0)
     module = DiffusionRL(PolicySpec(str(tiny_dir)), objective, sampler, num_generations=4, num_iterations=2,
-                         micro_batch_size=4, max_grad_norm=None,
+                         batching=Batching(micro_batch_size=4), stability=Stability(max_grad_norm=None),
                          optimizer=lambda p: torch.optim.AdamW(p, lr=1e-2, weight_decay=0.0))
     module.configure_model()
     before = {n: p.detach().clone() for n, p in module.policy.named_parameters()}
@@ -70,7 +72,7 @@ def test_zero_variance_groups_are_filtered_and_counted(tiny_dir: Path, tmp_path:
 def test_objective_configs_run_two_steps(config: Path, tiny_dir: Path, tmp_path: Path):
     main(["fit", "--config", str(config), "--model.policy.path", str(tiny_dir), "--trainer.max_steps", "2",
           "--trainer.logger.init_args.save_dir", str(tmp_path), "--data.init_args.batch_size", "2",
-          "--model.micro_batch_size", "12", "--model.num_iterations", "1"])
+          "--model.batching.micro_batch_size", "12", "--model.num_iterations", "1"])
     [summary] = tmp_path.glob("*/version_*/summary.json")
     data = json.loads(summary.read_text())
     assert data["steps"] == 2 and snake(data["objective"]) == config.stem
@@ -94,7 +96,7 @@ def test_compare_two_objectives_two_steps(tiny_dir: Path, tmp_path: Path):
     out = tmp_path / "cmp"
     results = compare_main(["--config", str(REPO / "configs/demo.yaml"), "--objectives", "ESPO", "WD1",
                             "--max_steps", "4", "--seeds", "0", "--out", str(out), "--model.policy.path", str(tiny_dir),
-                            "--data.init_args.batch_size", "2", "--model.micro_batch_size", "12",
+                            "--data.init_args.batch_size", "2", "--model.batching.micro_batch_size", "12",
                             "--val_examples", "2", "--val_every", "2"])
     assert list(results) == ["ESPO", "WD1"]
     # Held-out validation before the first and after the last rollout step, the same start model for both.

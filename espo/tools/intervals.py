@@ -1,9 +1,8 @@
 """Confidence intervals over seeds: Student-t intervals of a mean, of a paired difference, and of curves.
 
 A comparison of objectives runs each one with the same few seeds (3-5), so the normal 1.96 would understate
-the spread: the intervals use Student's t with n - 1 degrees of freedom. The t distribution function is the
-closed form for integer degrees of freedom (Abramowitz & Stegun 26.7.3-4, a finite sum in cos θ with
-θ = atan(t / sqrt(ν))), inverted by bisection; no SciPy needed.
+the spread: the intervals use Student's t with n - 1 degrees of freedom, whose distribution function and
+quantiles come from :mod:`scipy.stats`.
 """
 
 from __future__ import annotations
@@ -12,46 +11,27 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-
-def t_cdf(t: float, df: int) -> float:
-    """P(T <= t) for Student's t with ``df`` (a positive integer) degrees of freedom."""
-    if df < 1 or int(df) != df:
-        raise ValueError(f"df must be a positive integer, got {df}.")
-    theta = math.atan(abs(t) / math.sqrt(df))
-    c2, s = math.cos(theta) ** 2, math.sin(theta)
-    if df % 2:  # odd: A = 2/π (θ + sinθ cosθ (1 + 2/3 cos²θ + (2·4)/(3·5) cos⁴θ + ... up to cos^(ν-3)θ))
-        term, total = 1.0, 1.0 if df > 1 else 0.0
-        for k in range(1, (df - 1) // 2):
-            term *= c2 * (2 * k) / (2 * k + 1)
-            total += term
-        a = 2 / math.pi * (theta + s * math.cos(theta) * total)
-    else:  # even: A = sinθ (1 + 1/2 cos²θ + (1·3)/(2·4) cos⁴θ + ... up to cos^(ν-2)θ)
-        term, total = 1.0, 1.0
-        for k in range(1, df // 2):
-            term *= c2 * (2 * k - 1) / (2 * k)
-            total += term
-        a = s * total
-    return 0.5 + 0.5 * a if t >= 0 else 0.5 - 0.5 * a  # A = P(|T| <= |t|)
+from scipy import stats
 
 
-def t_quantile(p: float, df: int) -> float:
-    """The ``p`` quantile of Student's t with ``df`` degrees of freedom (bisection on :func:`t_cdf`)."""
+def _check_df(df: float) -> None:
+    # SciPy answers nan for df <= 0; a caller with a single value should get an error instead.
+    if not df > 0:
+        raise ValueError(f"df must be positive, got {df}.")
+
+
+def t_cdf(t: float, df: float) -> float:
+    """P(T <= t) for Student's t with ``df`` (> 0) degrees of freedom."""
+    _check_df(df)
+    return float(stats.t.cdf(t, df))
+
+
+def t_quantile(p: float, df: float) -> float:
+    """The ``p`` quantile of Student's t with ``df`` (> 0) degrees of freedom."""
     if not 0 < p < 1:
         raise ValueError(f"p must lie in (0, 1), got {p}.")
-    if p < 0.5:
-        return -t_quantile(1 - p, df)
-    low, high = 0.0, 1.0
-    while t_cdf(high, df) < p:
-        high *= 2
-    for _ in range(200):
-        mid = 0.5 * (low + high)
-        if t_cdf(mid, df) < p:
-            low = mid
-        else:
-            high = mid
-        if high - low < 1e-12 * max(1.0, high):
-            break
-    return 0.5 * (low + high)
+    _check_df(df)
+    return float(stats.t.ppf(p, df))
 
 
 @dataclass(frozen=True)

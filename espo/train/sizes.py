@@ -1,7 +1,7 @@
-"""Effective sizes of one RL step, checked for consistency and printed at fit start.
+"""The batch settings of ``DiffusionRL`` and the effective sizes of one RL step, checked and printed at fit start.
 
-Batch knobs live in three places (the task's ``batch_size``, the module's generation and micro-batch
-settings, the sampler's canvas); this file derives what one step really does from them, so nobody has to
+Batch knobs live in three places (the task's ``batch_size``, the module's ``num_generations`` and
+``batching``, the sampler's canvas); this file derives what one step really does from them, so nobody has to
 work it out, and rejects combinations that do not divide evenly before any model is loaded.
 """
 
@@ -9,7 +9,37 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
 from rich.table import Table
+
+
+@dataclass(frozen=True)
+class Batching:
+    """How a step's rows are batched and how long a prompt may be (YAML: ``model.batching``).
+
+    ``micro_batch_size`` and ``rollout_batch_size`` bound memory; they must divide the completions per step
+    (``effective_sizes`` says which values do).
+
+    Args:
+        micro_batch_size: Rows per forward/backward in the updates (None: the whole rollout batch).
+        rollout_batch_size: Rows per sampler call (None: the whole rollout batch).
+        max_prompt_length: Prompts longer than this many tokens are left-truncated, in rollouts and in
+            evaluation (counted and logged; None: never).
+    """
+
+    micro_batch_size: int | None = None
+    rollout_batch_size: int | None = None
+    max_prompt_length: int | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("micro_batch_size", "rollout_batch_size", "max_prompt_length"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"model.batching.{name} must be positive or null, got {value}.")
+
+
+# Lightning loads checkpoints with weights_only=True; the settings in the saved hyper-parameters must be allowed.
+torch.serialization.add_safe_globals([Batching])
 
 
 def _divisors(n: int) -> list[int]:
@@ -92,12 +122,12 @@ def effective_sizes(
             with the sizes that would.
     """
     completions = prompts * generations
-    sizes = {"model.micro_batch_size": min(micro_batch_size or completions, completions),
-             "model.rollout_batch_size": min(rollout_batch_size or completions, completions)}
+    sizes = {"model.batching.micro_batch_size": min(micro_batch_size or completions, completions),
+             "model.batching.rollout_batch_size": min(rollout_batch_size or completions, completions)}
     for name, size in sizes.items():
         if completions % size:
             raise ValueError(
                 f"{name}={size} does not divide the {completions} completions per step (data batch_size "
                 f"{prompts} x model.num_generations {generations}); choose one of {_divisors(completions)}.")
-    return EffectiveSizes(prompts, generations, iterations, sizes["model.micro_batch_size"],
-                          sizes["model.rollout_batch_size"], canvas, world_size)
+    return EffectiveSizes(prompts, generations, iterations, sizes["model.batching.micro_batch_size"],
+                          sizes["model.batching.rollout_batch_size"], canvas, world_size)

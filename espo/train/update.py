@@ -4,8 +4,8 @@
 ``num_iterations`` optimiser steps, each accumulating the loss over the micro-batches, clipping and
 stepping, and advances ``Counters.rollout_step``. A step whose loss or gradient norm is not finite is skipped
 (gradients dropped) but still counted, so ``max_steps``, schedules and checkpoint cadence are unaffected;
-``max_consecutive_skips`` in a row stop the run. A rollout with no rows left (every group filtered out)
-counts its ``num_iterations`` optimiser steps as no-op steps.
+``Stability.max_consecutive_skips`` in a row stop the run. A rollout with no rows left (every group filtered
+out) counts its ``num_iterations`` optimiser steps as no-op steps.
 """
 
 from __future__ import annotations
@@ -47,6 +47,24 @@ class Counters:
     def start_step(self) -> None:
         """Marks a rollout step as under way (a checkpoint saved before ``update`` ends sees it)."""
         self.updates_in_step = 0
+
+
+@dataclass(frozen=True)
+class Stability:
+    """What keeps the optimiser steps finite (YAML: ``model.stability``).
+
+    Args:
+        max_grad_norm: Gradient-norm clip per optimiser step (None: no clipping).
+        max_consecutive_skips: Stop the run with an error after this many optimiser steps in a row were
+            skipped for a non-finite loss or gradient (0 or None: never stop).
+    """
+
+    max_grad_norm: float | None = 0.2
+    max_consecutive_skips: int | None = 10
+
+
+# Lightning loads checkpoints with weights_only=True; the settings in the saved hyper-parameters must be allowed.
+torch.serialization.add_safe_globals([Stability])
 
 
 @dataclass(frozen=True)
@@ -166,6 +184,6 @@ def _stop_if_stuck(counters: Counters, limit: int | None) -> None:
         raise RuntimeError(
             f"espo: {counters.consecutive_skips} optimiser steps in a row had a non-finite loss or gradient "
             f"(at rollout step {counters.rollout_step}; {counters.skipped_updates} skipped in all), so training "
-            f"stops (model.max_consecutive_skips={limit}). The weights are unchanged since the first of them. "
-            "Usual causes: a learning rate too high, bf16 overflow (try trainer.precision bf16-mixed), "
+            f"stops (model.stability.max_consecutive_skips={limit}). The weights are unchanged since the first of "
+            "them. Usual causes: a learning rate too high, bf16 overflow (try trainer.precision bf16-mixed), "
             "non-finite rewards from the task.")
