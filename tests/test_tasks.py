@@ -14,7 +14,6 @@ from espo.tasks.countdown_gen import make_instance, solve
 from espo.tasks.data import held_out, load_rows, subsample
 from espo.tasks.math500 import is_equiv, strip_string
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 GARBAGE = ["", "\x00\ud800\U0001f600", "<answer>" * 20_000, "</answer><answer>" * 5_000,
            "<reasoning></reasoning><answer>" * 3_000, "\\boxed{" * 10_000, "٣٤١٢ ①②③ ⅠⅡⅢ", "x" * 1_000_000,
            "<ANSWER>72</ANSWER>", "((((" * 5_000 + "1"]
@@ -163,7 +162,7 @@ def test_countdown_generator_instances_are_solvable():
 
 
 def test_countdown_loads_the_papers_test_set():
-    task = Countdown(test_source=str(SHARED / "countdown_cd3_test.jsonl"), num_test=None)
+    task = Countdown(test_source="espo:countdown_cd3_test.jsonl", num_test=None)
     task.setup("test")
     rows = task.splits["test"]
     assert len(rows) == 256 and rows[0]["numbers"] == [30, 100, 93] and rows[0]["target"] == 23
