@@ -66,6 +66,7 @@ def test_espo_test_on_the_tiny_checkpoint(tmp_path: Path, capsys: pytest.Capture
     results = json.loads((folder / "test_results.json").read_text())
     for length in (10, 20):
         scores = [r["score"] for r in rows if r["length"] == length]
+        # The same float64 mean of two scores, recomputed: approx's default rel 1e-6 absorbs any re-summation.
         assert results[str(length)]["score"] == pytest.approx(sum(scores) / len(scores))
         assert results[str(length)]["count"] == 2
     assert results["task"] == "Sudoku" and results["protocol"] == "d1"

@@ -97,7 +97,8 @@ def test_parse_answer() -> None:
 def test_cell_accuracy() -> None:
     assert cell_accuracy(SOLUTION, PUZZLE, SOLUTION) == 1.0
     assert cell_accuracy(None, PUZZLE, SOLUTION) == 0.0
-    # Two blanks wrong -> 7 / 9.
+    # Two blanks wrong -> 7 / 9 (approx's default rel 1e-6 only absorbs the float64 rounding, 1e-16, of the
+    # fractions of 9 here).
     wrong = list(SOLUTION)
     wrong[0], wrong[15] = "1", "3"
     assert cell_accuracy("".join(wrong), PUZZLE, SOLUTION) == pytest.approx(7 / 9)

@@ -28,7 +28,8 @@ def test_gsm8k_d1_components_by_hand():
     no_newline = PERFECT[:-1]
     texts = [PERFECT, no_newline, "72", "<answer>\n1\n</answer>\n<answer>\n72\n</answer>", "<answer>72.0</answer>"]
     parts = task.reward_components(texts, [ex] * len(texts))
-    # Perfect layout: 4 x 0.125 and nothing trailing; soft, strict, int 0.5 each; correct 2.0 -> 4.0.
+    # Perfect layout: 4 x 0.125 and nothing trailing; soft, strict, int 0.5 each; correct 2.0 -> 4.0. Sums of a
+    # few float64 terms (multiples of 0.001): approx's default rel 1e-6 absorbs their 1e-16 rounding.
     assert parts["xml_count"][0] == pytest.approx(0.5)
     assert task.reward([PERFECT], [ex]) == [pytest.approx(4.0)]
     # Without the final newline d1's count subtracts 0.001 per character of the whole text (its split finds
