@@ -73,8 +73,26 @@ def test_config_data_sources_resolve_inside_the_repository() -> None:
 
 def test_no_source_file_reaches_outside_the_repository() -> None:
     """The repository alone runs its tests: no path climbs above the repository root or into ../shared."""
-    outside = re.compile(r"\.\./shared|/ \"shared\"|REPO\.parent\b|parents\[[2-9]\]")
-    hits = [f"{p.relative_to(REPO)}:{n}" for folder in ("espo", "tests") for p in (REPO / folder).rglob("*.py")
-            if p.name != Path(__file__).name
-            for n, line in enumerate(p.read_text().splitlines(), 1) if outside.search(line)]
+    outside = re.compile(r"\.\./shared|/ \"shared\"|REPO\.parent\b")
+    climb = re.compile(r"__file__\)\.resolve\(\)\.parents\[(\d+)\]")
+    hits = []
+    files = [p for folder in ("espo", "tests") for p in (REPO / folder).rglob("*.py") if p.name != Path(__file__).name]
+    for p in files:
+        for n, line in enumerate(p.read_text().splitlines(), 1):
+            up = [int(m) for m in climb.findall(line)]
+            if outside.search(line) or any(not p.resolve().parents[k].is_relative_to(REPO) for k in up):
+                hits.append(f"{p.relative_to(REPO)}:{n}")
     assert hits == []
+
+
+def test_espo_check_reads_packaged_names_and_refuses_unknown_ones():
+    from espo.cli import EspoCLI, cli
+    from espo.tools.check import check
+
+    def errors(*extra: str) -> list[str]:
+        return check(["--config", str(REPO / "configs/sudoku.yaml"), *extra], cli, EspoCLI).errors
+
+    assert errors() == []  # configs/sudoku.yaml evaluates on espo:sudoku_4x4_test.csv
+    assert errors("--data.init_args.test_file", "espo:sudoku_9x9.csv") == [
+        "data.init_args.test_file espo:sudoku_9x9.csv: no such file; fix the path (null where the task generates "
+        "its data)."]
