@@ -159,6 +159,8 @@ class DiffusionRL(LightningModule):
             if self.update_settings.reference_sync is not None and reference is not None:
                 # A synced reference moves away from the starting point: registered, so checkpoints carry it.
                 self.synced_reference = reference
+        if self._trainer is not None and self._trainer.state.fn == "fit":
+            self.objective.check_model(self.policy)  # e.g. SPG on a block-diffusion model: one clear line
 
     @property
     def reference(self) -> DiffusionLM | None:

@@ -11,7 +11,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO.parent / "shared" / "data"
 SMALL = {"n_layers": 2, "d_model": 32, "n_heads": 2, "n_kv_heads": 2, "mlp_hidden_size": 64}
 
 

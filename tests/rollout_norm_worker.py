@@ -39,7 +39,11 @@ def _run(rank: int, world: int, port: int, out: str) -> None:
 
 if __name__ == "__main__":
     torch.set_num_threads(1)
+    import tests.test_rollout_norm  # noqa: F401 - imported once here: forked ranks inherit it (no re-import)
+
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         free = s.getsockname()[1]
-    mp.spawn(_run, args=(2, free, sys.argv[1]), nprocs=2, join=True)
+    # Fork, not spawn: each spawned rank would start a fresh interpreter and import torch and espo again, the
+    # largest cost of this check; CPU-only gloo ranks fork safely (no CUDA context, one thread).
+    mp.start_processes(_run, args=(2, free, sys.argv[1]), nprocs=2, join=True, start_method="fork")

@@ -58,13 +58,33 @@ def test_espo_moves_every_trainable_parameter(dirs, family, tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("objective", [
-    DiffuGRPO(beta=0.04), WD1(), CoupledGRPO(beta=0.01), SPG(block_length=4, num_t=2),
-], ids=["diffu_grpo", "wd1", "coupled_grpo", "spg"])
+    DiffuGRPO(beta=0.04), WD1(), CoupledGRPO(beta=0.01),
+], ids=["diffu_grpo", "wd1", "coupled_grpo"])
 def test_token_level_objectives_train_on_block_models(dirs, objective, tmp_path):
     module, before, steps = run(dirs["sdar"], objective, tmp_path, steps=2)
     assert steps == 2
     changed = [n for n, p in module.policy.named_parameters() if n in before and not torch.equal(p, before[n])]
     assert len(changed) == len(before)
+
+
+def test_spg_fit_on_a_block_model_fails_at_setup_with_one_line(dirs, tmp_path):
+    """SPG's views noise clean earlier blocks, which a block model reads clean: refused, not silently changed."""
+    with pytest.raises(ValueError, match="SPG does not support block-diffusion models") as err:
+        run(dirs["sdar"], SPG(block_length=4, num_t=2), tmp_path, steps=1)
+    assert "\n" not in str(err.value) and "'sdar'" in str(err.value)
+
+
+def test_spg_prepare_refuses_a_block_model_outside_a_trainer(dirs):
+    from espo.models import load_model
+    from espo.objectives import Rollout
+
+    model = load_model(dirs["sdar"], dtype=torch.float32)
+    ids = torch.full((2, 6), 5)
+    batch = Rollout(ids, 2, torch.zeros(2), torch.zeros(2), 2, completion_mask=torch.ones(2, 4, dtype=torch.bool))
+    with pytest.raises(ValueError, match="block-diffusion"):
+        SPG(block_length=4).prepare(model, None, batch, num_iterations=1, micro_batch_size=2,
+                                    generator=torch.Generator())
+    ESPO(num_mc=1).check_model(model)  # the others are defined on block models
 
 
 def test_espo_fit_command_runs_on_both_layouts(dirs, tmp_path):

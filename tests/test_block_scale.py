@@ -53,6 +53,9 @@ def test_sharded_checkpointed_block_model_gives_the_same_elbo_gradients_and_samp
         grads = {n: (p.grad.full_tensor() if isinstance(p.grad, DTensor) else p.grad)
                  for n, p in model.named_parameters() if p.grad is not None}
         values[name] = (est.detach(), grads)
+    # One rank: FSDP2's all-gather is a copy and checkpointing reruns the same float32 kernels, so the values are
+    # equal in principle (observed: bitwise). The tolerances only allow a reordered reduction inside DTensor's
+    # dispatch: a few ε32 relative of the ELBO (|·| ≈ 40) and of each gradient sum, with atol for entries near 0.
     torch.testing.assert_close(values["sharded"][0], values["plain"][0], rtol=1e-6, atol=1e-6)
     assert values["plain"][1].keys() == values["sharded"][1].keys()
     for n, g in values["plain"][1].items():

@@ -48,6 +48,8 @@ def test_mean_matches_enumeration_with_and_without_coupling(small_model):
     for coupled in (False, True):
         est = draws(plain, ids, coupled, 1500, small_model.mask_token_id)
         se = est.std(0) / math.sqrt(est.shape[0])
+        # 4 standard errors: a 1-in-16,000 event for a fresh seed (1,500 draws, normal approximation); the seed is
+        # fixed, and float32 noise in the estimate (≈ 1e-5 of ≈ 23) is ≤ 0.01 se (observed |z| ≤ 0.5).
         assert torch.all((est.mean(0) - exact).abs() < 4 * se), (coupled, est.mean(0), exact, se)
         variances[coupled] = est.var(0)
     assert torch.all(variances[True] < variances[False])
@@ -61,6 +63,8 @@ def test_hand_values_with_uniform_logits():
     lv = math.log(vocab)
     coupled = elbo_from_masks(model, ids, 2, masks, mask_id=6, coupled=True)
     # n=2: ½[(5/2)·2 + (5/2)·2](-log V); n=0: ½[0 + (5/4)·4](-log V); n=4: ½[(5/4)·4 + 0](-log V)
+    # float32: -log 7 to half an ulp, times (L+1)/n and summed over ≤ 4 tokens: ≲ 8 ulps (1e-6 relative), inside
+    # allclose's default rtol 1e-5.
     assert torch.allclose(coupled, torch.tensor([-5 * lv, -2.5 * lv, -2.5 * lv]))
     single = elbo_from_masks(model, ids, 2, masks, mask_id=6, coupled=False)
     assert torch.allclose(single, torch.tensor([-5 * lv, 0.0, -5 * lv]))
@@ -97,6 +101,9 @@ def test_num_mc_averages_draws(small_model):
     with torch.no_grad():
         together = elbo_from_masks(small_model, ids, 3, masks)
         separate = torch.stack([elbo_from_masks(small_model, ids, 3, masks[i:i + 1]) for i in range(3)])
+    # One forward over 3 draws or 3 forwards: the matmul shapes, hence possibly the float32 accumulation order,
+    # differ, moving each logit by ≲ d·ε32 (d = 32: 4e-6) relative in the worst case; the ELBO (|·| ≈ 24) then
+    # by ≲ 1e-4, inside allclose's rtol 1e-5·24 + atol 1e-5 (observed: bitwise equal).
     assert torch.allclose(together, separate.mean(0), atol=1e-5)
 
 

@@ -9,6 +9,11 @@ import torch
 
 from espo.objectives import ESPO, Rollout, espo_loss, group_advantages, kl_estimate
 
+# Tolerances: these are float32 results of a few operations on hand-made numbers of order 1 (inputs such as
+# -20.8 are themselves rounded, ε32 = 1.2e-7), so they sit a few ulps (≲ 5e-7) from the float64 hand values:
+# abs=1e-6 and allclose's default rtol 1e-5 leave a margin of 2x or more; pytest.approx's default (rel 1e-6)
+# is kept for values exact in float32 or one rounding away (≤ 6e-8 relative).
+
 
 def test_espo_loss_hand_computed():
     elbo = torch.tensor([-10.0, -12.0, -8.0, -20.0], requires_grad=True)

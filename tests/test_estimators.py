@@ -47,6 +47,9 @@ def test_coupled_pair_is_unbiased_by_enumeration(small_model):
             masks = torch.tensor(bits).expand(2, L)
             prob = t ** sum(bits) * (1 - t) ** (L - sum(bits))
             exact += prob * coupled_logps(small_model, ids, P, masks, torch.full((2,), t)).double()
+        # The estimator's log-softmax runs in float32, the target's in float64 on the same float32 logits, and the
+        # batch shapes differ (accumulation order): a few ε32·|logit| per token, ≲ 2e-6 per position here; atol
+        # 1e-5 + rtol 1e-5·|target| (|target| ≤ 8) keeps a margin of 10x (observed 3e-7).
         assert torch.allclose(exact, target, atol=1e-5)
         # The sampler draws those masks with the right law: Monte-Carlo mean within 4 standard errors.
         reps = 400
@@ -54,6 +57,8 @@ def test_coupled_pair_is_unbiased_by_enumeration(small_model):
         masks, ts = sample_coupled_masks(2 * reps, L, generator=torch.Generator().manual_seed(1), t_min=t, t_max=t)
         est = coupled_logps(small_model, batch, P, masks, ts).double().sum(-1).view(reps, 2)
     se = est.std(0) / math.sqrt(reps)
+    # 4 standard errors (a 1-in-16,000 event for a fresh seed); float32 noise (≈ 1e-5) is ≤ 1e-4 se of ≈ 0.2
+    # (observed |z| ≤ 1.2).
     assert torch.all((est.mean(0) - target.sum(-1)).abs() < 4 * se)
 
 
@@ -69,10 +74,14 @@ def test_mean_field_is_unbiased_for_its_own_mean_but_not_the_elbo(small_model):
         masks = sample_prompt_masks(2 * reps, P, p, generator=torch.Generator().manual_seed(3))
         est = mean_field_logps(small_model, ids.repeat(reps, 1), P, masks).double().sum(-1).view(reps, 2)
         se = est.std(0) / math.sqrt(reps)
+        # 4 standard errors, as above; se ≥ 3e-4 dwarfs the float32 noise of a 4-token sum (≈ 4e-6); observed
+        # |z| ≤ 1.3.
         assert torch.all((est.mean(0) - own).abs() < 4 * se)
         # Its target is not LLaDA's ELBO: the bias is far beyond Monte-Carlo noise (ELBO by enumeration).
         no_prompt_mask = mean_field_logps(small_model, ids, P, torch.zeros(2, P, dtype=torch.bool)).double().sum(-1)
         exact = exact_elbo_at(small_model, ids)
+    # The mean-field bias here is 0.056 to 0.079 (seeded); 1e-2 is 1,000x the float32 noise of the values
+    # (≈ 1e-5) and below the bias by 5x.
     assert torch.all((no_prompt_mask - exact).abs() > 1e-2), (no_prompt_mask, exact)
     assert torch.all((own - exact).abs() > 1e-2)
 
@@ -97,4 +106,6 @@ def test_mean_field_equals_the_elbo_for_one_token(small_model):
         x = ids.clone()
         x[:, P] = small_model.mask_token_id
         exact = torch.log_softmax(small_model(x).double(), -1)[:, P].gather(-1, ids[:, P, None]).squeeze(-1)
+    # Float32 vs float64 log-softmax of the same float32 logits: a few ε32·|logit| (≲ 2e-6); atol 1e-5 and
+    # rtol 1e-5·|exact| (≈ 5) keep 10x (observed 3e-7).
     assert torch.allclose(one_step, exact, atol=1e-5)

@@ -38,9 +38,8 @@ class Hostile(Task):
 def test_a_custom_reward_that_raises_or_hangs_scores_zero_and_is_counted():
     task = Hostile(reward_workers=2, reward_timeout=1.0)
     texts = ["good", "raise", "hang", "good"]
-    start = time.monotonic()
     parts = task.rewards(texts, [{"x": 0}] * 4)
-    assert time.monotonic() - start < 20  # the hang is cut at its 1 s deadline
+    # "hang" would score 1.0 after its 60 s sleep: 0.0 shows it was cut at its 1 s deadline (no wall clock).
     assert parts == {"ok": [1.0, 0.0, 0.0, 1.0], "bonus": [0.5, 0.0, 0.0, 0.5]}
     assert task.reward(["good"], [{"x": 0}]) == [1.5]
     stats = task.reward_stats()

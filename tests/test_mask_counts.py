@@ -73,8 +73,9 @@ def test_sample_masks_uses_the_counts_and_random_subsets():
     offsets = counts[:, 0]  # row 0's count is the offset itself
     for draw in range(5):
         assert torch.equal(counts[draw], stratified_counts(int(offsets[draw]), 48, 20))
-    freq = torch.bincount(counts[:, 8], minlength=21).double() / 200
-    assert freq.max() < 0.2  # row 8 is no longer stuck on every other count
+    # Row 8 (8·21/48 = 3.5) is k + 4 for every draw, odd k and even k alike, where half-to-even rounding gives
+    # k + 4 or k + 3 by the parity of k (so only every other count); an exact check, no frequency threshold.
+    assert ((counts[:, 8] - offsets) % 21 == 4).all() and len(set((offsets % 2).tolist())) == 2
     same = masks[counts == 10]
     assert len({tuple(m.tolist()) for m in same}) > 1
 
@@ -128,6 +129,9 @@ def test_estimator_is_unbiased_on_every_row_by_default_and_biased_with_reference
                     uniform = table[r] == Counter(range(length + 1))
                     biased = not (coupled_unbiased(table[r], length) if coupled else uniform)
                     assert biased == (reference and r in (1, 3))
+                    # Exact expectations (no sampling): an unbiased one differs from the ELBO only by float32
+                    # log-softmax noise, a few ε32 of |ELBO| ≈ 19 (≲ 1e-5; observed 2e-7), 5x inside 5e-5; the
+                    # smallest bias (8.5e-4, row 3 coupled) is 2.8x above 3e-4, 80x above the float noise.
                     if biased:
                         assert abs(est - exact) > 3e-4, (reference, coupled, r, est, exact)
                     else:

@@ -20,6 +20,12 @@ from espo.objectives import (
     wd1_weights,
 )
 
+# Tolerances: these are float32 results of a few operations on hand-made numbers of order 1 (inputs such as
+# -1.2 are themselves rounded, ε32 = 1.2e-7), so they sit a few ulps (≲ 5e-7) from the float64 hand values:
+# abs=1e-6 and allclose's default rtol 1e-5 leave a margin of 2x or more; pytest.approx's default (rel 1e-6)
+# is kept for values exact in float32 or one rounding away (≤ 6e-8 relative).
+
+
 
 def test_clipped_token_loss_hand_computed():
     logps = torch.tensor([[-1.0, -2.0], [-0.5, -1.5]], requires_grad=True)
@@ -102,6 +108,8 @@ def test_wd1_weights_and_loss_by_hand():
     loss, _ = objective.loss(model, batch, 0)
     targets = batch.input_ids[:, 3:]
     per_token = logp[:, 3:].gather(-1, targets[..., None]).squeeze(-1) * batch.completion_mask  # [6, 4]
+    # A float32 log-softmax over 7 logits per token, summed over ≤ 4 tokens and weighted (|loss| ≈ 2): ≲ 20 ulps
+    # of 2, i.e. 5e-6 in the worst case; abs 1e-5 keeps 2x (observed: equal).
     assert loss.item() == pytest.approx(float((expected * per_token.sum(-1)).sum() / 2), abs=1e-5)
 
 
@@ -125,6 +133,7 @@ def test_wd1_kl_anchor_by_hand():
     k3 = (torch.exp(-delta) + delta - 1) * batch.completion_mask  # row 0 counts its first two tokens only
     loss0, _ = plain.loss(policy, batch, 1)
     loss, m = anchored.loss(policy, batch, 1)
+    # k3 of float32 log-prob differences, summed over 4 tokens and averaged (|kl| ≈ 9): a few ulps of 9 ≈ 4e-6.
     assert m["kl"].item() == pytest.approx(float(k3.sum(-1).mean()), abs=1e-5)
     assert loss.item() == pytest.approx(loss0.item() + 0.1 * float(k3.sum(-1).mean()), abs=1e-5)
     fixed = WD1(anchor_beta=0.1, random_masking=False)  # one mask draw: one reference pass serves every iteration
@@ -184,6 +193,7 @@ def test_spg_loss_weights_sequences_by_length():
     per_token = logp[:, 3:].gather(-1, batch.input_ids[:, 3:, None]).squeeze(-1)  # [6, 4]
     lower = (per_token * masks).sum(-1) / masks.sum(-1)
     lengths = batch.completion_mask.sum(-1).float()
+    # Both sides reduce the same float32 log-probs in another order: a few ulps of the per-row means (|·| ≲ 5).
     assert loss.item() == pytest.approx(float(-(batch.advantages * lower * lengths).sum() / lengths.sum()), abs=1e-5)
 
 

@@ -12,7 +12,10 @@ from espo.rewards.pool import default_workers
 from espo.rewards.sandbox import capabilities, run_tests
 from espo.tasks import Code
 
-FAST = {"timeout": 6.0, "per_test_timeout": 1.5, "cpu_seconds": 2, "memory_mb": 256, "max_processes": 16}
+# Per-test deadlines cut the hostile programs (1.5 s against tests that take milliseconds); the whole-run
+# deadline only has to outlast an honest run's interpreter start on a loaded machine, so it is generous: no
+# test below reaches it, and none measures time.
+FAST = {"timeout": 30.0, "per_test_timeout": 1.5, "cpu_seconds": 2, "memory_mb": 256, "max_processes": 16}
 
 
 def _sandbox_processes() -> int:
@@ -51,10 +54,10 @@ def test_exiting_early_is_not_a_pass():
 
 
 def test_infinite_loop_is_killed_at_its_deadline():
-    start = time.monotonic()
     result = run_tests("def f():\n    while True:\n        pass\n", ["f()", "assert 1 == 1"], **FAST)
-    assert result.passed == [False, True]  # the loop fails its test only
-    assert time.monotonic() - start < FAST["timeout"]
+    # The loop never ends, so only the per-test deadline lets the second test run and pass; the whole-run
+    # deadline would have failed both (timed_out). No wall-clock measurement needed.
+    assert result.passed == [False, True] and not result.timed_out
 
 
 @pytest.mark.slow
@@ -66,7 +69,7 @@ def test_fork_bomb_is_contained_and_cleaned_up():
     # Nothing left behind: no process of the program's own uid (root runs), else no runner at all (other
     # sandboxes on a shared machine are not this one's).
     uid = result.isolation.get("uid")
-    for _ in range(50):
+    for _ in range(600):  # poll up to a minute (a loaded machine reaps slowly); a clean run exits at once
         if (_processes_of(uid) if uid is not None else _sandbox_processes()) == 0:
             break
         time.sleep(0.1)
@@ -110,7 +113,7 @@ def test_capabilities_are_reported():
 
 @pytest.mark.slow
 def test_code_task_rewards_and_metric():
-    task = Code(protocol="espo", reward_workers=2, timeout=6.0, per_test_timeout=1.0)
+    task = Code(protocol="espo", reward_workers=2, timeout=30.0, per_test_timeout=1.0)
     example = {"prompt": "Write add(a, b).", "tests": ["assert add(1, 2) == 3", "assert add(0, 0) == 0"]}
     good = "Sure.\n```python\ndef add(a, b):\n    return a + b\n```\n"
     half = "```python\ndef add(a, b):\n    return 3\n```"
@@ -124,7 +127,7 @@ def test_code_task_rewards_and_metric():
     assert task.reward(texts[:2], [example] * 2) == [2.0, 1.5]
     assert task.scores([good, half, trailing], [example] * 3) == [1.0, 0.0, 1.0]  # metric: all tests pass
 
-    d1 = Code(protocol="d1", reward_workers=1, timeout=6.0, per_test_timeout=1.5)
+    d1 = Code(protocol="d1", reward_workers=1, timeout=30.0, per_test_timeout=1.5)
     tagged = "<reasoning>\nadd\n</reasoning>\n<answer>\n```python\ndef add(a, b):\n    return a + b\n```\n</answer>"
     assert d1.rewards([tagged, good], [example] * 2) == {"answer_format": [0.5, 0.0], "tests": [1.0, 1.0]}
     prompt = task.prompt(example)
@@ -137,7 +140,7 @@ FORGE = "import os\nfor fd in range(3, 64):\n    try:\n        os.write(fd, b'P'
 def test_writing_to_inherited_descriptors_forges_no_pass():
     # Issue 13 bug 3: a program that wrote "P" to descriptors 3-63 reached the runner's verdict pipe.
     assert run_tests(FORGE, ["assert False", "import os; os._exit(0)"], **FAST).passed == [False, False]
-    task = Code(protocol="espo", reward_workers=1, timeout=6.0, per_test_timeout=1.5)
+    task = Code(protocol="espo", reward_workers=1, timeout=30.0, per_test_timeout=1.5)
     forged = f"```python\n{FORGE}```\n"
     assert task.rewards([forged], [{"prompt": "", "tests": ["assert False"]}])["tests"] == [0.0]
 
@@ -164,7 +167,7 @@ def test_fork_bombs_do_not_starve_honest_programs_beside_them():
     # Issue 13 bug 2: with one process budget for every sandbox, 3 fork bombs among 8 programs zeroed honest
     # ones. Each program now runs as its own uid, so its budget is its own. The default worker count, but at
     # least 4 programs at once (the default on a 2-core machine is 1, which would run them one by one).
-    task = Code(protocol="espo", reward_workers=max(default_workers(), 4), timeout=8.0, per_test_timeout=2.0)
+    task = Code(protocol="espo", reward_workers=max(default_workers(), 4), timeout=30.0, per_test_timeout=2.0)
     bomb = ("```python\nimport os\ndef add(a, b):\n    while True:\n        try:\n            os.fork()\n"
             "        except OSError:\n            pass\n```\n")
     honest = ("```python\nimport os\ndef add(a, b):\n    pid = os.fork()\n    if pid == 0:\n"

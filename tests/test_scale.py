@@ -61,6 +61,8 @@ def test_sharded_policy_gives_the_same_logits_and_gradients(mesh):
     plain, sharded = tiny_model(0, **SMALL), shard_model(tiny_model(0, **SMALL), mesh)
     assert all(isinstance(p, DTensor) for p in sharded.parameters())
     ids = _ids()
+    # Exact: one rank, so the all-gather and reduce-scatter are copies and both models run the same float32
+    # kernels on the same values in the same process; any difference would be a bug, not rounding.
     torch.testing.assert_close(sharded(ids), plain(ids), rtol=0, atol=0)
     # logits_at calls hidden_states and lm_head, not forward: they must unshard the root too.
     for model in (plain, sharded):
@@ -130,7 +132,7 @@ def test_activation_checkpointing_recomputes_blocks_with_equal_gradients():
         _head_loss(model, ids).backward()
     assert plain_calls[0] == 1 and checkpointed_calls[0] == 2  # the backward re-ran the block
     expected, got = _grads(plain), _grads(checkpointed)
-    for name in expected:
+    for name in expected:  # exact: the recomputation reruns the same kernels on the same inputs
         torch.testing.assert_close(got[name], expected[name], rtol=0, atol=0, msg=name)
 
 
@@ -144,7 +146,7 @@ def test_activation_checkpointing_under_fsdp_gives_equal_gradients(mesh):
         _head_loss(m, ids).backward()
     assert calls[0] == 2
     expected, got = _grads(plain), _grads(model)
-    for name in expected:
+    for name in expected:  # exact: one rank (collectives are copies) and the same kernels, as above
         torch.testing.assert_close(got[name], expected[name], rtol=0, atol=0, msg=name)
 
 

@@ -78,6 +78,7 @@ def test_reward_components_by_hand() -> None:
     given_wrong = "3" + SOLUTION[1:]  # cell 0 is a blank too: 8 of 9
     completions = [TRACE, f"{STEPS}\n{wrong_two}", given_wrong, STEPS, "garbage"]
     components = task.rewards(completions, [EXAMPLE] * len(completions))
+    # Fractions of 9 in float64: approx's default rel 1e-6 only absorbs the float64 rounding (1e-16).
     assert components["cell_accuracy"] == pytest.approx([1.0, 7 / 9, 8 / 9, 0.0, 0.0])
     assert components["format"] == pytest.approx([FORMAT_BONUS, FORMAT_BONUS, 0.0, 0.0, 0.0])
     assert task.reward(completions[:2], [EXAMPLE] * 2) == pytest.approx([1.0 + FORMAT_BONUS, 7 / 9 + FORMAT_BONUS])

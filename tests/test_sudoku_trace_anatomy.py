@@ -32,6 +32,7 @@ def rows() -> list[dict]:
 
 
 def test_anatomy_by_hand():
+    # Counts and float64 ratios: approx's default rel 1e-6 only absorbs their rounding (1e-16).
     got = anatomy(rows())
     assert got["completions"] == 4 and got["answers"] == 3 and got["no_answer"] == pytest.approx(0.25)
     assert got["givens_copied"] == pytest.approx(2 / 3)

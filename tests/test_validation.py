@@ -75,6 +75,7 @@ def test_validates_before_step_0_and_every_interval(runs: dict[str, Path]):
     logged = [r for r in rows(runs["with"]) if "val/score" in r]
     # The step-0 pass (Lightning's sanity check, whose own logging is discarded) is written at step 0.
     assert [r["step"] for r in logged] == [0, 2, 4, 6]
+    # The same float64 means, logged through Lightning as float32: ≤ 6e-8 relative, inside approx's default 1e-6.
     assert [r["val/score"] for r in logged] == pytest.approx([v for _, v in summary["val_history"]])
     assert all("val/cell_accuracy" in r and 0 <= r["val/score"] <= 1 for r in logged)
     assert "val_score_start" not in json.loads((runs["without"] / "summary.json").read_text())
@@ -87,7 +88,10 @@ def test_validation_leaves_training_untouched(runs: dict[str, Path]):
     assert len(with_val) == len(without) == 6
     for a, b in zip(with_val, without, strict=True):
         assert a["step"] == b["step"]
-        for key in TRAINING_KEYS:  # the same rollouts, masks and updates: bit-identical up to float noise
+        # The same rollouts, masks and updates (validation draws from streams of its own, under no_grad): the same
+        # float32 kernels on the same values, so equal in principle; rel 1e-6 (8 ε32) only allows a reordered
+        # pairwise reduction of a few terms, abs 1e-8 a metric at 0.
+        for key in TRAINING_KEYS:
             assert math.isclose(a[key], b[key], rel_tol=1e-6, abs_tol=1e-8), (key, a[key], b[key])
     read = lambda d: (d / "completions.jsonl").read_text()  # noqa: E731
     assert read(runs["with"]) == read(runs["without"])  # same prompts (data order) and completions
@@ -105,6 +109,8 @@ def test_resume_keeps_the_history_and_continues_the_schedule(runs: dict[str, Pat
     again = json.loads((resumed / "version_0" / "summary.json").read_text())
     # No second step-0 pass on resume; passes 4 and 6 run again and score as in the straight run.
     assert [s for s, _ in again["val_history"]] == [0, 2, 4, 6]
+    # Means of 4 task scores, replayed from bitwise-restored weights: equal in principle; abs 1e-6 covers the
+    # float32 logging of either run (≤ 6e-8) with room.
     assert [v for _, v in again["val_history"]] == pytest.approx([v for _, v in straight["val_history"]], abs=1e-6)
     logged = [r["step"] for r in rows(resumed / "version_0") if "val/score" in r]
     assert logged == [4, 6]
@@ -121,6 +127,7 @@ def test_espo_validate_scores_the_start_model(runs: dict[str, Path], tiny_dir: P
     main(["validate", "--config", str(path)])
     logged = [r for r in rows(root / "validate" / "version_0") if "val/score" in r]
     start = json.loads((runs["with"] / "summary.json").read_text())["val_score_start"]
+    # The same start model and held-out examples: the same score, up to its float32 logging (≤ 6e-8).
     assert len(logged) == 1 and logged[0]["val/score"] == pytest.approx(start, abs=1e-6)
     off = copy.deepcopy(cfg)
     off["model"]["val_examples"] = 0

@@ -99,6 +99,10 @@ class Objective(ABC):
     baseline: Baseline = "mean"
     scale_rewards: bool = False
     std_scope: StdScope = "group"
+    #: Whether the estimator is defined on block-diffusion models (SDAR, LLaDA2); see ``check_model``.
+    supports_block_diffusion: bool = True
+    #: Why not, for the error line (subclasses with ``supports_block_diffusion = False``).
+    block_diffusion_reason: str = ""
 
     @property
     def uses_reference(self) -> bool:
@@ -116,6 +120,13 @@ class Objective(ABC):
             block_length: The sampler's block length (None: the whole canvas is one block).
         """
         return None
+
+    def check_model(self, model: Model) -> None:
+        """Raises a one-line ValueError when this objective cannot train ``model`` (called once the policy is
+        built, before any rollout)."""
+        if getattr(model, "is_block_diffusion", False) and not self.supports_block_diffusion:
+            raise ValueError(f"{type(self).__name__} does not support block-diffusion models (SDAR, LLaDA2; this "
+                             f"one is {getattr(model, 'family', '?')!r}): {self.block_diffusion_reason}.")
 
     def advantages(self, rewards: torch.Tensor, group_size: int) -> torch.Tensor:
         """Advantages [N] from rewards [N]: the group baseline, optionally scaled by the group (or batch) std."""

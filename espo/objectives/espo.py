@@ -97,7 +97,8 @@ class ESPO(RatioObjective):
             ``"true"``: L = tokens through the first EOS (a deviation).
         baseline: ``"leave_one_out"`` (the paper) or ``"mean"``.
         scale_rewards: Divide advantages by the group std (off in every ESPO recipe).
-        reference_rounding: Round the stratified mask counts half to even as the reference code. Off by
+        reference_rounding: The reference code's stratified mask counts, float for float (a float32 linspace
+            rounded half to even; ``mc_elbo.reference_spread``). Off by
             default: the counts are then exactly uniform for every shape, while the reference's rounding makes
             some rows' counts non-uniform (and their ELBO biased) when r(L+1)/b has a .5 fraction.
         stratify: Rows whose mask counts are stratified together: ``"micro_batch"`` (the reference code, so

@@ -13,9 +13,11 @@ LLaDA's discrete ELBO. Mask counts are stratified over the rows of a batch: one 
 {0..L}, then n_r = (k + c_r) mod (L+1) with c_r = r(L+1)/b rounded half up, and a uniformly random subset of
 n_r positions per row. Each row's count is then a fixed shift of k, so exactly uniform on {0..L} for every
 shape. ``reference_rounding=True`` reproduces the reference code instead, n_r = round(k + r(L+1)/b) mod (L+1)
-with ``torch.round`` (half to even): for every row r whose r(L+1)/b has a .5 fraction the count then
-depends on the parity of k, so that row only sees every other count, twice as often (non-uniform, and the
-estimate of that row is biased; e.g. L = 20, b = 48 hits rows 8 and 40). Row 0 never, a batch of one never.
+with ``torch.round`` (half to even) of a float32 ``torch.linspace`` (see :func:`reference_spread`): for every
+row r whose r(L+1)/b has a .5 fraction the count then depends on the parity of k, so that row only sees
+every other count, twice as often (non-uniform, and the estimate of that row is biased; e.g. L = 20, b = 48
+hits rows 8 and 40). Row 0 never, a batch of one never. Where (L+1)/b is not dyadic the float32 rounding
+error decides such a row instead (L = 256, b = 6: row 3 at k + 128.5 ± error).
 
 Block-diffusion models (SDAR, LLaDA2) factorise log p(y) = Σ_b log p(y_b | x, y_<b) and each block has its
 own discrete ELBO. The same masks serve: a block's masked tokens are predicted from its own noisy block and the
@@ -39,26 +41,57 @@ from espo.models.head import token_logprobs
 from espo.models.wrapper import mask_token_of
 
 
-def stratified_counts(offset: int, rows: int, length: int, *, reference_rounding: bool = False) -> torch.Tensor:
+def reference_spread(offset: torch.Tensor, rows: int, length: int) -> torch.Tensor:
+    """The reference code's unrounded spread [K, rows] for offsets k [K], value for value.
+
+    The reference computes ``torch.linspace(float(k), k + (b-1)*((L+1)/b), steps=b)`` on the GPU:
+    (b-1)*((L+1)/b) in Python float64; the end ``k + that`` in float32 (an int64 tensor plus a Python float);
+    the step (end - start)/(b-1) in float32; then CUDA's linspace kernel, start + step·r for r < b//2 and
+    end - step·(b-1-r) above, as one fused multiply-add each (nvcc contracts a + b·c by default). For
+    b <= 16 the fused and the unfused reading give the same counts for every L <= 1024 (checked); above,
+    espo follows the fused one. CPU ``torch.linspace`` is not used: its vectorised path differs from the
+    kernel's and from machine to machine.
+    """
+    f32 = torch.float32
+    k = offset.reshape(-1, 1)  # [K, 1]
+    start = k.to(f32)  # exact: k <= L < 2^24
+    if rows == 1:
+        return start.double()
+    end = start + torch.tensor((rows - 1) * ((length + 1) / rows), dtype=torch.float64).to(f32)  # [K, 1]
+    step = (end - start) / torch.tensor(rows - 1, dtype=f32)  # [K, 1], float32 division
+    r = torch.arange(rows)  # [b]
+    low = r < rows // 2  # [b]
+    # One rounding of the exact a + b·c (the fused multiply-add): the float64 sum is exact, every term being
+    # a multiple of the finest float32 ulp involved and the sum below 2^(26 + log2 b).
+    n = torch.where(low, r, rows - 1 - r).double()  # [b]
+    first = start.double() + step.double() * n  # [K, b]
+    second = end.double() - step.double() * n  # [K, b]
+    return torch.where(low, first, second).to(f32).double()
+
+
+def stratified_counts(offset: int | torch.Tensor, rows: int, length: int, *,
+                      reference_rounding: bool = False) -> torch.Tensor:
     """Masked counts n_r of the ``rows`` rows of one stratified draw with the given offset k in {0..L}.
 
     Args:
-        offset: The draw's random offset k.
+        offset: The draw's random offset k, or a tensor [K] of offsets (then one row of counts per offset).
         rows: Rows stratified together (b).
         length: Completion length L.
-        reference_rounding: ``torch.round`` of k + r(L+1)/b (half to even) as the reference code; default
-            k + (r(L+1)/b rounded half up), in exact integer arithmetic.
+        reference_rounding: The reference code's float32 ``linspace`` of k + r(L+1)/b, rounded half to even
+            (:func:`reference_spread`); default k + (r(L+1)/b rounded half up), in exact integer arithmetic.
 
     Returns:
-        Counts [rows] in {0..L}.
+        Counts [rows] in {0..L} ([K, rows] for a tensor of offsets).
     """
+    k = torch.as_tensor(offset, dtype=torch.long)
     r = torch.arange(rows, dtype=torch.long)  # [b]
     if reference_rounding:
-        spread = torch.round(offset + r.double() * (length + 1) / rows).long()  # [b]
+        spread = torch.round(reference_spread(k, rows, length)).long()  # [K, b], half to even as torch.round
     else:
         # floor(r(L+1)/b + 1/2) = floor((2r(L+1) + b) / 2b): no float rounding at the .5 boundary.
-        spread = offset + (2 * r * (length + 1) + rows) // (2 * rows)  # [b]
-    return spread % (length + 1)
+        spread = k.reshape(-1, 1) + (2 * r * (length + 1) + rows) // (2 * rows)  # [K, b]
+    counts = spread % (length + 1)
+    return counts.reshape(rows) if k.dim() == 0 else counts
 
 
 def sample_masks(

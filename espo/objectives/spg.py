@@ -1,12 +1,18 @@
 """SPG, Sandwiched Policy Gradient (arXiv 2510.09541): lower bound for good samples, upper for bad ones.
 
     J = Σ_i 1[A_i > 0] A_i · lower(o_i) + 1[A_i ≤ 0] A_i · upper(o_i),     A_i = r_i - mean_group(r)
-    loss = -Σ_i A_i · surrogate_i · |o_i| / Σ_i |o_i|        (|o_i| = tokens through the first EOS)
+    loss = -Σ_i A_i · surrogate_i · |o_i| / Σ_i |o_i|        (|o_i| = tokens through the first padding EOS)
 
 on block-wise masks (``espo.objectives.spg_bounds``). No ratio, no clipping, no KL (β must be 0 in SPG), so
 there are no old or reference passes; masks are drawn per inner iteration. ``negative_bound`` picks the
 surrogate for A ≤ 0: ``"mix"`` (ω·EUBO + (1-ω)·ELBO, the paper's best), ``"eubo"``, ``"elbo"`` or ``"zero"``
-(the paper's positive-only ablation).
+(the paper's positive-only ablation). The completion mask (which tokens the masks may keep, the bounds score
+and the length weights count) runs through the first ``tokenizer.eos_token`` (``<|endoftext|>`` for LLaDA,
+after ``<|eot_id|>``) as the official code's ``completion_mask``; ``count_through="any_eos"`` stops at the
+first EOS of any kind.
+
+Block-diffusion models (SDAR, LLaDA2) are refused: SPG's views noise the clean earlier blocks and score
+them, while such a model reads every block against clean earlier blocks, so that noise would be dropped.
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ from typing import Literal
 import torch
 
 from espo.objectives.advantages import Baseline, StdScope
-from espo.objectives.base import Model, Objective, Rollout, check_std_scope
+from espo.objectives.base import CountThrough, Model, Objective, Rollout, check_std_scope
 from espo.objectives.mean_field import token_logps
 from espo.objectives.rollout_scale import rollout_token_scale
 from espo.objectives.spg_bounds import sample_block_masks, spg_bounds
@@ -43,7 +49,13 @@ class SPG(Objective):
         std_scope: With ``scale_rewards``: per-group std or the whole batch's std.
         loss_reduction: ``"micro_batch"``: length-weighted mean within each micro-batch (the reference code);
             ``"rollout"``: length-weighted over the whole rollout, across micro-batches and ranks.
+        count_through: The completion mask: ``"padding_eos"`` (SPG's code: through the first
+            ``tokenizer.eos_token``) or ``"any_eos"`` (through the first EOS of any kind).
     """
+
+    supports_block_diffusion = False
+    block_diffusion_reason = ("its views noise the clean earlier blocks, which a block-diffusion model reads "
+                              "clean; use ESPO, DiffuGRPO or WD1")
 
     def __init__(
         self,
@@ -59,6 +71,7 @@ class SPG(Objective):
         scale_rewards: bool = False,
         std_scope: StdScope = "group",
         loss_reduction: Literal["micro_batch", "rollout"] = "micro_batch",
+        count_through: CountThrough = "padding_eos",
     ) -> None:
         if negative_bound not in ("mix", "eubo", "elbo", "zero"):
             raise ValueError(f"negative_bound must be mix, eubo, elbo or zero, got {negative_bound!r}.")
@@ -74,6 +87,9 @@ class SPG(Objective):
         if loss_reduction not in ("micro_batch", "rollout"):
             raise ValueError(f"loss_reduction must be 'micro_batch' or 'rollout', got {loss_reduction!r}.")
         self.loss_reduction = loss_reduction
+        if count_through not in ("any_eos", "padding_eos"):
+            raise ValueError(f"count_through must be 'any_eos' or 'padding_eos', got {count_through!r}.")
+        self.count_through = count_through
         self._sampler_block: int | None = None  # adopted from the sampler in check()
 
     def check(self, gen_length: int, block_length: int | None = None) -> None:
@@ -98,8 +114,10 @@ class SPG(Objective):
         micro_batch_size: int,
         generator: torch.Generator,
     ) -> None:
+        self.check_model(policy)
+        counted = rollout.counted(self.count_through)  # [N, L]
         masks = torch.stack([
-            sample_block_masks(rollout.completion_mask, rollout.prompt_len,
+            sample_block_masks(counted, rollout.prompt_len,
                                block_length=self.mask_block(rollout.completion_len), num_t=self.num_t,
                                generator=generator, t_min=self.t_min, t_max=self.t_max,
                                p_mask_clean=self.p_mask_clean).transpose(0, 1)  # [N, m, T]
@@ -107,7 +125,7 @@ class SPG(Objective):
         ], dim=1)  # [N, μ, m, T]
         rollout.extras["spg_masks"] = masks.to(rollout.input_ids.device)
         if self.loss_reduction == "rollout":
-            scale = rollout_token_scale(rollout.completion_mask.to(rollout.input_ids.device))  # a collective over ranks
+            scale = rollout_token_scale(counted.to(rollout.input_ids.device))  # a collective over ranks
             rollout.extras["rollout_scale"] = torch.full((len(rollout),), scale, device=rollout.input_ids.device)
 
     def surrogate(self, lower: torch.Tensor, upper: torch.Tensor, advantages: torch.Tensor) -> torch.Tensor:
@@ -118,7 +136,7 @@ class SPG(Objective):
 
     def loss(self, policy: Model, batch: Rollout, iteration: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         masks = batch.extras["spg_masks"][:, iteration].transpose(0, 1)  # [m, b, T]
-        cmask = batch.completion_mask
+        cmask = batch.counted(self.count_through)  # [b, L]
         logp = token_logps(policy, batch.input_ids, batch.prompt_len, masks,
                            attention_mask=batch.attention_mask)  # [m, b, L]
         lower, upper = spg_bounds(logp, masks[..., batch.prompt_len:], cmask, eubo_beta=self.eubo_beta)  # [b]

@@ -1,4 +1,4 @@
-"""Loading task data from a local file (json, jsonl, csv, parquet) or a Hugging Face hub dataset id.
+"""Loading task data from a local file (json, jsonl, csv, parquet), a packaged test set or a hub dataset id.
 
 Tasks call :func:`load_rows` from ``load_split`` only, never at construction, so a task with defaults
 alone costs nothing and downloads nothing. :func:`held_out` cuts the papers' held-out slices (shuffle
@@ -13,18 +13,24 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from espo.tasks.testsets import PREFIX, resolve
+
 _LOCAL_SUFFIXES = {".json", ".jsonl", ".csv", ".parquet"}
 
 
 def is_local(source: str) -> bool:
-    """True when ``source`` names a local file (by existence or by one of the supported suffixes)."""
+    """True when ``source`` names a local file (by existence or by one of the supported suffixes) or a packaged
+    test set (``espo:<file>``)."""
+    if source.startswith(PREFIX):
+        return True
     path = Path(source).expanduser()
     return path.exists() or path.suffix.lower() in _LOCAL_SUFFIXES
 
 
 def read_file(path: str | Path) -> list[dict[str, Any]]:
-    """Rows of a local json (a list of objects, or ``{"data": [...]}``), jsonl, csv or parquet file."""
-    path = Path(path).expanduser()
+    """Rows of a local json (a list of objects, or ``{"data": [...]}``), jsonl, csv or parquet file, or of a
+    packaged test set named ``espo:<file>``."""
+    path = Path(resolve(path)).expanduser()
     if not path.exists():
         raise FileNotFoundError(f"Task data file not found: {path}")
     suffix = path.suffix.lower()

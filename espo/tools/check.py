@@ -35,6 +35,7 @@ from espo.objectives.spg import SPG
 from espo.sampling import BlockDiffusionSampler, Sampler
 from espo.tasks.base import Task
 from espo.tasks.data import is_local
+from espo.tasks.testsets import resolve
 from espo.train.policy import PolicySpec, check_sharded, check_tensor_parallel
 from espo.train.schedules import WarmupSchedule, plan_schedule
 
@@ -204,7 +205,11 @@ def check_data(task: Any, report: Report) -> None:
         if not value:
             continue
         if key.endswith("_file") or is_local(str(value)):
-            if not Path(str(value)).expanduser().is_file():
+            try:  # espo:<file> names a test set shipped with the package
+                found = Path(resolve(str(value))).expanduser().is_file()
+            except FileNotFoundError:
+                found = False
+            if not found:
                 report.errors.append(f"data.init_args.{key} {value}: no such file; fix the path (null where the "
                                      "task generates its data).")
         else:

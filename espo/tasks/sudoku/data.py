@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from espo.tasks.sudoku.gen import puzzle_at
+from espo.tasks.testsets import resolve
 
 
 class GeneratedPuzzles(Sequence):
@@ -52,10 +53,10 @@ _SOLUTION_RE = re.compile(r"[1-4]{16}")
 
 
 def load_csv(path: str | Path) -> PuzzlePairs:
-    """Reads and validates a ``Puzzle,Solution`` CSV (the d1 data format)."""
+    """Reads and validates a ``Puzzle,Solution`` CSV (the d1 data format); ``espo:<file>`` names a packaged one."""
     puzzles: list[str] = []
     solutions: list[str] = []
-    with open(path, newline="", encoding="utf-8") as handle:
+    with open(resolve(path), newline="", encoding="utf-8") as handle:
         reader = csv.DictReader(handle)
         missing = {"Puzzle", "Solution"} - set(reader.fieldnames or ())
         if missing:
