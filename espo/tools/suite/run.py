@@ -62,7 +62,7 @@ class Variant:
 
 def slug(text: str) -> str:
     """A file-name-safe form of a label (``ESPO beta=0 mu=8`` -> ``ESPO_beta-0_mu-8``)."""
-    return re.sub(r"[^A-Za-z0-9.-]+", "-", text.replace(" ", "_").replace("=", "-")).strip("-") or "run"
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", text.replace(" ", "_").replace("=", "-")).strip("-") or "run"
 
 
 def run_probe(probe: Probe, variant: Variant, seed: int, out: Path, *, rollout_steps: int | None = None,
