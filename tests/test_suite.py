@@ -180,3 +180,7 @@ def test_drift_is_the_canvas_kl_of_the_two_models(small_model):
     expected = torch.nn.functional.kl_div(log_q, log_p, log_target=True, reduction="none").sum(-1).mean()
     # Same float64 formula up to summation order: agreement to 1e-12 relative.
     assert masked_canvas_kl(small_model, other, prompts, 5) == pytest.approx(float(expected), rel=1e-12)
+
+
+def test_length_target_rows_layout_shows_the_grid_on_four_lines():
+    assert LengthTarget().prompt(EXAMPLE) == "1200\n0000\n0000\n0021\n"

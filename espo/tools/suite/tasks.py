@@ -130,23 +130,37 @@ class PositionCredit(ProbeTask):
 class LengthTarget(ProbeTask):
     """(c) Length / EOS target: reward ``max(0, 1 - |length - target| / width)`` of the completion cut at its EOS.
 
-    Isolates learning *where to stop*: the reward lives in the EOS token's position, not in any digit. The demo
-    model ends after 16 characters (0.5 at the defaults); the optimum stops after ``target``.
+    Isolates learning *where to stop*: the reward lives in the EOS token's position, not in any digit. For a
+    puzzle on one line the demo model always writes 16 characters, so the suite shows it as four rows of four
+    (``layout="rows"``), a prompt it was never trained on, where it writes 19 or 20 characters (reward 0.25 or
+    0 at the suite's target 16, width 4). The optimum stops after ``target`` characters; the reward grows by
+    ``1 / width`` per character closer, so the policy can walk there from where it explores.
 
     Args:
         target: The rewarded length in characters (tokens).
         width: Lengths this far from the target or farther score 0.
+        layout: ``"line"``: the puzzle and a newline (Sudoku's raw prompt); ``"rows"``: four lines of four.
         **kwargs: :class:`ProbeTask`'s data settings.
     """
 
     reward_name = "length"
 
-    def __init__(self, target: int = 12, width: int = 8, **kwargs: Any) -> None:
+    def __init__(self, target: int = 16, width: int = 4, layout: Literal["line", "rows"] = "rows",
+                 **kwargs: Any) -> None:
         super().__init__(**kwargs)
         if target < 0 or width < 1:
             raise ValueError(f"target must be >= 0 and width >= 1, got {target}, {width}.")
+        if layout not in ("line", "rows"):
+            raise ValueError(f"layout must be 'line' or 'rows', got {layout!r}.")
         self.target = target
         self.width = width
+        self.layout = layout
+
+    def prompt(self, example: dict[str, Any]) -> Prompt:
+        puzzle = example["puzzle"]
+        if self.layout == "line":
+            return puzzle + "\n"
+        return "".join(puzzle[r:r + 4] + "\n" for r in range(0, 16, 4))
 
     def probe_reward(self, text: str, example: dict[str, Any]) -> float:
         return length_reward(text, self.target, self.width)
