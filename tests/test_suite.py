@@ -116,6 +116,7 @@ def test_variant_label_and_section():
     assert variant.name == "ESPO beta=0 mu=8 lr=3e-05"
     assert variant.section() == {"class_path": "ESPO", "init_args": {"beta": 0}}
     assert Variant("my_lab.objectives.Mine").name == "Mine" and slug(variant.name) == "ESPO_beta-0_mu-8_lr-3e-05"
+    assert Variant("WD1", extra=("--model.max_grad_norm", "0.2")).name == "WD1 model.max_grad_norm 0.2"
 
 
 def test_the_espo_command_dispatches_suite(capsys: pytest.CaptureFixture[str]):
@@ -142,25 +143,27 @@ def test_short_run_of_one_probe_for_two_objectives(tiny_dir: Path, tmp_path: Pat
     out = tmp_path / "suite"
     args = ["--objective", "ESPO", "user_objectives.Mine", "--probes", "token", "--seeds", "0",
             "--rollout_steps", "2", "--prompts", "2", "--generations", "3", "--num_iterations", "1",
-            "--model", str(tiny_dir), "--out", str(out)]
+            "--model", str(tiny_dir), "--out", str(out), "--model.max_grad_norm", "0.5"]  # the last: to espo fit
     runs = main(args)
-    assert [(r["probe"], r["label"], len(r["rewards"])) for r in runs] == [("token", "ESPO mu=1", 2),
-                                                                          ("token", "Mine mu=1", 2)]
+    espo_label, mine_label = "ESPO mu=1 model.max_grad_norm 0.5", "Mine mu=1 model.max_grad_norm 0.5"
+    assert [(r["probe"], r["label"], len(r["rewards"])) for r in runs] == [("token", espo_label, 2),
+                                                                          ("token", mine_label, 2)]
     espo, mine = runs
     assert all(k is not None for k in espo["kl"]) and mine["kl"] == [None, None]  # WD1: no anchor, no kl
     assert espo["drift"] > 0 and mine["drift"] > 0  # both moved from the warm start
-    config = (out / "token" / "configs" / "ESPO_mu-1_seed0.yaml").read_text()
+    config = (out / "token" / "configs" / "ESPO_mu-1_model.max_grad_norm_0.5_seed0.yaml").read_text()
     assert "max_steps: 2" in config and "num_iterations: 1" in config
+    assert "max_grad_norm: 0.5" in (Path(espo["log_dir"]) / "hparams.yaml").read_text()  # the fit got the extra
     table = (out / "results.md").read_text()
     header = ("| probe | objective | seeds | steps to 90 % | reached | final reward | drawdown | final KL | drift | "
               "seconds |")
-    assert header in table and "| token | ESPO mu=1 | 1 |" in table and "| token | Mine mu=1 | 1 |" in table
+    assert header in table and f"| token | {espo_label} | 1 |" in table and f"| token | {mine_label} | 1 |" in table
     assert (out / "suite.png").stat().st_size > 0
     saved = json.loads((out / "results.json").read_text())["runs"]
     assert [len(r["rewards"]) for r in saved] == [2, 2]
     (out / "results.md").unlink()
     main(["--render_only", "--out", str(out)])  # re-rendered from results.json, no training
-    assert "| token | Mine mu=1 | 1 |" in (out / "results.md").read_text()
+    assert f"| token | {mine_label} | 1 |" in (out / "results.md").read_text()
 
 
 def test_drift_is_the_canvas_kl_of_the_two_models(small_model):

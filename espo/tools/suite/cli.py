@@ -10,7 +10,8 @@ Each objective runs with its class defaults (as ``--model.objective NAME`` gives
 ``--objective_args`` on top; ``--num_iterations`` (μ) and ``--lr`` are model settings of the same runs. Every
 run is added to ``<out>/results.json`` (a run of the same probe, label and seed replaces the old one), so
 several commands build one grid; ``results.md`` and ``suite.png`` are rewritten from all of it each time.
-Arguments the suite does not know go to every ``espo fit`` (``--model.reference_sync.every 8``).
+Arguments the suite does not know go to every ``espo fit`` of the command (``--model.max_grad_norm 0.2``) and
+into the default label.
 """
 
 from __future__ import annotations
@@ -97,13 +98,13 @@ def _run(args: argparse.Namespace, extra: list[str], out: Path, runs: list[dict[
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    variants = [Variant(name, args.objective_args, args.num_iterations, args.lr, args.label)
+    variants = [Variant(name, args.objective_args, args.num_iterations, args.lr, args.label, tuple(extra))
                 for name in args.objective]
     for seed in args.seeds:  # seed-major: an interrupted grid still holds whole seeds
         for name in args.probes:
             for variant in variants:
                 run = run_probe(PROBES[name], variant, seed, out, rollout_steps=args.rollout_steps,
-                                prompts=args.prompts, generations=args.generations, model=args.model, extra=extra)
+                                prompts=args.prompts, generations=args.generations, model=args.model)
                 runs = merge(runs, run)
                 (out / RESULTS).write_text(json.dumps({"runs": runs}, indent=1) + "\n")  # partial results survive
     return runs

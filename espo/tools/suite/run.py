@@ -31,6 +31,7 @@ class Variant:
         num_iterations: μ, optimiser steps per rollout step (a model setting); None: the probe's.
         lr: Learning rate; None: the probe's.
         label: Name in the results; None: the class name and the overrides.
+        extra: More ``espo fit`` arguments of these runs (``--model.max_grad_norm 0.2``), after the config.
     """
 
     objective: str
@@ -38,6 +39,7 @@ class Variant:
     num_iterations: int | None = None
     lr: float | None = None
     label: str | None = None
+    extra: tuple[str, ...] = ()
 
     @property
     def name(self) -> str:
@@ -50,6 +52,7 @@ class Variant:
             parts.append(f"mu={self.num_iterations}")
         if self.lr is not None:
             parts.append(f"lr={self.lr:g}")
+        parts += [a.removeprefix("--") for a in self.extra]
         return " ".join(parts)
 
     def section(self) -> dict[str, Any]:
@@ -66,8 +69,8 @@ def slug(text: str) -> str:
 
 
 def run_probe(probe: Probe, variant: Variant, seed: int, out: Path, *, rollout_steps: int | None = None,
-              prompts: int | None = None, generations: int | None = None, model: str | None = None,
-              extra: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
+              prompts: int | None = None, generations: int | None = None, model: str | None = None
+              ) -> dict[str, Any]:
     """Runs one (probe, variant, seed); returns its record (curves, drift, seconds) for the results file.
 
     Args:
@@ -79,7 +82,6 @@ def run_probe(probe: Probe, variant: Variant, seed: int, out: Path, *, rollout_s
         prompts: Overrides the prompts per rollout step.
         generations: Overrides the completions per prompt.
         model: Another warm start (tests use a tiny random one).
-        extra: More ``espo fit`` arguments (``--model.reference_sync ...``), applied after the config.
     """
     base = probe_config(probe, model)
     mu = variant.num_iterations or probe.num_iterations
@@ -94,10 +96,11 @@ def run_probe(probe: Probe, variant: Variant, seed: int, out: Path, *, rollout_s
         base["model"]["optimizer"]["init_args"]["lr"] = variant.lr
     name = slug(variant.name)
     cfg = run_config(base, variant.section(), name, seed, steps * mu, out / probe.name, data_seed=True)
-    done = run_one(cfg, out / probe.name / "configs" / f"{name}_seed{seed}.yaml", list(extra))
+    done = run_one(cfg, out / probe.name / "configs" / f"{name}_seed{seed}.yaml", list(variant.extra))
     recorded = json.loads((Path(done["log_dir"]) / FILENAME).read_text())
     return {
-        "probe": probe.name, "label": variant.name, "objective": variant.section(), "num_iterations": mu,
+        "probe": probe.name, "label": variant.name, "objective": variant.section(), "fit_args": list(variant.extra),
+        "num_iterations": mu,
         "lr": base["model"]["optimizer"]["init_args"]["lr"], "seed": seed, "optimum": probe.optimum,
         "rollout_steps": steps, "rewards": done["rewards"], "kl": [s.get("kl") for s in recorded["steps"]],
         "drift": recorded["drift"], "seconds": done["summary"].get("seconds"), "wall_seconds": done["wall_seconds"],
