@@ -116,7 +116,8 @@ def test_variant_label_and_section():
     assert variant.name == "ESPO beta=0 mu=8 lr=3e-05"
     assert variant.section() == {"class_path": "ESPO", "init_args": {"beta": 0}}
     assert Variant("my_lab.objectives.Mine").name == "Mine" and slug(variant.name) == "ESPO_beta-0_mu-8_lr-3e-05"
-    assert Variant("WD1", extra=("--model.max_grad_norm", "0.2")).name == "WD1 model.max_grad_norm 0.2"
+    extra = ("--model.stability.max_grad_norm", "0.2")
+    assert Variant("WD1", extra=extra).name == "WD1 model.stability.max_grad_norm 0.2"
 
 
 def test_the_espo_command_dispatches_suite(capsys: pytest.CaptureFixture[str]):
@@ -143,15 +144,16 @@ def test_short_run_of_one_probe_for_two_objectives(tiny_dir: Path, tmp_path: Pat
     out = tmp_path / "suite"
     args = ["--objective", "ESPO", "user_objectives.Mine", "--probes", "token", "--seeds", "0",
             "--rollout_steps", "2", "--prompts", "2", "--generations", "3", "--num_iterations", "1",
-            "--model", str(tiny_dir), "--out", str(out), "--model.max_grad_norm", "0.5"]  # the last: to espo fit
+            "--model", str(tiny_dir), "--out", str(out),
+            "--model.stability.max_grad_norm", "0.5"]  # not a suite option: goes to espo fit
     runs = main(args)
-    espo_label, mine_label = "ESPO mu=1 model.max_grad_norm 0.5", "Mine mu=1 model.max_grad_norm 0.5"
+    espo_label, mine_label = (f"{name} mu=1 model.stability.max_grad_norm 0.5" for name in ("ESPO", "Mine"))
     assert [(r["probe"], r["label"], len(r["rewards"])) for r in runs] == [("token", espo_label, 2),
                                                                           ("token", mine_label, 2)]
     espo, mine = runs
     assert all(k is not None for k in espo["kl"]) and mine["kl"] == [None, None]  # WD1: no anchor, no kl
     assert espo["drift"] > 0 and mine["drift"] > 0  # both moved from the warm start
-    config = (out / "token" / "configs" / "ESPO_mu-1_model.max_grad_norm_0.5_seed0.yaml").read_text()
+    config = (out / "token" / "configs" / "ESPO_mu-1_model.stability.max_grad_norm_0.5_seed0.yaml").read_text()
     assert "max_steps: 2" in config and "num_iterations: 1" in config
     assert "max_grad_norm: 0.5" in (Path(espo["log_dir"]) / "hparams.yaml").read_text()  # the fit got the extra
     table = (out / "results.md").read_text()
@@ -168,8 +170,8 @@ def test_short_run_of_one_probe_for_two_objectives(tiny_dir: Path, tmp_path: Pat
 
 def test_drift_is_the_canvas_kl_of_the_two_models(small_model):
     from espo.models import tiny_model
-    from espo.tokens import encode_prompts
     from espo.tools.suite.recorder import masked_canvas_kl
+    from espo.train.tokens import encode_prompts
 
     other = tiny_model(seed=1, n_layers=2, d_model=32, n_heads=2, n_kv_heads=2, mlp_hidden_size=64)
     prompts = ["1200\n", "0034\n"]

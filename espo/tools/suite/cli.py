@@ -1,6 +1,6 @@
 """``espo suite``: runs objectives on the probes over seeds, then writes the table and the plot.
 
-    espo suite --objective ESPO WD1 SPG CoupledGRPO DiffuGRPO --seeds 0 1 2 --threads 2
+    espo suite --threads 2                        # the five built-in objectives, every probe, seeds 0 1 2
     espo suite --objective ESPO --objective_args '{"beta": 0}' --seeds 0 1 2            # label "ESPO beta=0"
     espo suite --objective ESPO --num_iterations 8 --lr 3e-5 --probes token kl         # label "ESPO mu=8 lr=3e-05"
     espo suite --objective my_lab.objectives.Mine --label mine                          # any importable class
@@ -10,8 +10,8 @@ Each objective runs with its class defaults (as ``--model.objective NAME`` gives
 ``--objective_args`` on top; ``--num_iterations`` (μ) and ``--lr`` are model settings of the same runs. Every
 run is added to ``<out>/results.json`` (a run of the same probe, label and seed replaces the old one), so
 several commands build one grid; ``results.md`` and ``suite.png`` are rewritten from all of it each time.
-Arguments the suite does not know go to every ``espo fit`` of the command (``--model.max_grad_norm 0.2``) and
-into the default label.
+Arguments the suite does not know go to every ``espo fit`` of the command
+(``--model.stability.max_grad_norm 0.2``) and into the default label.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from espo.tools.suite.probes import NOT_DONE, PROBES
 from espo.tools.suite.report import plot, write_table
 
 RESULTS = "results.json"
+BUILT_IN = ("ESPO", "DiffuGRPO", "WD1", "CoupledGRPO", "SPG")
 
 
 def _object(text: str) -> dict[str, Any]:
@@ -40,7 +41,8 @@ def parser() -> argparse.ArgumentParser:
     """The ``espo suite`` argument parser."""
     p = argparse.ArgumentParser(prog="espo suite", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--objective", nargs="+", default=None, help="Class names or class paths (each its own runs).")
+    p.add_argument("--objective", nargs="+", default=list(BUILT_IN),
+                   help="Class names or class paths, each its own runs (default: the five built-in objectives).")
     p.add_argument("--objective_args", type=_object, default={}, help="JSON init_args over the class defaults.")
     p.add_argument("--num_iterations", type=int, default=None, help="μ, optimiser steps per rollout step.")
     p.add_argument("--lr", type=float, default=None, help="Learning rate (default: the probe's, 1e-4).")
@@ -76,9 +78,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         for name, why in NOT_DONE.items():
             print(f"{name:10s} not done: {why}")
         return []
-    if not args.objective and not args.render_only:
-        p.error("give --objective (class names or class paths), or --render_only")
-    if args.label and args.objective and len(args.objective) > 1:
+    if args.label and len(args.objective) > 1:
         p.error("--label names one objective's runs; give one --objective with it")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

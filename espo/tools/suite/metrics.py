@@ -10,8 +10,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from espo.compare_report import moving_average
-from espo.summary import fifths
+from espo.callbacks.summary import fifths
+from espo.tools.compare_report import moving_average
 
 TARGET_FRACTION = 0.9
 

@@ -86,7 +86,7 @@ def probe_config(probe: Probe, model: str | None = None) -> dict[str, Any]:
         "model": {
             "policy": {"path": model or probe.model, "dtype": "float32"},
             "seed": 0, "num_generations": probe.generations, "num_iterations": probe.num_iterations,
-            "micro_batch_size": completions, "max_grad_norm": 1.0, "val_examples": 0,
+            "batching": {"micro_batch_size": completions}, "stability": {"max_grad_norm": 1.0}, "val_examples": 0,
             "objective": {"class_path": "ESPO"},
             "sampler": {"class_path": "LLaDASampler", "init_args": dict(probe.sampler)},
             "optimizer": {"class_path": "torch.optim.AdamW",

@@ -17,8 +17,8 @@ from typing import Any
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 
-from espo.sampling.callback import run_dir
-from espo.tokens import encode_prompts
+from espo.callbacks.completions import run_dir
+from espo.train.tokens import encode_prompts
 
 FILENAME = "suite_metrics.json"
 

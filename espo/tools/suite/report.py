@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from espo.intervals import Interval, curve_band, mean_interval
+from espo.tools.intervals import Interval, curve_band, mean_interval
 from espo.tools.suite.metrics import TARGET_FRACTION, run_metrics, smooth, window
 
 METRICS = ("steps_to_90", "final_reward", "drawdown", "final_kl", "drift", "seconds")

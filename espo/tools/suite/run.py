@@ -2,8 +2,8 @@
 
 The probe's config (``espo.tools.suite.probes``) gets the variant's ``model.objective`` section, seed (which
 also seeds the task's puzzles and their order, so every variant of a seed sees the same prompts), budget and
-logger from ``espo.compare.run_config``, and runs through ``espo.compare.run_one``: the same ``espo.cli.cli``,
-``DiffusionRL`` and Lightning ``Trainer`` as ``espo fit``.
+logger from ``espo.tools.compare.run_config``, and runs through ``espo.tools.compare.run_one``: the same
+``espo.cli.cli``, ``DiffusionRL`` and Lightning ``Trainer`` as ``espo fit``.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from espo.compare import run_config, run_one
+from espo.tools.compare import run_config, run_one
 from espo.tools.suite.probes import Probe, probe_config
 from espo.tools.suite.recorder import FILENAME
 
@@ -31,7 +31,7 @@ class Variant:
         num_iterations: μ, optimiser steps per rollout step (a model setting); None: the probe's.
         lr: Learning rate; None: the probe's.
         label: Name in the results; None: the class name and the overrides.
-        extra: More ``espo fit`` arguments of these runs (``--model.max_grad_norm 0.2``), after the config.
+        extra: More ``espo fit`` arguments of these runs (``--model.stability.max_grad_norm 0.2``), after the config.
     """
 
     objective: str
@@ -90,7 +90,8 @@ def run_probe(probe: Probe, variant: Variant, seed: int, out: Path, *, rollout_s
         base["data"]["init_args"]["batch_size"] = prompts
     if generations:
         base["model"]["num_generations"] = generations
-    base["model"]["micro_batch_size"] = base["data"]["init_args"]["batch_size"] * base["model"]["num_generations"]
+    completions = base["data"]["init_args"]["batch_size"] * base["model"]["num_generations"]
+    base["model"]["batching"]["micro_batch_size"] = completions
     base["model"]["num_iterations"] = mu
     if variant.lr is not None:
         base["model"]["optimizer"]["init_args"]["lr"] = variant.lr

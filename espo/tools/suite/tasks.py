@@ -68,8 +68,11 @@ class ProbeTask(Sudoku):
         """The reward of one completion, in [0, 1]."""
         raise NotImplementedError
 
-    def reward_components(self, completions: list[str], examples: list[dict[str, Any]]) -> dict[str, list[float]]:
-        return {self.reward_name: [float(self.probe_reward(t, e)) for t, e in zip(completions, examples, strict=True)]}
+    def eval_prompt(self, example: dict[str, Any]) -> Prompt:
+        return self.prompt(example)  # the probe's own prompt, not the Sudoku protocol's
+
+    def reward_components(self, completion: str, example: dict[str, Any]) -> dict[str, float]:
+        return {self.reward_name: float(self.probe_reward(completion, example))}
 
     def score(self, completion: str, example: dict[str, Any]) -> float:
         return float(self.probe_reward(completion, example))
