@@ -330,6 +330,7 @@ USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryEr
 TOOLS: dict[str, tuple[str, str]] = {
     "check": ("espo.tools.check", "validate configs for the world size they declare, without loading weights"),
     "compare": ("espo.tools.compare", "run objectives on one config or their paper recipes; table and plot"),
+    "suite": ("espo.tools.suite.cli", "run objectives on small probes with a known optimum; table and plot"),
     "export": ("espo.scale.export", "write a checkpoint's policy as a model directory load_model reads"),
     "tiny-model": ("espo.models.__main__", "write a tiny random LLaDA checkpoint (demo or testbed size)"),
     "anatomy": ("espo.tasks.sudoku.trace_anatomy", "where SudokuTrace completions go wrong, from espo test files"),
