@@ -1,4 +1,5 @@
-"""docs/tasks.md's "Write your own task" example runs as written, also through the CLI."""
+"""The task example of docs/tasks.md ("Write your own task") runs as written, also through the CLI; the README
+shows the same block."""
 
 from __future__ import annotations
 
@@ -18,6 +19,12 @@ def snippet() -> str:
     section = text.split("## Write your own task", 1)[1]
     [code] = re.findall(r"```python\n(.*?)```", section, re.DOTALL)[:1]
     return code
+
+
+def test_the_readme_shows_the_docs_example_unchanged():
+    readme = (REPO / "README.md").read_text().split("### Register a new task", 1)[1]
+    [code] = re.findall(r"```python\n(.*?)```", readme, re.DOTALL)[:1]
+    assert code == snippet()
 
 
 def test_snippet_is_a_complete_task_of_about_thirty_lines(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
