@@ -6,7 +6,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_module import CountSevens, fit
 
 from espo.models import load_model
 from espo.models.lora import AdapterDisabled, LoRASpec
@@ -17,6 +16,7 @@ from espo.train.persistence import ExportSpec
 from espo.train.policy import PolicySpec
 from espo.train.sizes import Batching
 from espo.train.update import Stability
+from tests.test_module import CountSevens, fit
 
 
 @pytest.mark.slow

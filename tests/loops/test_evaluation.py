@@ -11,7 +11,7 @@ from espo.cli import main
 from espo.loops.evaluation import Evaluation
 from espo.tasks import Sudoku
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 TEST_CSV = "espo:sudoku_4x4_test.csv"  # the packaged copy of the papers' test set
 
 

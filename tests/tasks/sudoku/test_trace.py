@@ -20,7 +20,7 @@ from espo.tasks.sudoku.trace import (
     trace,
 )
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[3]
 CHECKPOINT = REPO / "checkpoints" / "testbed-sft"
 
 # ESPO's worked example (9 blanks); its trace worked out by hand: first naked single in reading order each time.

@@ -11,7 +11,6 @@ import lightning.pytorch as pl
 import pytest
 import torch
 import yaml
-from conftest import SMALL
 from torch.distributed.tensor import DTensor
 
 from espo.models import load_model, logits_at, tiny_model
@@ -21,8 +20,9 @@ from espo.sampling import LLaDASampler, generate
 from espo.scale import apply_activation_checkpointing, export_checkpoint, gathered, release, shard_model
 from espo.tasks import Sudoku
 from espo.train.policy import PolicySpec
+from tests.conftest import SMALL
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")

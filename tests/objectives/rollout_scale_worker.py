@@ -1,8 +1,8 @@
-"""Worker of tests/test_rollout_norm.py: two gloo processes, each with half of one rollout.
+"""Worker of tests/objectives/test_rollout_scale.py: two gloo processes, each with half of one rollout.
 
-Run as ``python tests/rollout_norm_worker.py OUT``; rank r holds rows [4r, 4r + 4) of the 8-row rollout of
-``tests.test_rollout_norm.make_rollout``, takes the update's micro-batch weighting, averages gradients over the
-ranks (as DDP and FSDP2 do) and rank 0 saves them, with every rank's ESPO masks, to OUT.
+Run as ``python tests/objectives/rollout_scale_worker.py OUT``; rank r holds rows [4r, 4r + 4) of the 8-row
+rollout of ``tests.objectives.test_rollout_scale.make_rollout``, takes the update's micro-batch weighting, averages
+gradients over the ranks (as DDP and FSDP2 do) and rank 0 saves them, with every rank's ESPO masks, to OUT.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import torch.multiprocessing as mp
 
 
 def _run(rank: int, world: int, port: int, out: str) -> None:
-    from tests.test_rollout_norm import OBJECTIVES, espo_masks, gradients, make_rollout
+    from tests.objectives.test_rollout_scale import OBJECTIVES, espo_masks, gradients, make_rollout
 
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     try:
@@ -39,7 +39,7 @@ def _run(rank: int, world: int, port: int, out: str) -> None:
 
 if __name__ == "__main__":
     torch.set_num_threads(1)
-    import tests.test_rollout_norm  # noqa: F401 - imported once here: forked ranks inherit it (no re-import)
+    import tests.objectives.test_rollout_scale  # noqa: F401 - imported once here: forked ranks inherit it (no re-import)
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -112,7 +112,7 @@ def test_recipes_build_the_papers_schedule_from_yaml(name, warmup, monkeypatch: 
     from espo.cli import cli
 
     monkeypatch.setattr("sys.argv", ["espo"])
-    config = Path(__file__).resolve().parents[1] / "configs" / f"{name}.yaml"
+    config = Path(__file__).resolve().parents[2] / "configs" / f"{name}.yaml"
     parsed = cli(["--config", str(config)], run=False)
     sched = parsed.model.scheduler_factory(optimizer())
     assert isinstance(sched, WarmupSchedule) and sched.warmup_ratio == 0.001 and sched.decay == "constant"

@@ -13,7 +13,7 @@ import pytest
 from espo.cli import EspoCLI, cli, main
 from espo.tools.check import Report, check
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SHIPPED = sorted(str(p.relative_to(REPO)) for p in (REPO / "configs").glob("**/*.yaml") if p.parent.name != "scale")
 # Every "--config configs/X.yaml --config configs/scale/Y.yaml" the docs and the configs' own headers show.
 _PAIR = re.compile(r"--config (configs/[\w/]+\.yaml) --config (configs/scale/\w+\.yaml)")

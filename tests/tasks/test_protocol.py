@@ -13,7 +13,7 @@ from espo.tasks import GSM8K, MATH500, Code, Countdown, Sudoku, Task
 from espo.tasks.gsm8k import GSM8KESPO
 from espo.tasks.protocol import Protocol
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 GSM = {"question": "How many?", "answer": "72"}
 
 
@@ -75,5 +75,5 @@ def test_a_config_may_give_a_protocol_object(monkeypatch: pytest.MonkeyPatch):
 
     monkeypatch.setattr(sys, "argv", ["espo"])
     parsed = cli(["--config", str(REPO / "configs/demo.yaml"), "--data", "GSM8K", "--data.init_args.protocol",
-                  '{"class_path": "test_protocol.ShoutedGSM8K"}'], run=False)
+                  f'{{"class_path": "{__name__}.ShoutedGSM8K"}}'], run=False)
     assert type(parsed.datamodule.protocol).__name__ == "ShoutedGSM8K"

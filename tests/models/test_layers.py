@@ -11,7 +11,7 @@ import torch
 from espo.models.layers import LayerKV, RMSNorm, RotaryEmbedding, grouped_query_attention
 
 FAMILIES = ("llada", "dream", "sdar", "llada2")
-MODELS = Path(__file__).resolve().parents[1] / "espo" / "models"
+MODELS = Path(__file__).resolve().parents[2] / "espo" / "models"
 
 
 def test_model_families_never_import_each_other():

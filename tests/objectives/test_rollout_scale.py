@@ -1,6 +1,6 @@
 """Normalising over the whole rollout: the objective no longer depends on micro_batch_size, nor on the ranks.
 
-A 2-process gloo run (tests/rollout_norm_worker.py, in a subprocess) holds half of the rollout per rank; its
+A 2-process gloo run (tests/objectives/rollout_scale_worker.py, in a subprocess) holds half of the rollout per rank; its
 rank-averaged gradient equals the one process gradient over all rows, with any micro-batch size.
 """
 
@@ -18,7 +18,7 @@ from espo.models import tiny_model
 from espo.objectives import ESPO, SPG, DiffuGRPO, Rollout, group_advantages
 from espo.objectives.rollout_scale import rollout_token_scale
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SMALL = {"n_layers": 2, "d_model": 32, "n_heads": 2, "n_kv_heads": 2, "mlp_hidden_size": 64}
 P, L = 3, 8
 OBJECTIVES = {
@@ -99,8 +99,9 @@ def test_two_processes_match_one(tmp_path: Path):
            "OMP_NUM_THREADS": "1"}
     for key in ("MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "RANK", "LOCAL_RANK"):
         env.pop(key, None)
-    done = subprocess.run([sys.executable, str(REPO / "tests" / "rollout_norm_worker.py"), str(out)], env=env,
-                          cwd=REPO, capture_output=True, text=True, timeout=300)
+    worker = REPO / "tests" / "objectives" / "rollout_scale_worker.py"
+    done = subprocess.run([sys.executable, str(worker), str(out)], env=env, cwd=REPO, capture_output=True, text=True,
+                          timeout=300)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
     sharded = torch.load(out)
     for size in (3, 8):

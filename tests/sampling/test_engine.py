@@ -214,7 +214,7 @@ def test_samplers_configurable_from_the_command_line(monkeypatch: pytest.MonkeyP
     from espo.sampling import DreamSampler
 
     monkeypatch.setattr("sys.argv", ["espo"])
-    demo = str(Path(__file__).resolve().parents[1] / "configs/demo.yaml")
+    demo = str(Path(__file__).resolve().parents[2] / "configs/demo.yaml")
     parsed = cli(["--config", demo, "--model.policy.path", "no/such/dir", "--model.sampler.init_args.threshold", "0.9",
                   "--model.sampler.init_args.early_exit", "true"], run=False)
     assert isinstance(parsed.model.sampler, LLaDASampler)

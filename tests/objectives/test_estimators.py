@@ -8,7 +8,7 @@ import math
 import torch
 
 from espo.objectives import coupled_logps, mean_field_logps, sample_coupled_masks, sample_prompt_masks
-from tests.test_elbo import exact_elbo
+from tests.objectives.test_mc_elbo import exact_elbo
 
 P, L = 2, 4
 
@@ -87,8 +87,8 @@ def test_mean_field_is_unbiased_for_its_own_mean_but_not_the_elbo(small_model):
 
 
 def exact_elbo_at(model, ids: torch.Tensor) -> torch.Tensor:
-    """The exact ELBO for this file's P, L (the helper in test_elbo uses its own module constants)."""
-    import tests.test_elbo as te
+    """The exact ELBO for this file's P, L (the helper in test_mc_elbo uses its own module constants)."""
+    import tests.objectives.test_mc_elbo as te
 
     saved = te.P, te.L
     te.P, te.L = P, L

@@ -14,7 +14,7 @@ import yaml
 from espo.tasks import Countdown, Sudoku
 from espo.tasks.testsets import FILES, FOLDER, packaged, resolve
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 # Git blob ids of the files in ML-GSAI/ESPO's and dllm-reasoning/d1's dataset/ folders (the same blobs in both).
 PAPERS_BLOBS = {"countdown_cd3_test.jsonl": "426050624e8db0284203ef638a5ec6b6cd51b4a7",

@@ -24,7 +24,7 @@ import yaml
 from espo.models import load_model
 from espo.scale import export_checkpoint
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 #: Relative tolerance on logged losses and weights: summation order differs (sharded gradient norms,
 #: float32 reductions), nothing else. Each such pairwise float32 sum is within ≈ log2(n)·ε32/2 (n ≈ 1e5
 #: parameters: 1e-6) of the exact one, so two orders differ by ≲ 2e-6 relative; the clip factor and the

@@ -1,0 +1,1 @@
+"""The test suite: one folder per package of ``espo/``, one module per source module or concept."""
