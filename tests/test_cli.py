@@ -1,16 +1,22 @@
-"""The espo command: configs parse, overrides apply, bad input fails before any model loads, fit runs."""
+"""The espo command: configs parse and run, overrides apply, bad input fails before any model loads in one message,
+the user's settings win over a checkpoint's, checkpoint options reach the trainer."""
 
 from __future__ import annotations
 
 import json
 import logging
+import re
 from pathlib import Path
+from typing import Any
 
 import pytest
+import torch
 import yaml
 
-from espo.cli import cli, main
-from espo.objectives import ESPO, MaskedSFT
+from espo.cli import EspoCLI, cli, main
+from espo.objectives import ESPO, DiffuGRPO, MaskedSFT
+from espo.tools.compare import snake
+from tests.helpers import DEMO
 
 REPO = Path(__file__).resolve().parents[1]
 # configs/scale/ holds trainer snippets that only parse on top of a recipe (tested in test_scale.py).
@@ -119,7 +125,6 @@ def test_two_step_fit_writes_summary(tiny_dir: Path, tmp_path: Path):
 
 def test_swapping_the_objective_by_name_gives_its_own_defaults():
     """An ESPO config's beta must not leak into DiffuGRPO: a swapped objective starts from its defaults."""
-    from espo.objectives import DiffuGRPO
 
     swapped = cli(["--config", str(REPO / "configs" / "demo.yaml"), "--model.objective", "DiffuGRPO"], run=False)
     assert type(swapped.model.objective) is DiffuGRPO
@@ -132,3 +137,127 @@ def test_swapping_the_objective_by_name_gives_its_own_defaults():
     assert long.model.objective.beta == 0.04  # the class_path spelling swaps to the class defaults too
     kept = cli(["--config", str(REPO / "configs" / "demo.yaml"), "--model.objective.init_args.num_mc", "3"], run=False)
     assert kept.model.objective.beta == 0.01 and kept.model.objective.num_mc == 3  # no swap: the config's values
+
+
+@pytest.mark.parametrize("sampler_args, needle", [
+    (["--model.sampler.init_args.block_length", "7"], r"block_length \(7\) must divide gen_length \(20\)"),
+    (["--model.sampler.init_args.block_length", "10", "--model.sampler.init_args.steps", "5"],
+     r"steps \(5\) must be divisible by the number of blocks \(2\)"),
+])
+def test_sampler_knobs_fail_when_the_config_is_read(sampler_args, needle, monkeypatch: pytest.MonkeyPatch,
+                                                     capsys: pytest.CaptureFixture[str]):
+    monkeypatch.setattr("sys.argv", ["espo"])
+    with pytest.raises(SystemExit) as exit_info:  # the espo command prints the message, not a traceback
+        main(["fit", "--config", str(REPO / "configs/demo.yaml"), "--model.policy.path", "no/such/dir", *sampler_args])
+    assert exit_info.value.code == 1
+    err = capsys.readouterr().err
+    assert re.search(f"^error: {needle}", err, re.M) and "Traceback" not in err
+    with pytest.raises(ValueError, match=needle):  # the programmatic cli() raises it
+        cli(["fit", "--config", str(REPO / "configs/demo.yaml"), "--model.policy.path", "no/such/dir", *sampler_args])
+
+
+def test_unknown_objective_names_the_choices(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]):
+    monkeypatch.setattr("sys.argv", ["espo"])
+    with pytest.raises(SystemExit):
+        main(["fit", "--config", str(REPO / "configs/demo.yaml"), "--model.objective", "ESPOO"])
+    err = capsys.readouterr().err
+    names = "CoupledGRPO, DiffuGRPO, ESPO, MaskedSFT, SPG, WD1"  # concrete classes only (not the TokenPPO base)
+    assert f"model.objective: unknown class 'ESPOO'. Built-in names: {names};" in err
+    assert "full class_path" in err
+
+
+OBJECTIVE_CONFIGS = sorted((REPO / "configs" / "objectives").glob("*.yaml"))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("config", OBJECTIVE_CONFIGS, ids=lambda p: p.stem)
+def test_objective_configs_run_two_steps(config: Path, tiny_dir: Path, tmp_path: Path):
+    main(["fit", "--config", str(config), "--model.policy.path", str(tiny_dir), "--trainer.max_steps", "2",
+          "--trainer.logger.init_args.save_dir", str(tmp_path), "--data.init_args.batch_size", "2",
+          "--model.batching.micro_batch_size", "12", "--model.num_iterations", "1"])
+    [summary] = tmp_path.glob("*/version_*/summary.json")
+    data = json.loads(summary.read_text())
+    assert data["steps"] == 2 and snake(data["objective"]) == config.stem
+
+
+def test_recipes_state_the_papers_global_batch():
+    for name in ("gsm8k", "math", "countdown", "sudoku", "code"):
+        assert "over all processes (the paper's 16)" in (REPO / "configs" / f"{name}.yaml").read_text()
+
+
+def test_parse_errors_print_the_message_not_the_usage(capsys: pytest.CaptureFixture[str]):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", DEMO, "--model.nosuch", "3"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[0].startswith("error:") and "--model.nosuch" in err[0]
+    assert len(err) <= 3 and "usage:" not in "\n".join(err) and "--help" in err[-1]
+
+
+def test_yaml_syntax_error_names_the_file_line_and_column(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model:\n  model: [unclosed\ndata: 1\n")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", str(bad)])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert f"--config {bad}: not valid YAML at line 3" in err and "<unicode string>" not in err
+
+
+def test_errors_after_parsing_are_one_message(capsys: pytest.CaptureFixture[str], tmp_path: Path):
+    empty = tmp_path / "empty.csv"
+    empty.write_text("Puzzle,Solution\n")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", DEMO, "--model.policy.path", "no/such/dir", "--data.init_args.train_file", str(empty)])
+    assert exit_info.value.code == 1
+    err = capsys.readouterr().err
+    assert "Traceback (most recent call last)" not in err and f"error: {empty}: no puzzles" in err
+
+
+def test_no_double_argument_warning_and_no_logger_advert(caplog: pytest.LogCaptureFixture):
+    import subprocess
+    import sys
+
+    child = subprocess.run([sys.executable, "-m", "espo.cli", "fit", "--config", DEMO, "--print_config"],
+                           capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert child.returncode == 0 and "not recommended to provide both args" not in child.stderr
+    with caplog.at_level(logging.INFO):
+        logging.getLogger("lightning.pytorch.utilities.rank_zero").info("💡 Tip: try installing [litlogger]")
+    assert "litlogger" not in caplog.text
+
+
+def test_checkpoints_asked_for_on_the_demo_are_written():
+    parsed = cli(["--config", DEMO, "--model.policy.path", "no/such/dir", "--checkpoint.every_n_train_steps", "4"],
+                 run=False)
+    callback = parsed.trainer.checkpoint_callback
+    assert callback is not None and callback._every_n_train_steps == 4
+    assert cli(["--config", DEMO, "--model.policy.path", "no/such/dir"], run=False).trainer.checkpoint_callback \
+        ._every_n_train_steps == 0  # the demo itself saves nothing periodically
+
+
+def test_checkpoint_settings_with_checkpointing_off_fail_clearly():
+    with pytest.raises(ValueError, match=r"checkpoint.every_n_train_steps asks for checkpoints, but "
+                                         r"trainer.enable_checkpointing is false"):
+        cli(["fit", "--config", DEMO, "--model.policy.path", "no/such/dir", "--trainer.enable_checkpointing", "false",
+             "--checkpoint.every_n_train_steps", "4"])
+
+
+def test_user_settings_win_over_the_checkpoints_hyper_parameters(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                 caplog: pytest.LogCaptureFixture):
+    from espo.loops.evaluation import Evaluation
+    from espo.train.policy import PolicySpec
+
+    ckpt = tmp_path / "last.ckpt"
+    saved: dict[str, Any] = {"policy": PolicySpec(path="checkpoints/tiny-sudoku-sft"), "evaluation": Evaluation(),
+                             "export": None, "num_generations": 6}
+    torch.save({"hyper_parameters": saved, "pytorch-lightning_version": "2.6.0"}, ckpt)
+    monkeypatch.setattr(EspoCLI, "_run_subcommand", lambda self, subcommand: None)  # parse and build only
+    with caplog.at_level(logging.INFO):
+        parsed = cli(["test", "--config", DEMO, "--ckpt_path", str(ckpt), "--model.policy.path", "other/dir",
+                      "--model.evaluation.lengths", "[16]", "--model.evaluation.steps_ratio", "1.0",
+                      "--model.export.dir", str(tmp_path / "out")])
+    assert parsed.model.evaluation.lengths == [16] and parsed.model.evaluation.steps_ratio == 1.0
+    assert parsed.model.policy_spec.path == "other/dir" and parsed.model.export_spec.dir == str(tmp_path / "out")
+    assert "using model.evaluation.lengths=[16] from your settings (the checkpoint was written with null)" \
+        in caplog.text
+    assert json.dumps(6) not in caplog.text.split("num_generations")[-1][:3]  # unchanged settings are not listed

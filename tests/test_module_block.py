@@ -17,7 +17,7 @@ from espo.sampling import BlockDiffusionSampler
 from espo.train.policy import PolicySpec
 from espo.train.sizes import Batching
 from espo.train.update import Stability
-from tests.test_module import CountSevens, fit
+from tests.helpers import CountSevens, fit
 
 
 @pytest.fixture(autouse=True)

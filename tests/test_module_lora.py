@@ -16,7 +16,7 @@ from espo.train.persistence import ExportSpec
 from espo.train.policy import PolicySpec
 from espo.train.sizes import Batching
 from espo.train.update import Stability
-from tests.test_module import CountSevens, fit
+from tests.helpers import CountSevens, fit
 
 
 @pytest.mark.slow

@@ -1,4 +1,5 @@
-"""``espo test``: multi-length generation on the tiny model over a local slice, table, JSONL and metric."""
+"""``espo test``: multi-length generation on the tiny model over a local slice, table, JSONL and metric; the
+configured sampler class at every length."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import pytest
 
 from espo.cli import main
 from espo.loops.evaluation import Evaluation
+from espo.sampling import DreamSampler, LLaDASampler
 from espo.tasks import Sudoku
 
 REPO = Path(__file__).resolve().parents[2]
@@ -70,3 +72,16 @@ def test_espo_test_on_the_tiny_checkpoint(tmp_path: Path, capsys: pytest.Capture
         assert results[str(length)]["score"] == pytest.approx(sum(scores) / len(scores))
         assert results[str(length)]["count"] == 2
     assert results["task"] == "Sudoku" and results["protocol"] == "d1"
+
+
+def test_evaluation_uses_the_configured_sampler_class():
+    evaluation = Evaluation(lengths=[64])
+    steps, block = evaluation.schedule(64)
+    dream = evaluation.sampler_for(DreamSampler(gen_length=20, steps=20, alg="topk_margin"), 64, steps, block)
+    assert isinstance(dream, DreamSampler) and dream.alg == "topk_margin" and dream.block_length is None
+    assert (dream.gen_length, dream.steps, dream.temperature) == (64, 32, 0.0)
+    llada = evaluation.sampler_for(LLaDASampler(gen_length=20, block_length=20, steps=20, cfg_scale=0.5),
+                                   64, steps, block)
+    assert (llada.gen_length, llada.block_length, llada.cfg_scale) == (64, 32, 0.5)
+    with pytest.raises(ValueError, match="must divide the generation length 48"):
+        Evaluation(lengths=[48], block_length=32 + 3)

@@ -1,4 +1,5 @@
-"""Loading both families from their published layout; logits against a from-scratch re-implementation.
+"""Loading both families from their published layout; logits against a from-scratch re-implementation; broken
+model directories fail with the file named.
 
 The reference forward passes below read the raw safetensors files and compute attention with an explicit
 softmax (no SDPA), RoPE as explicit pair rotations, GQA by index: independent of espo's modules.
@@ -244,3 +245,52 @@ def test_hub_ids_respect_offline_mode(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(FileNotFoundError, match="HF_HUB_OFFLINE is set"):
         load_model("espo-test-org/not-a-cached-model")
+
+
+def test_model_directory_without_config_or_weights(tiny_dir: Path, tmp_path: Path):
+    for name, needle in (("config.json", r"no config\.json"), ("model.safetensors", r"no weights")):
+        broken = shutil.copytree(tiny_dir, tmp_path / name)
+        (broken / name).unlink()
+        with pytest.raises(FileNotFoundError, match=rf"{broken} is not a model directory: {needle}"):
+            load_model(broken)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(FileNotFoundError, match=r"no config\.json and no weights .*holds nothing"):
+        load_model(empty)
+    # A native family with only PyTorch-pickle weights is told to convert them (the generic path reads them).
+    pickled = shutil.copytree(tiny_dir, tmp_path / "pickled")
+    (pickled / "model.safetensors").rename(pickled / "pytorch_model.bin")
+    with pytest.raises(FileNotFoundError, match=r"found \['pytorch_model\.bin'\].*convert"):
+        load_model(pickled)
+
+
+def test_tokenizer_without_mask_token(tiny_dir: Path, tmp_path: Path):
+    broken = shutil.copytree(tiny_dir, tmp_path / "nomask")
+    for name, key in (("config.json", "mask_token_id"), ("tokenizer_config.json", "mask_token")):
+        data = json.loads((broken / name).read_text())
+        data.pop(key)
+        (broken / name).write_text(json.dumps(data))
+    with pytest.raises(ValueError, match=r"no mask token: config\.json has no mask_token_id and the tokenizer "
+                                         r"no mask_token"):
+        load_model(broken)
+    config = json.loads((broken / "config.json").read_text())
+    (broken / "config.json").write_text(json.dumps({**config, "mask_token_id": 10_000}))
+    with pytest.raises(ValueError, match=r"mask token id 10000 is outside the vocabulary"):
+        load_model(broken)
+
+
+def test_truncated_shard_and_missing_tokenizer_are_named(tiny_dir: Path, tmp_path: Path):
+    import shutil
+
+    from espo.models import load_model
+
+    cut = shutil.copytree(tiny_dir, tmp_path / "cut")
+    weights = cut / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    with pytest.raises(ValueError, match=rf"{weights}: .*truncated or corrupt"):
+        load_model(cut)
+    bare = shutil.copytree(tiny_dir, tmp_path / "bare")
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        (bare / name).unlink(missing_ok=True)
+    with pytest.raises(FileNotFoundError, match=rf"{bare} has no tokenizer files"):
+        load_model(bare)

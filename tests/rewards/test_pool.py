@@ -1,8 +1,10 @@
-"""RewardPool: results in order; a hang, a crash or an exception scores the fallback, is counted, never raises."""
+"""RewardPool: results in order; a hang, a crash or an exception scores the fallback, is counted, never raises;
+workers end on SIGTERM."""
 
 from __future__ import annotations
 
 import os
+import signal
 import time
 
 import pytest
@@ -101,3 +103,23 @@ def test_thread_mode_runs_items_at_once_in_order_and_counts_exceptions():
     assert time.monotonic() - start < 1.5
     assert pool.stats() == {"timeouts": 0.0, "errors": 1.0, "invalid": 0.0}
     assert "sandbox runner failed" in pool.last_error
+
+
+def _negate(x: int) -> int:
+    return -x
+
+
+def test_pool_workers_end_on_sigterm_even_if_the_parent_ignores_it():
+    # Lightning installs a SIGTERM handler that only logs; forked workers must not inherit it, or
+    # multiprocessing's exit handler waits for them forever.
+    previous = signal.signal(signal.SIGTERM, lambda *_: None)
+    pool = RewardPool(workers=1, timeout=5.0, start_method="fork")
+    try:
+        assert pool.map(_negate, [(3,)]) == [-3]
+        process = pool._slots[0].process
+        os.kill(process.pid, signal.SIGTERM)
+        process.join(timeout=5)
+        assert not process.is_alive()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        pool.close()  # SIGKILLs a survivor, so a regression fails here instead of hanging the suite at exit

@@ -15,7 +15,7 @@ from espo.sampling import LLaDASampler
 from espo.train.policy import PolicySpec
 from espo.train.reference_sync import ReferenceSync, mix_into_reference, sync_if_due
 from espo.train.update import Stability
-from tests.test_module import CountSevens
+from tests.helpers import CountSevens
 
 SAMPLER = LLaDASampler(gen_length=8, block_length=4, steps=4, temperature=1.0)
 

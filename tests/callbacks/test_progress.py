@@ -1,0 +1,27 @@
+"""The console of a run (``espo.callbacks.progress``): the bar counts rollout steps and shows no bogus bound."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+
+from tests.helpers import DEMO
+
+
+def test_progress_bar_has_no_bogus_epoch_bound_or_version():
+    from espo.callbacks.progress import RunProgressBar
+
+    bar = RunProgressBar()
+    bar._trainer = SimpleNamespace(max_epochs=-1)
+    assert bar._get_train_description(49) == "Epoch 49"  # Lightning's: "Epoch 49/-2"
+    bar._trainer = SimpleNamespace(max_epochs=3)
+    assert bar._get_train_description(1) == "Epoch 1/2"
+    assert "espo.callbacks.progress.RunProgressBar" in Path(DEMO).read_text()
+    # The bar's total counts rollout steps: max_steps and global_step count optimiser steps, μ per batch.
+    bar._trainer = SimpleNamespace(max_epochs=-1, max_steps=160, global_step=40, num_training_batches=250_000,
+                                   lightning_module=SimpleNamespace(num_iterations=2))
+    assert bar.total_train_batches == 60  # Lightning's: 120
+    bar._trainer.global_step, bar._trainer.lightning_module.num_iterations = 41, 3
+    assert bar.total_train_batches == 40  # 119 optimiser steps left, 3 per batch: ceil
+    bar._trainer.num_training_batches = 8
+    assert bar.total_train_batches == 8
