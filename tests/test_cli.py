@@ -109,22 +109,40 @@ def test_help_lists_module_options(capsys: pytest.CaptureFixture[str]):
     assert "--model.num_iterations" in out and "Inner optimiser steps" in out
 
 
+@pytest.fixture(scope="module")
+def demo_run(tiny_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The log directory of ``espo fit`` on the demo config: 4 optimiser steps (2 rollout steps), 3 held-out."""
+    root = tmp_path_factory.mktemp("demo_run")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("sys.argv", ["espo"])
+        assert main(["fit", "--config", str(REPO / "configs/demo.yaml"), "--model.policy.path", str(tiny_dir),
+                     "--trainer.max_steps", "4", "--trainer.logger.init_args.save_dir", str(root),
+                     "--data.init_args.batch_size", "2", "--model.batching.micro_batch_size", "6",
+                     "--completions.every_n_steps", "1", "--completions.num_rows", "2",
+                     "--model.val_examples", "3"]) is None
+    [log_dir] = root.glob("demo/version_*")
+    return log_dir
+
+
 @pytest.mark.slow
-def test_two_step_fit_writes_summary(tiny_dir: Path, tmp_path: Path):
-    assert main(["fit", "--config", str(REPO / "configs/demo.yaml"), "--model.policy.path", str(tiny_dir),
-          "--trainer.max_steps", "4", "--trainer.logger.init_args.save_dir", str(tmp_path),
-          "--data.init_args.batch_size", "2", "--model.batching.micro_batch_size", "6",
-          "--completions.every_n_steps", "1", "--completions.num_rows", "2", "--model.val_examples", "3"]) is None
-    [summary_file] = tmp_path.glob("demo/version_*/summary.json")
-    summary = json.loads(summary_file.read_text())
+def test_two_step_fit_writes_summary(demo_run: Path):
+    summary = json.loads((demo_run / "summary.json").read_text())
     assert summary["steps"] == 4 and summary["rollout_steps"] == 2
     assert summary["reward_first"] is not None and summary["reward_last"] is not None
     assert summary["seconds"] > 0
     assert summary["val_examples"] == 3 and summary["val_score_start"] is not None  # the demo validates
-    lines = (summary_file.parent / "completions.jsonl").read_text().splitlines()
+
+
+@pytest.mark.slow
+def test_fit_logs_every_completion_of_every_rollout_step(demo_run: Path):
+    lines = (demo_run / "completions.jsonl").read_text().splitlines()
     assert len(lines) == 2 * 2 * 6  # every completion of both rollout steps
     assert {"prompt", "completion", "reward", "cell_accuracy", "step"} <= set(json.loads(lines[0]))
-    metrics = (summary_file.parent / "metrics.csv").read_text().splitlines()[0]
+
+
+@pytest.mark.slow
+def test_fit_logs_the_step_metrics_to_csv(demo_run: Path):
+    metrics = (demo_run / "metrics.csv").read_text().splitlines()[0]
     for key in ("reward", "kl", "clip_region", "ratio_mean", "advantage_abs", "completion_length",
                 "tokens_per_second", "reward/cell_accuracy", "reward/timeouts", "reward/errors"):
         assert key in metrics.split(","), key
@@ -222,13 +240,16 @@ def test_errors_after_parsing_are_one_message(capsys: pytest.CaptureFixture[str]
     assert "Traceback (most recent call last)" not in err and f"error: {empty}: no puzzles" in err
 
 
-def test_no_double_argument_warning_and_no_logger_advert(caplog: pytest.LogCaptureFixture):
+def test_no_double_argument_warning(caplog: pytest.LogCaptureFixture):
     import subprocess
     import sys
 
     child = subprocess.run([sys.executable, "-m", "espo.cli", "fit", "--config", DEMO, "--print_config"],
                            capture_output=True, text=True, timeout=300, cwd=REPO)
     assert child.returncode == 0 and "not recommended to provide both args" not in child.stderr
+
+
+def test_no_logger_advert(caplog: pytest.LogCaptureFixture):
     with caplog.at_level(logging.INFO):
         logging.getLogger("lightning.pytorch.utilities.rank_zero").info("💡 Tip: try installing [litlogger]")
     assert "litlogger" not in caplog.text
@@ -239,6 +260,9 @@ def test_checkpoints_asked_for_on_the_demo_are_written():
                  run=False)
     callback = parsed.trainer.checkpoint_callback
     assert callback is not None and callback._every_n_train_steps == 4
+
+
+def test_the_demo_saves_no_periodic_checkpoint():
     assert cli(["--config", DEMO, "--model.policy.path", "no/such/dir"], run=False).trainer.checkpoint_callback \
         ._every_n_train_steps == 0  # the demo itself saves nothing periodically
 

@@ -3,7 +3,9 @@ non-finite steps are skipped, zero-variance groups filtered; what ``setup`` refu
 
 from __future__ import annotations
 
+import contextlib
 import inspect
+import io
 import math
 from pathlib import Path
 from types import SimpleNamespace
@@ -23,7 +25,9 @@ from espo.train.update import Stability
 from tests.helpers import Constant, CountSevens, NaNObjective, fit
 
 
-def test_every_trainable_parameter_changes_after_two_rl_steps(tiny_dir: Path, tmp_path: Path):
+@pytest.fixture(scope="module")
+def two_rl_steps(tiny_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
+    """Two ESPO rollout steps (μ = 2) on the tiny model; what the tests compare: states before, the run after."""
     sampler = LLaDASampler(gen_length=8, block_length=4, steps=4, temperature=1.0)
     module = DiffusionRL(PolicySpec(str(tiny_dir), dtype="float32"), ESPO(beta=0.01, num_mc=1), sampler,
                          num_generations=4, num_iterations=2, batching=Batching(micro_batch_size=4),
@@ -33,14 +37,32 @@ def test_every_trainable_parameter_changes_after_two_rl_steps(tiny_dir: Path, tm
     before = {n: p.detach().clone() for n, p in module.policy.named_parameters()}
     reference_before = {n: p.detach().clone() for n, p in module.reference.named_parameters()}
     rng = torch.random.get_rng_state()
-    trainer = fit(module, CountSevens(batch_size=2), 4, tmp_path)
-    assert torch.equal(rng, torch.random.get_rng_state()), "training touched the global RNG"
-    assert trainer.global_step == 4 and module.rollout_step == 2
-    unchanged = [n for n, p in module.policy.named_parameters() if torch.equal(p.detach(), before[n])]
+    trainer = fit(module, CountSevens(batch_size=2), 4, tmp_path_factory.mktemp("two_rl_steps"))
+    return SimpleNamespace(module=module, trainer=trainer, before=before, reference_before=reference_before,
+                           rng_before=rng, rng_after=torch.random.get_rng_state())
+
+
+def test_every_trainable_parameter_changes_after_two_rl_steps(two_rl_steps: SimpleNamespace):
+    before = two_rl_steps.before
+    unchanged = [n for n, p in two_rl_steps.module.policy.named_parameters() if torch.equal(p.detach(), before[n])]
     assert not unchanged, f"parameters that did not change: {unchanged}"
-    for n, p in module.reference.named_parameters():
-        assert torch.equal(p, reference_before[n]) and not p.requires_grad
-    assert len(module.reward_history) == 2 and len(module.last_samples) == 8
+
+
+def test_training_leaves_the_global_rng_untouched(two_rl_steps: SimpleNamespace):
+    assert torch.equal(two_rl_steps.rng_before, two_rl_steps.rng_after), "training touched the global RNG"
+
+
+def test_each_rollout_step_takes_mu_optimiser_steps(two_rl_steps: SimpleNamespace):
+    assert two_rl_steps.trainer.global_step == 4 and two_rl_steps.module.rollout_step == 2
+
+
+def test_the_reference_stays_frozen_and_unchanged(two_rl_steps: SimpleNamespace):
+    for n, p in two_rl_steps.module.reference.named_parameters():
+        assert torch.equal(p, two_rl_steps.reference_before[n]) and not p.requires_grad
+
+
+def test_each_rollout_step_records_its_rewards_and_samples(two_rl_steps: SimpleNamespace):
+    assert len(two_rl_steps.module.reward_history) == 2 and len(two_rl_steps.module.last_samples) == 8
 
 
 def test_runs_are_reproducible_from_the_seed(tiny_dir: Path, tmp_path: Path):
@@ -91,21 +113,31 @@ def test_batching_refuses_a_size_below_one():
         Batching(rollout_batch_size=0)
 
 
-def test_equal_rewards_give_zero_advantages_and_a_finite_step_with_std_scaling(tiny_dir: Path, tmp_path: Path,
-                                                                              capsys: pytest.CaptureFixture[str]):
+@pytest.fixture(scope="module")
+def equal_rewards_step(tiny_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
+    """One ESPO step with std scaling where every reward is equal: the module, its metrics, what fit printed."""
     sampler = LLaDASampler(gen_length=8, block_length=4, steps=4, temperature=1.0)
     module = DiffusionRL(PolicySpec(str(tiny_dir)), ESPO(beta=0.01, num_mc=1, baseline="mean", scale_rewards=True),
                          sampler, num_generations=4, batching=Batching(micro_batch_size=4),
                          optimizer=lambda p: torch.optim.SGD(p, lr=0.1))
-    trainer = fit(module, Constant(batch_size=2), 1, tmp_path)
+    printed = io.StringIO()  # capsys is per test; the console writes to sys.stdout at print time
+    with contextlib.redirect_stdout(printed):
+        trainer = fit(module, Constant(batch_size=2), 1, tmp_path_factory.mktemp("equal_rewards"))
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    return SimpleNamespace(module=module, metrics=metrics, printed=printed.getvalue())
+
+
+def test_equal_rewards_give_zero_advantages_and_a_finite_step_with_std_scaling(equal_rewards_step: SimpleNamespace):
+    metrics = equal_rewards_step.metrics
     assert metrics["zero_std_groups"] == 1.0 and metrics["advantage_abs"] == 0.0
     assert math.isfinite(metrics["loss"]) and math.isfinite(metrics["grad_norm"])
-    assert module.skipped_updates == 0 and metrics["skipped_updates"] == 0.0
-    out = capsys.readouterr().out  # the effective sizes, printed at fit start
+    assert equal_rewards_step.module.skipped_updates == 0 and metrics["skipped_updates"] == 0.0
+
+
+def test_fit_start_prints_the_effective_sizes(equal_rewards_step: SimpleNamespace):
     for line in ("prompts per step", "8 = 2 prompts x 4 generations", "micro-batches per optimiser step",
                  "2 of 4 rows", "optimiser steps per rollout step", "tokens per completion canvas"):
-        assert line in out, line
+        assert line in equal_rewards_step.printed, line
 
 
 @pytest.mark.slow
@@ -170,14 +202,13 @@ def test_fp16_precision_is_refused_before_the_model_loads():
         module_on(fake_trainer(precision="16-mixed")).setup("fit")
 
 
-def test_spg_block_length_is_checked_at_setup_and_defaults_to_the_samplers():
+def test_spg_block_length_is_checked_at_setup():
     with pytest.raises(ValueError, match="SPG's block_length 32 must divide the completion length 20"):
         module_on(fake_trainer(), objective=SPG(block_length=32)).setup("fit")
     module_on(fake_trainer(), objective=SPG(block_length=10)).setup("fit")
+
+
+def test_spg_without_a_block_length_masks_the_samplers_block_after_setup():
     spg = SPG()  # the demo's swap: no block length given, one 20-token sampler block, num_t 2 reuses it
     module_on(fake_trainer(), objective=spg).setup("fit")
     assert spg.mask_block(20) == 20
-    blocks = SPG()
-    blocks.check(256, 32)
-    assert blocks.mask_block(256) == 32
-    assert SPG().mask_block(12) == 12  # never checked (used on its own): the whole canvas

@@ -187,27 +187,36 @@ def edit_shard(directory: Path, edit) -> None:
     (directory / "model.safetensors.index.json").write_text(json.dumps(index))
 
 
-def test_clear_errors(dream_dir: Path, tmp_path: Path):
+def test_an_empty_directory_fails_naming_the_missing_config(tmp_path: Path):
     empty = tmp_path / "empty"
     empty.mkdir()
     with pytest.raises(FileNotFoundError, match="no config.json"):
         load_model(empty)
+
+
+def test_a_directory_without_weights_fails_naming_them(dream_dir: Path, tmp_path: Path):
     no_weights = tmp_path / "no_weights"
     no_weights.mkdir()
     shutil.copy(dream_dir / "config.json", no_weights)
     with pytest.raises(FileNotFoundError, match="(?i)no weights"):
         load_model(no_weights)
 
+
+def test_a_tensor_of_the_wrong_shape_is_named_with_both_shapes(dream_dir: Path, tmp_path: Path):
     wrong = copy_of(dream_dir, tmp_path / "wrong")
     edit_shard(wrong, lambda t, i: t.update({"model.norm.weight": torch.ones(7)}))
     with pytest.raises(ValueError, match=r"model.norm.weight.*shape \(7,\).*expects \(32,\)"):
         load_model(wrong)
 
+
+def test_a_missing_tensor_is_named(dream_dir: Path, tmp_path: Path):
     missing = copy_of(dream_dir, tmp_path / "missing")
     edit_shard(missing, lambda t, i: (t.pop("model.norm.weight"), i["weight_map"].pop("model.norm.weight")))
     with pytest.raises(ValueError, match=r"missing \['model.norm.weight'\]"):
         load_model(missing)
 
+
+def test_an_unexpected_tensor_is_named(dream_dir: Path, tmp_path: Path):
     extra = copy_of(dream_dir, tmp_path / "extra")
     edit_shard(extra, lambda t, i: (t.update({"model.layers.0.self_attn.o_proj.bias": torch.zeros(32)}),
                                     i["weight_map"].update({"model.layers.0.self_attn.o_proj.bias":
@@ -215,13 +224,15 @@ def test_clear_errors(dream_dir: Path, tmp_path: Path):
     with pytest.raises(ValueError, match=r"unexpected \['model.layers.0.self_attn.o_proj.bias'\]"):
         load_model(extra)
 
+
+def test_a_shard_the_index_lists_but_the_directory_lacks_is_named(dream_dir: Path, tmp_path: Path):
     shard_gone = copy_of(dream_dir, tmp_path / "shard_gone")
     (shard_gone / "model-00002-of-00002.safetensors").unlink()
     with pytest.raises(FileNotFoundError, match="shards listed .* missing"):
         load_model(shard_gone)
 
 
-def test_missing_special_ids_and_unknown_families_fail_clearly(dream_dir: Path, tmp_path: Path):
+def test_a_model_without_a_mask_token_fails_clearly(dream_dir: Path, tmp_path: Path):
     no_mask = copy_of(dream_dir, tmp_path / "no_mask")
     for name in ("config.json", "tokenizer_config.json"):
         data = json.loads((no_mask / name).read_text())
@@ -230,13 +241,17 @@ def test_missing_special_ids_and_unknown_families_fail_clearly(dream_dir: Path, 
     with pytest.raises(ValueError, match="no mask token"):
         load_model(no_mask)
 
+
+def test_an_unknown_family_is_pointed_to_trust_remote_code(dream_dir: Path, tmp_path: Path):
     other = copy_of(dream_dir, tmp_path / "other")
     data = json.loads((other / "config.json").read_text())
     data["model_type"] = "mdm-x"
     (other / "config.json").write_text(json.dumps(data))
     with pytest.raises(ValueError, match="'mdm-x' has no native implementation.*trust_remote_code=True"):
         load_model(other)
-    # The family comes from config.json, not from the directory name.
+
+
+def test_the_family_comes_from_config_json_not_the_directory_name(dream_dir: Path, tmp_path: Path):
     renamed = copy_of(dream_dir, tmp_path / "LLaDA-8B-Instruct")
     assert load_model(renamed).family == "dream"
 
@@ -253,42 +268,56 @@ def test_model_directory_without_config_or_weights(tiny_dir: Path, tmp_path: Pat
         (broken / name).unlink()
         with pytest.raises(FileNotFoundError, match=rf"{broken} is not a model directory: {needle}"):
             load_model(broken)
+
+
+def test_an_empty_model_directory_is_said_to_hold_nothing(tmp_path: Path):
     empty = tmp_path / "empty"
     empty.mkdir()
     with pytest.raises(FileNotFoundError, match=r"no config\.json and no weights .*holds nothing"):
         load_model(empty)
-    # A native family with only PyTorch-pickle weights is told to convert them (the generic path reads them).
+
+
+def test_pickle_weights_of_a_native_family_are_told_to_convert(tiny_dir: Path, tmp_path: Path):
+    # The generic path reads PyTorch-pickle weights; a native family needs safetensors.
     pickled = shutil.copytree(tiny_dir, tmp_path / "pickled")
     (pickled / "model.safetensors").rename(pickled / "pytorch_model.bin")
     with pytest.raises(FileNotFoundError, match=r"found \['pytorch_model\.bin'\].*convert"):
         load_model(pickled)
 
 
-def test_tokenizer_without_mask_token(tiny_dir: Path, tmp_path: Path):
-    broken = shutil.copytree(tiny_dir, tmp_path / "nomask")
+def without_mask_token(tiny_dir: Path, root: Path) -> Path:
+    """A copy of ``tiny_dir`` whose config.json and tokenizer both lack the mask token."""
+    broken = shutil.copytree(tiny_dir, root / "nomask")
     for name, key in (("config.json", "mask_token_id"), ("tokenizer_config.json", "mask_token")):
         data = json.loads((broken / name).read_text())
         data.pop(key)
         (broken / name).write_text(json.dumps(data))
+    return broken
+
+
+def test_tokenizer_without_mask_token(tiny_dir: Path, tmp_path: Path):
     with pytest.raises(ValueError, match=r"no mask token: config\.json has no mask_token_id and the tokenizer "
                                          r"no mask_token"):
-        load_model(broken)
+        load_model(without_mask_token(tiny_dir, tmp_path))
+
+
+def test_a_mask_token_id_outside_the_vocabulary_is_refused(tiny_dir: Path, tmp_path: Path):
+    broken = without_mask_token(tiny_dir, tmp_path)
     config = json.loads((broken / "config.json").read_text())
     (broken / "config.json").write_text(json.dumps({**config, "mask_token_id": 10_000}))
     with pytest.raises(ValueError, match=r"mask token id 10000 is outside the vocabulary"):
         load_model(broken)
 
 
-def test_truncated_shard_and_missing_tokenizer_are_named(tiny_dir: Path, tmp_path: Path):
-    import shutil
-
-    from espo.models import load_model
-
+def test_a_truncated_shard_is_named(tiny_dir: Path, tmp_path: Path):
     cut = shutil.copytree(tiny_dir, tmp_path / "cut")
     weights = cut / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
     with pytest.raises(ValueError, match=rf"{weights}: .*truncated or corrupt"):
         load_model(cut)
+
+
+def test_a_directory_without_tokenizer_files_is_named(tiny_dir: Path, tmp_path: Path):
     bare = shutil.copytree(tiny_dir, tmp_path / "bare")
     for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
         (bare / name).unlink(missing_ok=True)

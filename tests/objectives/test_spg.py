@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from espo.objectives import SPG, spg_bounds
+from espo.objectives import SPG
 from tests.objectives.rollouts import VOCAB, Uniform, fixed_logits_model, padding_eos_rollout, rollout
 
 # Tolerances: these are float32 results of a few operations on hand-made numbers of order 1 (inputs such as
@@ -16,14 +16,7 @@ from tests.objectives.rollouts import VOCAB, Uniform, fixed_logits_model, paddin
 # is kept for values exact in float32 or one rounding away (≤ 6e-8 relative).
 
 
-def test_spg_bounds_and_loss_by_hand():
-    p = torch.tensor([[[0.5, 0.25, 0.8]]])  # [m=1, B=1, L=3]
-    masks = torch.tensor([[[True, True, False]]])
-    lower, upper = spg_bounds(p.log(), masks, torch.ones(1, 3, dtype=torch.bool), eubo_beta=1.0)
-    assert lower.item() == pytest.approx((math.log(0.5) + math.log(0.25)) / 2)
-    assert upper.item() == pytest.approx((math.log(0.5 * 1.5) + math.log(0.25 * 1.5)) / 2)  # t̂ = 2/3
-    _, upper2 = spg_bounds(p.log(), masks, torch.ones(1, 3, dtype=torch.bool), eubo_beta=2.0)
-    assert upper2.item() == pytest.approx((math.log(0.25 * 1.5) + math.log(0.0625 * 1.5)) / 2 / 2)
+def test_spg_surrogate_by_hand():
     spg = SPG(negative_bound="mix", mix_weight=0.5)
     lo, up, adv = torch.tensor([-1.0, -2.0, -3.0]), torch.tensor([-0.5, -1.0, 0.0]), torch.tensor([1.0, -1.0, 0.0])
     assert torch.allclose(spg.surrogate(lo, up, adv), torch.tensor([-1.0, -1.5, -1.5]))
@@ -70,3 +63,13 @@ def test_spg_weights_lengths_and_masks_through_the_padding_eos_by_default():
         assert views[~batch.counted(through)[:, None].expand_as(views)].all()  # past the mask: always masked
     with pytest.raises(ValueError, match="count_through"):
         SPG(count_through="eot")
+
+
+def test_spg_checked_against_a_sampler_block_masks_that_block():
+    blocks = SPG()
+    blocks.check(256, 32)
+    assert blocks.mask_block(256) == 32
+
+
+def test_spg_never_checked_masks_the_whole_canvas():
+    assert SPG().mask_block(12) == 12  # used on its own, outside a module

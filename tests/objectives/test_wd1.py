@@ -37,18 +37,32 @@ def test_wd1_weights_and_loss_by_hand():
     assert loss.item() == pytest.approx(float((expected * per_token.sum(-1)).sum() / 2), abs=1e-5)
 
 
-def test_wd1_kl_anchor_by_hand():
+def anchored_setup():
+    """A rollout with advantages (1, 0, -1, 0, 0, 0), a policy and a reference of fixed per-row logits."""
     batch = rollout()
     batch.advantages = torch.tensor([1.0, 0.0, -1.0, 0.0, 0.0, 0.0])
     policy, logp = fixed_logits_model(6, 7, seed=3)
     reference, ref_logp = fixed_logits_model(6, 7, seed=4)
+    return batch, policy, logp, reference, ref_logp
+
+
+def test_wd1_uses_the_reference_only_when_anchored():
+    batch, policy, _, _, _ = anchored_setup()
     assert not WD1().uses_reference and WD1(anchor_beta=0.1).uses_reference
+    WD1().prepare(policy, None, batch, num_iterations=2, micro_batch_size=4, generator=torch.Generator().manual_seed(0))
+    assert "ref_logps" not in batch.extras
+
+
+def test_anchored_wd1_without_a_reference_policy_fails_in_prepare():
+    batch, policy, _, _, _ = anchored_setup()
     with pytest.raises(ValueError, match="reference"):
         WD1(anchor_beta=0.1).prepare(policy, None, batch, num_iterations=1, micro_batch_size=6,
                                      generator=torch.Generator())
+
+
+def test_wd1_kl_anchor_by_hand():
+    batch, policy, logp, reference, ref_logp = anchored_setup()
     plain, anchored = WD1(), WD1(anchor_beta=0.1)
-    plain.prepare(policy, None, batch, num_iterations=2, micro_batch_size=4, generator=torch.Generator().manual_seed(0))
-    assert "ref_logps" not in batch.extras
     anchored.prepare(policy, reference, batch, num_iterations=2, micro_batch_size=6,  # the fixed logits are per row
                      generator=torch.Generator().manual_seed(0))
     assert batch.extras["ref_logps"].shape == (6, 2, 4)
@@ -60,13 +74,24 @@ def test_wd1_kl_anchor_by_hand():
     # k3 of float32 log-prob differences, summed over 4 tokens and averaged (|kl| ≈ 9): a few ulps of 9 ≈ 4e-6.
     assert m["kl"].item() == pytest.approx(float(k3.sum(-1).mean()), abs=1e-5)
     assert loss.item() == pytest.approx(loss0.item() + 0.1 * float(k3.sum(-1).mean()), abs=1e-5)
+
+
+def test_anchored_wd1_with_fixed_masks_serves_every_iteration_from_one_reference_pass():
+    batch, policy, _, reference, _ = anchored_setup()
     fixed = WD1(anchor_beta=0.1, random_masking=False)  # one mask draw: one reference pass serves every iteration
     fixed.prepare(policy, reference, batch, num_iterations=3, micro_batch_size=6, generator=torch.Generator())
     assert batch.extras["ref_logps"].shape == (6, 3, 4)
     assert torch.equal(batch.extras["ref_logps"][:, 0], batch.extras["ref_logps"][:, 2])
-    # Anchored to itself, the KL and its gradient vanish: the loss is wd1's.
+
+
+def test_wd1_anchored_to_itself_has_zero_kl():
+    batch, policy, _, _, _ = anchored_setup()
+    anchored = WD1(anchor_beta=0.1)  # the KL and its gradient vanish: the loss is wd1's
     anchored.prepare(policy, policy, batch, num_iterations=1, micro_batch_size=6, generator=torch.Generator())
     assert anchored.loss(policy, batch, 0)[1]["kl"].item() == 0.0
+
+
+def test_a_negative_anchor_beta_is_refused():
     with pytest.raises(ValueError, match="anchor_beta"):
         WD1(anchor_beta=-1.0)
 

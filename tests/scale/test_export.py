@@ -39,20 +39,13 @@ def test_exporting_a_lora_checkpoint_merges_the_adapter(tiny_dir: Path, tmp_path
         assert not torch.allclose(exported(ids), load_model(tiny_dir, dtype="float32")(ids))  # the adapter counted
 
 
-def test_scale_export_runs_as_a_module_without_warning_and_writes_readable_weights(tmp_path: Path):
-    import os
+def test_scale_export_runs_as_a_module_without_warning():
     import subprocess
     import sys
-
-    from espo.models.export import save_sharded
 
     child = subprocess.run([sys.executable, "-W", "default", "-m", "espo.scale.export", "--help"],
                            capture_output=True, text=True, timeout=120)
     assert child.returncode == 0 and "RuntimeWarning" not in child.stderr
-    [path] = save_sharded({"w": torch.zeros(3)}, tmp_path / "out")
-    umask = os.umask(0)
-    os.umask(umask)
-    assert path.stat().st_mode & 0o777 == 0o666 & ~umask  # safetensors alone writes 0600
 
 
 # espo checkpoints after its own optimiser steps on purpose; Lightning warns about that under manual optimisation.

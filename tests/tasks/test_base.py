@@ -16,16 +16,30 @@ class Columns(list):
     column_names = ["puzzle", "answer"]  # what a datasets.Dataset offers
 
 
+GOOD = {"puzzle": "0" * 16, "solution": "1" * 16}
+
+
 def test_missing_fields_name_the_row_and_the_field():
-    good = {"puzzle": "0" * 16, "solution": "1" * 16}
     with pytest.raises(ValueError, match=r"Rows: train row 2 has no field\(s\) \['solution'\] \(it has \['puzzle'\]\)"):
-        Rows([good, good, {"puzzle": "0" * 16}, good]).setup("fit")
+        Rows([GOOD, GOOD, {"puzzle": "0" * 16}, GOOD]).setup("fit")
+
+
+def test_a_row_that_is_not_an_object_is_named():
     with pytest.raises(ValueError, match=r"train row 0 is a str"):
         Rows(["0" * 16]).setup("fit")
+
+
+def test_missing_dataset_columns_are_named_beside_the_columns_there():
     with pytest.raises(ValueError, match=r"the train data has no column\(s\) \['solution'\] "
                                          r"\(columns: \['puzzle', 'answer'\]\)"):
         Rows(Columns()).setup("fit")
-    Rows([good] * 4).setup("fit")  # complete rows pass
+
+
+def test_complete_rows_pass_the_field_check():
+    Rows([GOOD] * 4).setup("fit")
+
+
+def test_a_generated_split_checks_its_first_row_only():
     assert Sudoku.required_fields == ("puzzle", "solution")
     Sudoku(num_train=10**9).setup("fit")  # a generated split checks its first row only, so this is instant
 
@@ -42,11 +56,14 @@ def fake_trainer(world_size: int = 1) -> SimpleNamespace:
     return SimpleNamespace(world_size=world_size, training=False)
 
 
-def test_empty_and_too_small_data_fail_in_setup(tmp_path: Path):
+def test_empty_training_data_fails_in_setup(tmp_path: Path):
     empty = tmp_path / "empty.jsonl"
     empty.write_text("\n")
     with pytest.raises(ValueError, match=rf"GSM8K: the training data is empty \(data.init_args.train_source={empty}\)"):
         GSM8K(train_source=str(empty), reward_workers=0).setup("fit")
+
+
+def test_training_data_short_of_one_full_batch_fails_in_setup(tmp_path: Path):
     two = tmp_path / "two.jsonl"
     two.write_text('{"question": "q", "answer": "1"}\n' * 2)
     with pytest.raises(ValueError, match=r"GSM8K: 2 training examples .*two.jsonl\) make no full batch of "
@@ -54,11 +71,14 @@ def test_empty_and_too_small_data_fail_in_setup(tmp_path: Path):
         GSM8K(train_source=str(two), batch_size=4, reward_workers=0).setup("fit")
 
 
-def test_batch_size_is_global_and_must_divide_over_ranks():
+def test_batch_size_is_global_and_divides_over_ranks():
     task = Sudoku(prompt_format="raw", batch_size=16, num_train=64)
     task.trainer = fake_trainer(world_size=8)
     task.setup("fit")
     assert task.rank_batch_size == 2 and task.train_dataloader().batch_size == 2
+
+
+def test_a_batch_size_that_does_not_divide_over_ranks_fails_naming_the_multiple():
     odd = Sudoku(prompt_format="raw", batch_size=12, num_train=64)
     odd.trainer = fake_trainer(world_size=8)
     with pytest.raises(ValueError, match=r"data.batch_size=12 is the global batch .* must divide over the 8 "

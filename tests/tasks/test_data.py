@@ -16,6 +16,9 @@ def test_malformed_jsonl_names_the_file_and_line(tmp_path: Path):
     path.write_text('{"question": "q", "answer": "1"}\n{"question": "q2" "answer": "2"}\n')
     with pytest.raises(ValueError, match=rf"{path}, line 2: not valid JSON \(Expecting ',' delimiter at column 19\)"):
         read_file(path)
+
+
+def test_a_json_row_that_is_not_an_object_is_named(tmp_path: Path):
     (tmp_path / "rows.json").write_text('[{"a": 1}, 3]')
     with pytest.raises(ValueError, match=r"rows.json: row 1 is a int, not an object"):
         read_file(tmp_path / "rows.json")

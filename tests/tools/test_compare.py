@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -30,23 +31,54 @@ def test_objective_sections_replace_the_whole_objective(tmp_path: Path):
     assert base["model"]["objective"]["class_path"] == "ESPO"  # the base config is left alone
 
 
+@pytest.fixture(scope="module")
+def comparison(tiny_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, Path]:
+    """``espo compare`` of ESPO and WD1 for 2 rollout steps, seed 0, validating 2 examples every 2 steps."""
+    out = tmp_path_factory.mktemp("compare") / "cmp"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("sys.argv", ["espo"])
+        results = compare_main(["--config", str(REPO / "configs/demo.yaml"), "--objectives", "ESPO", "WD1",
+                                "--max_steps", "4", "--seeds", "0", "--out", str(out), "--model.policy.path",
+                                str(tiny_dir), "--data.init_args.batch_size", "2",
+                                "--model.batching.micro_batch_size", "12", "--val_examples", "2", "--val_every", "2"])
+    return results, out
+
+
 @pytest.mark.slow
-def test_compare_two_objectives_two_steps(tiny_dir: Path, tmp_path: Path):
-    out = tmp_path / "cmp"
-    results = compare_main(["--config", str(REPO / "configs/demo.yaml"), "--objectives", "ESPO", "WD1",
-                            "--max_steps", "4", "--seeds", "0", "--out", str(out), "--model.policy.path", str(tiny_dir),
-                            "--data.init_args.batch_size", "2", "--model.batching.micro_batch_size", "12",
-                            "--val_examples", "2", "--val_every", "2"])
+def test_compare_two_objectives_two_steps(comparison: tuple[dict, Path]):
+    results, _ = comparison
     assert list(results) == ["ESPO", "WD1"]
-    # Held-out validation before the first and after the last rollout step, the same start model for both.
-    histories = [runs[0]["summary"]["val_history"] for runs in results.values()]
-    assert [[s for s, _ in h] for h in histories] == [[0, 2], [0, 2]] and histories[0][0] == histories[1][0]
     assert all(len(runs[0]["rewards"]) == 2 for runs in results.values())
+
+
+@pytest.mark.slow
+def test_compare_validates_every_objective_from_the_same_start_model(comparison: tuple[dict, Path]):
+    # Held-out validation before the first and after the last rollout step, the same start model for both.
+    histories = [runs[0]["summary"]["val_history"] for runs in comparison[0].values()]
+    assert [[s for s, _ in h] for h in histories] == [[0, 2], [0, 2]] and histories[0][0] == histories[1][0]
+
+
+@pytest.mark.slow
+def test_compare_gives_every_objective_the_same_first_rollout(comparison: tuple[dict, Path]):
     # Same seed, same prompts, same first rollout: the first rewards agree exactly.
+    results, _ = comparison
     assert results["ESPO"][0]["rewards"][0] == results["WD1"][0]["rewards"][0]
+
+
+@pytest.mark.slow
+def test_compare_writes_the_table_the_plot_and_the_results(comparison: tuple[dict, Path]):
+    _, out = comparison
     table = (out / "results.md").read_text()
     assert "| ESPO | 1 | 2 |" in table and "| WD1 | 1 | 2 |" in table
     assert (out / "reward_curves.png").stat().st_size > 1000
     assert json.loads((out / "results.json").read_text()).keys() == {"ESPO", "WD1"}
+
+
+@pytest.mark.slow
+def test_render_only_rewrites_the_table_from_the_saved_results(comparison: tuple[dict, Path], tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch):
+    out = shutil.copytree(comparison[1], tmp_path / "cmp")  # a copy: the other tests read the original
+    (out / "results.md").unlink()
+    monkeypatch.setattr("sys.argv", ["espo"])
     compare_main(["--config", str(REPO / "configs/demo.yaml"), "--out", str(out), "--render_only"])
     assert "| WD1 |" in (out / "results.md").read_text()

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import builtins
+import re
 from pathlib import Path
 
 import pytest
 
 from espo.tasks import Countdown
 from espo.tasks.countdown.gen import solve
-from espo.tasks.countdown.task import eval_expression
-from tests.tasks.examples import CD, GARBAGE
+from espo.tasks.countdown.task import equation_lhs, eval_expression
+from tests.tasks.examples import BLOCK_PIECES, CD, GARBAGE, random_texts
 
 
 def test_non_numeric_target_names_the_row_and_field(tmp_path: Path):
@@ -69,3 +70,10 @@ def test_countdown_loads_the_papers_test_set():
     assert len(rows) == 256 and rows[0]["numbers"] == [30, 100, 93] and rows[0]["target"] == 23
     solvable = sum(solve(r["numbers"], r["target"]) is not None for r in rows[:40])
     assert solvable == 40
+
+
+def test_equation_lhs_equals_the_reference_regex():
+    equation = re.compile(r"([0-9+\-*/() ]+)=[0-9. ]+")
+    for text in random_texts(BLOCK_PIECES, 6000, seed=2):
+        m = equation.search(text)
+        assert equation_lhs(text) == (m.group(1) if m else None), repr(text)
