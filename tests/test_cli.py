@@ -20,7 +20,7 @@ from espo.tools.compare import snake
 from tests.helpers import DEMO
 
 REPO = Path(__file__).resolve().parents[1]
-# configs/scale/ holds trainer snippets that only parse on top of a recipe (tested in test_scale.py).
+# configs/scale/ holds trainer snippets that only parse on top of a recipe (tested in tests/scale/test_snippets.py).
 CONFIGS = sorted(p for p in (REPO / "configs").glob("**/*.yaml") if p.parent.name != "scale")
 
 

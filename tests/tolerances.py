@@ -10,6 +10,15 @@ from __future__ import annotations
 
 import torch
 
+# SDAR and LLaDA2 (the block-diffusion families) both normalise in float32 and build their RoPE tables in float32,
+# as the official code does, so even a float64 model rounds to float32 at every RMSNorm (``x.float()``) and in
+# cos/sin; LLaDA2's router and expert sums are float32 too. Along the 2-layer chain that is about ten float32
+# roundings (input, q/k and post-attention norms per layer, the final norm, the tables, the expert sum), each at
+# most eps/2 relative to the values it produces and carried to the logits with a gain of about one: 16 float32 eps
+# of the logits' magnitude bounds them.
+FLOAT32_NORM_STEPS = 16
+
+
 
 def rounding_atol(expected: torch.Tensor, dtype: torch.dtype, steps: float) -> float:
     """``steps`` machine epsilons of ``dtype`` times the largest absolute value of ``expected``.

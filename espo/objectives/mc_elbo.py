@@ -23,7 +23,7 @@ Block-diffusion models (SDAR, LLaDA2) factorise log p(y) = Σ_b log p(y_b | x, y
 own discrete ELBO. The same masks serve: a block's masked tokens are predicted from its own noisy block and the
 clean earlier blocks (one forward over [noisy ; clean], see ``espo.models.block_attention``), and since
 Σ_{n≥m} (1/n) P(|M ∩ b| = m | |M| = n) = 1/m, whole-completion masks with weight (L+1)/n are unbiased for
-Σ_b ELBO_b (checked by enumeration in tests/test_block_estimators.py).
+Σ_b ELBO_b (checked by enumeration in tests/objectives/test_block_estimators.py).
 
 Masks are drawn separately from evaluation (:func:`sample_masks`, :func:`elbo_from_masks`) so the old,
 reference and current policies can be scored on the very same masks.

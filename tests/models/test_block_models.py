@@ -19,14 +19,7 @@ from espo.models import load_model
 from espo.models.lora import LoRASpec, apply_lora, lora_module_names
 from espo.models.tiny_block import make_tiny_llada2_published, make_tiny_sdar_published
 from espo.scale.activation_checkpointing import apply_activation_checkpointing
-from tests.tolerances import assert_rounding_close, rounding_atol
-
-# Both families normalise in float32 and build their RoPE tables in float32, as the official code does, so even a
-# float64 model rounds to float32 at every RMSNorm (``x.float()``) and in cos/sin; LLaDA2's router and expert sums
-# are float32 too. Along the 2-layer chain that is about ten float32 roundings (input, q/k and post-attention norms
-# per layer, the final norm, the tables, the expert sum), each at most eps/2 relative to the values it produces
-# and carried to the logits with a gain of about one: 16 float32 eps of the logits' magnitude bounds them.
-FLOAT32_NORM_STEPS = 16
+from tests.tolerances import FLOAT32_NORM_STEPS, assert_rounding_close, rounding_atol
 
 
 def raw_state(directory: Path) -> dict[str, torch.Tensor]:

@@ -20,8 +20,7 @@ from espo.models.layers import SwiGLU
 from espo.models.llada2 import LLaDA2Config
 from espo.models.sdar import SDARConfig
 from espo.models.tiny_block import make_tiny_llada2_published, make_tiny_sdar_published
-from tests.models.test_block_models import FLOAT32_NORM_STEPS
-from tests.tolerances import rounding_atol
+from tests.tolerances import FLOAT32_NORM_STEPS, rounding_atol
 
 
 def drop_block_size(directory: Path) -> Path:
@@ -137,7 +136,7 @@ def test_left_padded_row_matches_its_unpadded_forward_only_when_padding_fills_wh
     mask = torch.cat([torch.zeros(1, pad, dtype=torch.long), torch.ones_like(real)], dim=1)
     with torch.no_grad():
         got, want = model(padded, attention_mask=mask)[:, pad:], model(real)
-    # Same blocks: equal up to the float32 norms' rounding (16 eps, see tests/models/test_block_models.py); other blocks
+    # Same blocks: equal up to the float32 norms' rounding (16 eps, see tests/tolerances.py); other blocks
     # move the logits by a large fraction of their magnitude (0.3-0.6 on these tiny models, docs/models.md).
     same = bool((got - want).abs().max() <= rounding_atol(want, torch.float32, FLOAT32_NORM_STEPS))
     assert same == (pad % model.block_size == 0)

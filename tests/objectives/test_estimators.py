@@ -8,7 +8,7 @@ import math
 import torch
 
 from espo.objectives import coupled_logps, mean_field_logps, sample_coupled_masks, sample_prompt_masks
-from tests.objectives.test_mc_elbo import exact_elbo
+from tests.objectives.enumeration import exact_elbo
 
 P, L = 2, 4
 
@@ -79,23 +79,11 @@ def test_mean_field_is_unbiased_for_its_own_mean_but_not_the_elbo(small_model):
         assert torch.all((est.mean(0) - own).abs() < 4 * se)
         # Its target is not LLaDA's ELBO: the bias is far beyond Monte-Carlo noise (ELBO by enumeration).
         no_prompt_mask = mean_field_logps(small_model, ids, P, torch.zeros(2, P, dtype=torch.bool)).double().sum(-1)
-        exact = exact_elbo_at(small_model, ids)
+        exact = exact_elbo(small_model, ids, small_model.mask_token_id, P, L)
     # The mean-field bias here is 0.056 to 0.079 (seeded); 1e-2 is 1,000x the float32 noise of the values
     # (≈ 1e-5) and below the bias by 5x.
     assert torch.all((no_prompt_mask - exact).abs() > 1e-2), (no_prompt_mask, exact)
     assert torch.all((own - exact).abs() > 1e-2)
-
-
-def exact_elbo_at(model, ids: torch.Tensor) -> torch.Tensor:
-    """The exact ELBO for this file's P, L (the helper in test_mc_elbo uses its own module constants)."""
-    import tests.objectives.test_mc_elbo as te
-
-    saved = te.P, te.L
-    te.P, te.L = P, L
-    try:
-        return exact_elbo(model, ids, model.mask_token_id)
-    finally:
-        te.P, te.L = saved
 
 
 def test_mean_field_equals_the_elbo_for_one_token(small_model):

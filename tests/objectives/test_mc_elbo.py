@@ -2,31 +2,15 @@
 
 from __future__ import annotations
 
-import itertools
 import math
 from types import SimpleNamespace
 
 import torch
 
 from espo.objectives import elbo, elbo_from_masks, sample_masks
+from tests.objectives.enumeration import exact_elbo
 
 P, L = 2, 5
-
-
-def exact_elbo(model, ids: torch.Tensor, mask_id: int) -> torch.Tensor:
-    """Σ_n 1/n · mean over subsets M of size n of Σ_{k∈M} log p(y_k | y with M masked), by enumeration."""
-    total = torch.zeros(ids.shape[0], dtype=torch.float64)
-    for n in range(1, L + 1):
-        subsets = list(itertools.combinations(range(L), n))
-        acc = torch.zeros(ids.shape[0], dtype=torch.float64)
-        for subset in subsets:
-            pos = [P + i for i in subset]
-            x = ids.clone()
-            x[:, pos] = mask_id
-            logp = torch.log_softmax(model(x).double(), -1)[:, pos]
-            acc += logp.gather(-1, ids[:, pos, None]).squeeze(-1).sum(-1)
-        total += acc / len(subsets) / n
-    return total
 
 
 def draws(model, ids, coupled: bool, num: int, mask_id: int) -> torch.Tensor:
@@ -43,7 +27,7 @@ def test_mean_matches_enumeration_with_and_without_coupling(small_model):
     ids = torch.randint(5, 60, (2, P + L), generator=torch.Generator().manual_seed(0))
     plain = lambda x: SimpleNamespace(logits=small_model(x))  # noqa: E731 - the contract's plain callable
     with torch.no_grad():
-        exact = exact_elbo(small_model, ids, small_model.mask_token_id)
+        exact = exact_elbo(small_model, ids, small_model.mask_token_id, P, L)
     variances = {}
     for coupled in (False, True):
         est = draws(plain, ids, coupled, 1500, small_model.mask_token_id)

@@ -1,4 +1,4 @@
-"""Hand-made completions and examples the task tests share."""
+"""Hand-made completions and examples the task tests share, and seeded random texts for the parser checks."""
 
 from __future__ import annotations
 

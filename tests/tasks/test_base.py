@@ -108,7 +108,7 @@ def test_every_task_builds_with_defaults_and_never_raises(cls: type[Task], proto
     task = cls(protocol=protocol)
     assert task.splits == {}  # nothing loaded before setup
     if cls is Code:
-        return  # runs programs; covered in test_sandbox.py
+        return  # runs programs; covered in tests/rewards/test_sandbox.py
     examples = {GSM8K: {"question": "q", "answer": "72"}, MATH500: {"problem": "p", "answer": "1"},
                 Countdown: CD, Sudoku: {"puzzle": "0" * 16, "solution": "1234341221434321"}}[cls]
     if cls in (GSM8K, MATH500):

@@ -31,7 +31,8 @@ def test_math_d1_metric():
     task = MATH500(protocol="d1", reward_workers=0)
     ex = {"problem": "p", "answer": "\\frac{1}{2}"}
     assert task.score("\\boxed{2} no, \\boxed{\\frac{1}{2}}", ex) == 1.0  # the last box
-    assert task.score("<answer>0.5</answer>", ex) == 0.0  # no box: d1 grades the whole text (tests/test_d1_parsers.py)
+    # No box: d1 grades the whole text (tests/tasks/test_d1_parsers.py).
+    assert task.score("<answer>0.5</answer>", ex) == 0.0
     assert task.score("\\fbox{0.5}", ex) == 0.0  # d1's remove_boxed returns "\fbox{0.5}" unchanged
     assert task.score("one half", ex) == 0.0
 
