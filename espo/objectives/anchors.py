@@ -2,16 +2,19 @@
 
 With Δ = Ê_θ − Ê_ref (nats over the completion) and δ = Δ/L (per token), ESPO's loss adds β times the mean over
 rows of an anchor term a(Δ). The paper's is k2 / L = ½Δ²/L, whose gradient δ·∇Ê is the score-function estimate
-of ∇KL *without a baseline*: on the policy's own samples Δ is mostly positive and grows as the policy moves, so
-the term pushes down the likelihood of whatever the policy now writes, with a weight that grows without bound.
-Outside the paper's regime (LoRA, lr 3e-6) that noise dominates the advantage term: the policy oscillates (μ 2)
-or spreads towards uniform (μ 8). The forms below keep k2's value for small δ (a ≈ ½Lδ²) and bound or centre
-its gradient (∂a/∂Ê below):
+of ∇KL *without a baseline*. Split it as (Δ − Δ̄)·∇Ê/L + Δ̄·∇Ê/L: the first part is the centred estimate; the
+second pushes down the ELBO of every sample the policy wrote, with the weight Δ̄ (the mean difference, positive
+on the policy's own samples and growing as it moves). For an exact log-likelihood that part averages to zero
+(E[∇log π] = 0); the ELBO is a bound, not a normalised likelihood, so lowering it on every sample is always
+possible (predict worse everywhere) and the policy drifts to uniform: on the token-preference probe
+(docs/objectives.md, "ESPO's KL anchor") k2 at β 1e-3 reaches 0.78 and falls to 0.41 with the ELBO at −4.3
+nats per token (uniform over 101 tokens is −4.6). The forms below keep k2's value for small δ (a ≈ ½Lδ²) and
+bound or centre its gradient (∂a/∂Ê below):
 
-* ``k3_token``: a = L·k3(δ) = L(e^{−δ} + δ − 1); gradient 1 − e^{−δ}: at most 1 where the policy likes its
-  samples more than the reference, growing where it likes them less (the collapse direction).
 * ``k2_centered``: a = ½(Δ − c)²/L with c the detached leave-one-out mean of Δ over the micro-batch; gradient
-  (Δ − c)/L: k2's estimate with a baseline (unbiased for exact log-likelihoods, where E[∇log π] = 0).
+  (Δ − c)/L: k2's estimate with a baseline, without the push-down term (unbiased for exact log-likelihoods).
+* ``k3_token``: a = L·k3(δ) = L(e^{−δ} + δ − 1); gradient 1 − e^{−δ}: at most 1 where the policy likes its
+  samples more than the reference, growing where it likes them less.
 * ``k2_clipped``: a = L·huber_c(δ) (½δ² inside |δ| ≤ c, linear outside); gradient clamp(δ, −c, c).
 """
 
