@@ -78,6 +78,9 @@ class DiffusionRL(LightningModule):
         val_examples: Score this many held-out examples (the first of the task's test split) with the evaluation
             settings (greedy by default) before the first rollout step and every ``trainer.val_check_interval``
             rollout steps, logged as ``val/score``; 0: no validation. See ``espo.loops.validation``.
+        log_memory: Log each phase's peak memory as ``memory/rollout`` and ``memory/update`` (MiB; CUDA: the
+            allocator's peak, whose counters are reset per phase; CPU: the resident-set high-water mark). See
+            ``espo.train.memory``; False leaves the allocator's peak counters alone.
     """
 
     def __init__(
@@ -98,6 +101,7 @@ class DiffusionRL(LightningModule):
         filter_zero_std_groups: bool = False,
         reference_sync: ReferenceSync | None = None,
         val_examples: int = 0,
+        log_memory: bool = True,
     ) -> None:
         super().__init__()
         if num_generations < 1 or num_iterations < 1:
@@ -113,10 +117,10 @@ class DiffusionRL(LightningModule):
         self.evaluation, self.export_spec, self.seed = evaluation, export, seed
         self.rollout_settings = RolloutSettings(num_generations, batching.rollout_batch_size,
                                                 batching.max_prompt_length, sft_sample_every, filter_zero_std_groups,
-                                                policy.fsdp_gather_rollout)
+                                                policy.fsdp_gather_rollout, log_memory)
         check_reference_sync(reference_sync, lora=policy.lora is not None, objective=objective)
         self.update_settings = UpdateSettings(num_iterations, batching.micro_batch_size, stability.max_grad_norm,
-                                              seed, stability.max_consecutive_skips, reference_sync)
+                                              seed, stability.max_consecutive_skips, reference_sync, log_memory)
         self.counters = Counters()
         self.sizes: EffectiveSizes | None = None
         self.automatic_optimization = False
