@@ -105,10 +105,16 @@ class Meter:
             node = stack.pop()
             stack.extend(node.children)
             if node.tag == _EventType.Allocation:
-                allocations.append((node.start_time_ns, node.extra_fields.total_allocated))
+                fields = node.extra_fields
+                allocations.append((node.start_time_ns, fields.total_allocated, fields.alloc_size))
             elif node.name.startswith(PHASE):
                 ranges.append((node.start_time_ns, node.end_time_ns, node.name[len(PHASE):]))
-        for t, total in allocations:
+        allocations.sort()
+        # The reporter's running total carries over from any earlier profiling in the process: count from the
+        # total before this session's first allocation.
+        base = allocations[0][1] - allocations[0][2] if allocations else 0
+        for t, total, _ in allocations:
+            total -= base
             for lo, hi, name in ranges:
                 if lo <= t <= hi:
                     self.allocated[name] = max(self.allocated.get(name, 0), total)
