@@ -43,6 +43,7 @@ from update_roofline import EOS, PAD_EOS, SHAPES, build  # noqa: E402
 from espo.objectives import ESPO, Rollout  # noqa: E402
 from espo.rollout import RolloutResult  # noqa: E402
 from espo.sampling import LLaDASampler  # noqa: E402
+from espo.scale import apply_activation_checkpointing  # noqa: E402
 from espo.tokens import completion_mask  # noqa: E402
 from espo.update import Counters, UpdateSettings, update  # noqa: E402
 
@@ -130,12 +131,14 @@ def _status(field: str) -> int:
     raise RuntimeError(field)
 
 
-def step(args: argparse.Namespace, length: int) -> Meter:
+def step(args: argparse.Namespace, length: int, checkpointing: str) -> Meter:
     device, dtype = args.device, getattr(torch, args.dtype)
     meter = Meter(device, args.resident)
     meter.start()
     vocab = SHAPES[args.shape]["vocab"]
     policy = build(args.shape, device, dtype, seed=0).eval()
+    if checkpointing != "none":
+        apply_activation_checkpointing(policy, mode=checkpointing)
     reference = build(args.shape, device, dtype, seed=0).eval().requires_grad_(False)
     optimizer = torch.optim.AdamW(policy.parameters(), lr=1e-6)
     g = torch.Generator().manual_seed(1)
@@ -164,9 +167,8 @@ def step(args: argparse.Namespace, length: int) -> Meter:
                      optimizer=optimizer, scheduler=None,
                      backward=meter.wrap("update: backward", lambda loss: loss.backward()),
                      counters=counters, settings=settings)
-    for key in ("memory/rollout", "memory/update"):  # what the stages log, where this checkout logs it
-        if key in metrics:
-            print(f"(logged {key}: {metrics[key]:.0f} MiB)")
+    if "memory/update" in metrics and (args.resident or meter.cuda):  # the profiler's memory would count too
+        print(f"(the update stage logged memory/update = {metrics['memory/update']:.0f} MiB)")
     meter.finish()
     return meter
 
@@ -185,6 +187,8 @@ def main() -> None:
     parser.add_argument("--steps-ratio", type=float, default=0.5)
     parser.add_argument("--cache", default="none", choices=["none", "prefix", "dual"])
     parser.add_argument("--threshold", type=float, default=None)
+    parser.add_argument("--checkpointing", nargs="+", default=["none"], choices=["none", "full", "selective"],
+                        help="activation checkpointing of the policy's blocks; several run one after the other")
     parser.add_argument("--resident", action="store_true",
                         help="CPU: measure the resident set only (the profiler's own memory inflates it otherwise)")
     args = parser.parse_args()
@@ -194,14 +198,15 @@ def main() -> None:
           f"shape {args.shape}, {args.prompts} x {args.generations} rows, cache {args.cache}, threshold "
           f"{args.threshold}, espo from {Path(espo.__file__).parent}, "
           f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
-    print("| tokens | phase | allocated peak MiB | resident peak MiB |")
-    print("|---|---|---|---|")
+    print("| tokens | activation checkpointing | phase | allocated peak MiB | resident peak MiB |")
+    print("|---|---|---|---|---|")
     for length in args.lengths:
-        meter = step(args, length)
-        for name in meter.order:
-            allocated = f"{meter.allocated[name] / MIB:.0f}" if name in meter.allocated else "-"
-            rss = f"{meter.rss[name] / MIB:.0f}" if name in meter.rss and args.resident else "-"
-            print(f"| {length} | {name} | {allocated} | {rss} |", flush=True)
+        for checkpointing in args.checkpointing:
+            meter = step(args, length, checkpointing)
+            for name in meter.order:
+                allocated = f"{meter.allocated[name] / MIB:.0f}" if name in meter.allocated else "-"
+                rss = f"{meter.rss[name] / MIB:.0f}" if name in meter.rss and args.resident else "-"
+                print(f"| {length} | {checkpointing} | {name} | {allocated} | {rss} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -42,7 +42,9 @@ sys.path.append(str(ROOT))  # after PYTHONPATH: another checkout can be measured
 
 from espo.models import DiffusionLM, LLaDAConfig, LLaDAModelLM  # noqa: E402
 from espo.objectives import ESPO, WD1, CoupledGRPO, DiffuGRPO, Objective, Rollout  # noqa: E402
+from espo.scale import apply_activation_checkpointing  # noqa: E402
 from espo.tokens import completion_mask  # noqa: E402
+from espo.train.compiled_update import CompiledPolicy  # noqa: E402
 
 SHAPES = {  # body-dominated (the issue's CPU shape), a 1B-class body for GPUs, a smoke-test size
     "body": dict(d_model=256, n_heads=4, n_layers=4, mlp_hidden_size=688, vocab=1024),
@@ -141,23 +143,23 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def passes(objective: Objective, policy: DiffusionLM, reference: DiffusionLM, rollout: Rollout,
-           optimizer: torch.optim.Optimizer) -> dict[str, Callable[[], Any]]:
-    """The timed passes of one objective at inner iteration 1 (its ``prepare`` has run)."""
+def passes(objective: Objective, policy: Any, reference: DiffusionLM, rollout: Rollout,
+           optimizer: torch.optim.Optimizer, suffix: str = "") -> dict[str, Callable[[], Any]]:
+    """The timed passes of one objective at inner iteration 1 (its ``prepare`` has run); ``policy`` may be a
+    ``CompiledPolicy`` (``suffix`` names it; the reference pass is then left out: it stays eager)."""
     out: dict[str, Callable[[], Any]] = {}
     estimate = getattr(objective, "estimate", None)
     if estimate is not None:  # a ratio objective: the old pass is real at j >= 1
-        out["old (no grad)"] = lambda: _no_grad(estimate, policy, rollout)
-    if objective.uses_reference:
-        if estimate is not None:
-            out["ref (no grad)"] = lambda: _no_grad(estimate, reference, rollout)
+        out["old (no grad)" + suffix] = lambda: _no_grad(estimate, policy, rollout)
+    if objective.uses_reference and estimate is not None and not suffix:
+        out["ref (no grad)"] = lambda: _no_grad(estimate, reference, rollout)
 
     def current() -> None:
         loss, _ = objective.loss(policy, rollout, 1)
         loss.backward()
         optimizer.zero_grad(set_to_none=False)
 
-    out["current (fwd + bwd)"] = current
+    out["current (fwd + bwd)" + suffix] = current
     return out
 
 
@@ -178,6 +180,8 @@ def run(args: argparse.Namespace) -> None:
     clock = time.perf_counter if cuda else time.process_time
     shape = SHAPES[args.shape]
     policy = build(args.shape, device, dtype, seed=0).eval()
+    if args.checkpointing != "none":
+        apply_activation_checkpointing(policy, mode=args.checkpointing)
     reference = build(args.shape, device, dtype, seed=0).eval().requires_grad_(False)
     optimizer = torch.optim.AdamW(policy.parameters(), lr=1e-6)
     print("| tokens | objective | pass | rows x views | GFLOP | executed | median s | GFLOP/s | "
@@ -193,13 +197,20 @@ def run(args: argparse.Namespace) -> None:
                               generator=torch.Generator().manual_seed(2))
             w = work(objective, rows, length)
             matmul, attention = forward_flops(shape, tokens, w)
-            for pname, fn in passes(objective, policy, reference, rollout, optimizer).items():
-                factor = 3.0 if "bwd" in pname else 1.0
-                with FlopCounterMode(display=False) as counter:
-                    fn()  # also the warm-up
-                executed = counter.get_total_flops() / (factor * matmul)
-                timed[(name, pname)] = fn
-                info[(name, pname)] = (w, factor * (matmul + attention), executed, factor)
+            variants = {"": policy, " compiled": CompiledPolicy(policy)} if args.compile else {"": policy}
+            for suffix, scorer in variants.items():
+                for pname, fn in passes(objective, scorer, reference, rollout, optimizer, suffix).items():
+                    factor = 3.0 if "bwd" in pname else 1.0
+                    if suffix:  # compiles here, outside the timed rounds; the counter would not see fused kernels
+                        fn()
+                        fn()
+                        executed = float("nan")
+                    else:
+                        with FlopCounterMode(display=False) as counter:
+                            fn()  # also the warm-up
+                        executed = counter.get_total_flops() / (factor * matmul)
+                    timed[(name, pname)] = fn
+                    info[(name, pname)] = (w, factor * (matmul + attention), executed, factor)
         optimizer.step()  # the optimiser's state exists before its step is timed
         timed[("all", "optimiser step")] = optimizer.step
         times: dict[tuple[str, str], list[float]] = {k: [] for k in timed}
@@ -220,8 +231,9 @@ def run(args: argparse.Namespace) -> None:
                 continue
             w, flops, executed, _ = info[key]
             rate = statistics.median(rates[key])
-            print(f"| {length} | {key[0]} | {key[1]} | {rows} x {w.rows // rows} | {flops / 1e9:.1f} | "
-                  f"{executed:.2f} | {sec:.3f} | {flops / sec / 1e9:.1f} | {rate / 1e9:.1f} | "
+            shown = "-" if executed != executed else f"{executed:.2f}"  # NaN: compiled, not counted
+            print(f"| {length} | {key[0]} | {key[1]} | {rows} x {w.rows // rows} | {flops / 1e9:.1f} | {shown} | "
+                  f"{sec:.3f} | {flops / sec / 1e9:.1f} | {rate / 1e9:.1f} | "
                   f"{flops / sec / rate:.2f} |", flush=True)
 
 
@@ -236,13 +248,18 @@ def main() -> None:
     parser.add_argument("--generations", type=int, default=6)
     parser.add_argument("--prompt-len", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--compile", action="store_true",
+                        help="also time the policy's passes through compile_update's CompiledPolicy")
+    parser.add_argument("--checkpointing", default="none", choices=["none", "full", "selective"],
+                        help="activation checkpointing of the policy's blocks (the current pass's backward)")
     parser.add_argument("--objectives", nargs="+", default=["espo", "d1", "wd1", "coupled"],
                         choices=["espo", "d1", "wd1", "coupled"])
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, device {args.device}, dtype {args.dtype}, threads {torch.get_num_threads()}, "
           f"shape {args.shape} {SHAPES[args.shape]}, {args.prompts} x {args.generations} rows, prompt "
-          f"{args.prompt_len}, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
+          f"{args.prompt_len}, activation checkpointing {args.checkpointing}, "
+          f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
     run(args)
 
 

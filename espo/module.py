@@ -81,6 +81,9 @@ class DiffusionRL(LightningModule):
         log_memory: Log each phase's peak memory as ``memory/rollout`` and ``memory/update`` (MiB; CUDA: the
             allocator's peak, whose counters are reset per phase; CPU: the resident-set high-water mark). See
             ``espo.train.memory``; False leaves the allocator's peak counters alone.
+        compile_update: Opt-in: run the policy's likelihood passes of the update (old and current, with the
+            backward) through ``torch.compile`` (``espo.train.compiled_update``; single device; the same
+            losses to float tolerance). Logs ``compile/graphs``, and warns when a step after the first compiles.
     """
 
     def __init__(
@@ -102,6 +105,7 @@ class DiffusionRL(LightningModule):
         reference_sync: ReferenceSync | None = None,
         val_examples: int = 0,
         log_memory: bool = True,
+        compile_update: bool = False,
     ) -> None:
         super().__init__()
         if num_generations < 1 or num_iterations < 1:
@@ -120,7 +124,8 @@ class DiffusionRL(LightningModule):
                                                 policy.fsdp_gather_rollout, log_memory)
         check_reference_sync(reference_sync, lora=policy.lora is not None, objective=objective)
         self.update_settings = UpdateSettings(num_iterations, batching.micro_batch_size, stability.max_grad_norm,
-                                              seed, stability.max_consecutive_skips, reference_sync, log_memory)
+                                              seed, stability.max_consecutive_skips, reference_sync, log_memory,
+                                              compile_update)
         self.counters = Counters()
         self.sizes: EffectiveSizes | None = None
         self.automatic_optimization = False
@@ -157,7 +162,10 @@ class DiffusionRL(LightningModule):
         if self.policy is None:  # Lightning calls this hook at every fit and test: build the policy once
             # ``_trainer``, not ``trainer``: the property raises when the module is configured outside a Trainer.
             testing = self._trainer is not None and self._trainer.testing
-            self.policy, reference = build_policy(self.policy_spec, mesh=data_parallel_mesh(self.device_mesh),
+            mesh = data_parallel_mesh(self.device_mesh)
+            if mesh is not None and self.update_settings.compile_update:
+                raise ValueError("compile_update runs on a single device: it is not supported under FSDP2.")
+            self.policy, reference = build_policy(self.policy_spec, mesh=mesh,
                                                   with_reference=self.objective.uses_reference and not testing)
             self._reference = [] if reference is None else [reference]
             if self.update_settings.reference_sync is not None and reference is not None:

@@ -23,6 +23,7 @@ from espo.models import DiffusionLM
 from espo.objectives import Objective, Rollout
 from espo.rng import make_generator
 from espo.scale import release
+from espo.train.compiled_update import CompiledPolicy, RecompileWatch
 from espo.train.memory import PhasePeak
 from espo.train.reference_sync import ReferenceSync, sync_if_due
 from espo.train.rollout import RolloutResult
@@ -80,6 +81,7 @@ class UpdateSettings:
     max_consecutive_skips: int | None
     reference_sync: ReferenceSync | None = None
     log_memory: bool = True
+    compile_update: bool = False
 
 
 def update(result: RolloutResult, *, policy: DiffusionLM, reference: DiffusionLM | None, objective: Objective,
@@ -103,8 +105,12 @@ def update(result: RolloutResult, *, policy: DiffusionLM, reference: DiffusionLM
     if result.reward is not None:
         counters.reward_history.append((step, result.reward))
     if len(result.rollout):
-        metrics = _optimise(result.rollout, policy, reference, objective, optimizer, scheduler, backward, counters,
-                            settings)
+        watch = RecompileWatch() if settings.compile_update else None
+        scorer = CompiledPolicy(policy) if settings.compile_update else policy  # what the passes run
+        metrics = _optimise(result.rollout, policy, scorer, reference, objective, optimizer, scheduler, backward,
+                            counters, settings)
+        if watch is not None:
+            metrics.update(watch.finish(step))
     else:
         metrics = _noop(optimizer, scheduler, policy, reference, counters, settings)
     metrics.update(peak.metrics("update"))
@@ -113,14 +119,15 @@ def update(result: RolloutResult, *, policy: DiffusionLM, reference: DiffusionLM
     return metrics
 
 
-def _optimise(rollout: Rollout, policy: DiffusionLM, reference: DiffusionLM | None, objective: Objective,
+def _optimise(rollout: Rollout, policy: DiffusionLM, scorer: Any, reference: DiffusionLM | None, objective: Objective,
               optimizer: Any, scheduler: Any, backward: Callable[[torch.Tensor], None], counters: Counters,
               settings: UpdateSettings) -> dict[str, float]:
-    """``num_iterations`` optimiser steps on one rollout; returns the metrics averaged over them."""
+    """``num_iterations`` optimiser steps on one rollout (likelihood passes through ``scorer``: the policy, or
+    its compiled body); returns the metrics averaged over them."""
     step, iterations = counters.rollout_step, settings.num_iterations
     micro = settings.micro_batch_size or len(rollout)
     start = time.perf_counter()
-    objective.prepare(policy, reference, rollout, num_iterations=iterations, micro_batch_size=micro,
+    objective.prepare(scorer, reference, rollout, num_iterations=iterations, micro_batch_size=micro,
                       generator=make_generator(settings.seed, "prepare", step))
     release(reference)  # a sharded reference's root is gathered by its passes and has no backward
     prepared = time.perf_counter()
@@ -131,7 +138,7 @@ def _optimise(rollout: Rollout, policy: DiffusionLM, reference: DiffusionLM | No
     for j in range(iterations):
         pending: list[tuple[int, dict[str, torch.Tensor]]] = []
         for mb in rollout.split(micro):
-            loss, parts = objective.loss(policy, mb, j)
+            loss, parts = objective.loss(scorer, mb, j)
             backward(loss * (len(mb) / len(rollout)))
             pending.append((len(mb), {"loss": loss.detach(), **parts}))
         finite = _add_metrics(totals, pending, len(rollout), iterations)
