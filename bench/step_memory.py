@@ -7,11 +7,12 @@ optimiser step of the update.
 
 The same random body-dominated LLaDA as ``bench/update_roofline.py`` (vocabulary 1,024, d_model 256) runs one
 step as ``DiffusionRL.training_step`` does: the sampler completes ``--prompts`` x ``--generations`` rows
-(block 32, steps = length x ``--steps-ratio``, greedy), then ``espo.update.update`` runs ESPO's ``prepare``
-(old and reference ELBOs) and μ = ``--iterations`` optimiser steps (AdamW) on the whole batch. Each phase is
-measured where it runs (the objective's ``prepare`` and ``loss``, the backward and the optimiser step are
-wrapped), so the table says which phase sets the step's peak. Run it with another checkout first on
-``PYTHONPATH`` to compare two versions measured the same way.
+(block 32, steps = length x ``--steps-ratio``, greedy), then ``espo.update.update`` runs the objective's
+(``--objective``, ESPO by default) ``prepare`` (old and reference passes) and μ = ``--iterations``
+optimiser steps (AdamW) on the whole batch. Each phase is measured where it runs (the objective's ``prepare``
+and ``loss``, the backward and the optimiser step are wrapped), so the table says which phase sets the
+step's peak. Run it with another checkout first on ``PYTHONPATH`` to compare two versions measured the same
+way.
 
 Columns: ``allocated peak``, the most bytes torch's allocator had handed out at any moment of the phase,
 weights and optimiser state included (CPU: the running total in the profiler's allocation events, profiling
@@ -40,7 +41,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from update_roofline import EOS, PAD_EOS, SHAPES, build  # noqa: E402
 
-from espo.objectives import ESPO, Rollout  # noqa: E402
+from espo.objectives import ESPO, WD1, CoupledGRPO, DiffuGRPO, Rollout  # noqa: E402
 from espo.rollout import RolloutResult  # noqa: E402
 from espo.sampling import LLaDASampler  # noqa: E402
 from espo.scale import apply_activation_checkpointing  # noqa: E402
@@ -48,6 +49,7 @@ from espo.tokens import completion_mask  # noqa: E402
 from espo.update import Counters, UpdateSettings, update  # noqa: E402
 
 MIB = 2 ** 20
+OBJECTIVES = {"espo": lambda: ESPO(beta=1e-3, num_mc=2), "d1": DiffuGRPO, "wd1": WD1, "coupled": CoupledGRPO}
 
 
 class Meter:
@@ -150,7 +152,7 @@ def step(args: argparse.Namespace, length: int, checkpointing: str) -> Meter:
     sequences = meter.measure("rollout", sampler.sample, policy, prompt, eos_ids=[PAD_EOS, EOS])
     completion = sequences[:, args.prompt_len:]
     rewards = torch.rand(n, generator=g).to(device)
-    objective = ESPO(beta=1e-3, num_mc=2)
+    objective = OBJECTIVES[args.objective]()
     rollout = Rollout(input_ids=sequences, prompt_len=args.prompt_len, rewards=rewards,
                       advantages=objective.advantages(rewards, args.generations), group_size=args.generations,
                       completion_mask=completion_mask(completion, [PAD_EOS, EOS], include_eos=True),
@@ -187,6 +189,7 @@ def main() -> None:
     parser.add_argument("--steps-ratio", type=float, default=0.5)
     parser.add_argument("--cache", default="none", choices=["none", "prefix", "dual"])
     parser.add_argument("--threshold", type=float, default=None)
+    parser.add_argument("--objective", default="espo", choices=sorted(OBJECTIVES))
     parser.add_argument("--checkpointing", nargs="+", default=["none"], choices=["none", "full", "selective"],
                         help="activation checkpointing of the policy's blocks; several run one after the other")
     parser.add_argument("--resident", action="store_true",
@@ -195,8 +198,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     import espo
     print(f"torch {torch.__version__}, device {args.device}, dtype {args.dtype}, threads {torch.get_num_threads()}, "
-          f"shape {args.shape}, {args.prompts} x {args.generations} rows, cache {args.cache}, threshold "
-          f"{args.threshold}, espo from {Path(espo.__file__).parent}, "
+          f"shape {args.shape}, {args.objective}, {args.prompts} x {args.generations} rows, cache {args.cache}, "
+          f"threshold {args.threshold}, espo from {Path(espo.__file__).parent}, "
           f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
     print("| tokens | activation checkpointing | phase | allocated peak MiB | resident peak MiB |")
     print("|---|---|---|---|---|")

@@ -44,10 +44,11 @@ from espo.models import DiffusionLM, LLaDAConfig, LLaDAModelLM  # noqa: E402
 from espo.objectives import ESPO, WD1, CoupledGRPO, DiffuGRPO, Objective, Rollout  # noqa: E402
 from espo.scale import apply_activation_checkpointing  # noqa: E402
 from espo.tokens import completion_mask  # noqa: E402
-from espo.train.compiled_update import CompiledPolicy  # noqa: E402
 
-SHAPES = {  # body-dominated (the CPU shape), a 1B-class body for GPUs, a smoke-test size
+SHAPES = {  # body-dominated (the CPU shape), LLaDA's vocabulary on a small body, a 1B-class body for
+    # GPUs, a smoke-test size
     "body": dict(d_model=256, n_heads=4, n_layers=4, mlp_hidden_size=688, vocab=1024),
+    "vocab": dict(d_model=128, n_heads=2, n_layers=2, mlp_hidden_size=352, vocab=126464),
     "1b": dict(d_model=2048, n_heads=16, n_layers=8, mlp_hidden_size=5632, vocab=126464),
     "tiny": dict(d_model=64, n_heads=2, n_layers=2, mlp_hidden_size=128, vocab=256),
 }
@@ -168,6 +169,12 @@ def _no_grad(estimate: Callable[..., torch.Tensor], model: DiffusionLM, rollout:
         return estimate(model, rollout, 1)
 
 
+def compiled_policy(policy: DiffusionLM) -> Any:
+    from espo.train.compiled_update import CompiledPolicy  # here: an older checkout measured without --compile
+
+    return CompiledPolicy(policy)
+
+
 def objectives(names: list[str]) -> dict[str, Objective]:
     known = {"espo": lambda: ESPO(beta=1e-3, num_mc=2), "d1": lambda: DiffuGRPO(),
              "wd1": lambda: WD1(), "coupled": lambda: CoupledGRPO()}
@@ -197,7 +204,7 @@ def run(args: argparse.Namespace) -> None:
                               generator=torch.Generator().manual_seed(2))
             w = work(objective, rows, length)
             matmul, attention = forward_flops(shape, tokens, w)
-            variants = {"": policy, " compiled": CompiledPolicy(policy)} if args.compile else {"": policy}
+            variants = {"": policy, " compiled": compiled_policy(policy)} if args.compile else {"": policy}
             for suffix, scorer in variants.items():
                 for pname, fn in passes(objective, scorer, reference, rollout, optimizer, suffix).items():
                     factor = 3.0 if "bwd" in pname else 1.0
