@@ -7,7 +7,7 @@ optimiser step of the update.
 
 The same random body-dominated LLaDA as ``bench/update_roofline.py`` (vocabulary 1,024, d_model 256) runs one
 step as ``DiffusionRL.training_step`` does: the sampler completes ``--prompts`` x ``--generations`` rows
-(block 32, steps = length x ``--steps-ratio``, greedy), then ``espo.update.update`` runs the objective's
+(block 32, steps = length x ``--steps-ratio``, greedy), then ``espo.train.update.update`` runs the objective's
 (``--objective``, ESPO by default) ``prepare`` (old and reference passes) and μ = ``--iterations``
 optimiser steps (AdamW) on the whole batch. Each phase is measured where it runs (the objective's ``prepare``
 and ``loss``, the backward and the optimiser step are wrapped), so the table says which phase sets the
@@ -42,11 +42,11 @@ sys.path.insert(0, str(ROOT / "bench"))
 from update_roofline import EOS, PAD_EOS, SHAPES, build  # noqa: E402
 
 from espo.objectives import ESPO, WD1, CoupledGRPO, DiffuGRPO, Rollout  # noqa: E402
-from espo.rollout import RolloutResult  # noqa: E402
 from espo.sampling import LLaDASampler  # noqa: E402
 from espo.scale import apply_activation_checkpointing  # noqa: E402
-from espo.tokens import completion_mask  # noqa: E402
-from espo.update import Counters, UpdateSettings, update  # noqa: E402
+from espo.train.rollout import RolloutResult  # noqa: E402
+from espo.train.tokens import completion_mask  # noqa: E402
+from espo.train.update import Counters, UpdateSettings, update  # noqa: E402
 
 MIB = 2 ** 20
 OBJECTIVES = {"espo": lambda: ESPO(beta=1e-3, num_mc=2), "d1": DiffuGRPO, "wd1": WD1, "coupled": CoupledGRPO}

@@ -43,7 +43,7 @@ sys.path.append(str(ROOT))  # after PYTHONPATH: another checkout can be measured
 from espo.models import DiffusionLM, LLaDAConfig, LLaDAModelLM  # noqa: E402
 from espo.objectives import ESPO, WD1, CoupledGRPO, DiffuGRPO, Objective, Rollout  # noqa: E402
 from espo.scale import apply_activation_checkpointing  # noqa: E402
-from espo.tokens import completion_mask  # noqa: E402
+from espo.train.tokens import completion_mask  # noqa: E402
 
 SHAPES = {  # body-dominated (the CPU shape), LLaDA's vocabulary on a small body, a 1B-class body for
     # GPUs, a smoke-test size

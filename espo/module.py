@@ -51,7 +51,7 @@ class DiffusionRL(LightningModule):
 
     Args:
         policy: The model to train and how it is held (path, dtype, LoRA, 4-bit, activation checkpointing,
-            FSDP2 knobs).
+            compiled update, FSDP2 knobs).
         objective: The training objective (``ESPO``, ``MaskedSFT`` ...).
         sampler: The rollout sampler; its ``gen_length`` is the completion canvas L.
         optimizer: Optimiser factory over the trainable parameters.
@@ -78,12 +78,6 @@ class DiffusionRL(LightningModule):
         val_examples: Score this many held-out examples (the first of the task's test split) with the evaluation
             settings (greedy by default) before the first rollout step and every ``trainer.val_check_interval``
             rollout steps, logged as ``val/score``; 0: no validation. See ``espo.loops.validation``.
-        log_memory: Log each phase's peak memory as ``memory/rollout`` and ``memory/update`` (MiB; CUDA: the
-            allocator's peak, whose counters are reset per phase; CPU: the resident-set high-water mark). See
-            ``espo.train.memory``; False leaves the allocator's peak counters alone.
-        compile_update: Opt-in: run the policy's likelihood passes of the update (old and current, with the
-            backward) through ``torch.compile`` (``espo.train.compiled_update``; single device; the same
-            losses to float tolerance). Logs ``compile/graphs``, and warns when a step after the first compiles.
     """
 
     def __init__(
@@ -104,8 +98,6 @@ class DiffusionRL(LightningModule):
         filter_zero_std_groups: bool = False,
         reference_sync: ReferenceSync | None = None,
         val_examples: int = 0,
-        log_memory: bool = True,
-        compile_update: bool = False,
     ) -> None:
         super().__init__()
         if num_generations < 1 or num_iterations < 1:
@@ -121,11 +113,11 @@ class DiffusionRL(LightningModule):
         self.evaluation, self.export_spec, self.seed = evaluation, export, seed
         self.rollout_settings = RolloutSettings(num_generations, batching.rollout_batch_size,
                                                 batching.max_prompt_length, sft_sample_every, filter_zero_std_groups,
-                                                policy.fsdp_gather_rollout, log_memory)
+                                                policy.fsdp_gather_rollout)
         check_reference_sync(reference_sync, lora=policy.lora is not None, objective=objective)
         self.update_settings = UpdateSettings(num_iterations, batching.micro_batch_size, stability.max_grad_norm,
-                                              seed, stability.max_consecutive_skips, reference_sync, log_memory,
-                                              compile_update)
+                                              seed, stability.max_consecutive_skips, reference_sync,
+                                              compile_update=policy.compile_update)
         self.counters = Counters()
         self.sizes: EffectiveSizes | None = None
         self.automatic_optimization = False
@@ -162,10 +154,7 @@ class DiffusionRL(LightningModule):
         if self.policy is None:  # Lightning calls this hook at every fit and test: build the policy once
             # ``_trainer``, not ``trainer``: the property raises when the module is configured outside a Trainer.
             testing = self._trainer is not None and self._trainer.testing
-            mesh = data_parallel_mesh(self.device_mesh)
-            if mesh is not None and self.update_settings.compile_update:
-                raise ValueError("compile_update runs on a single device: it is not supported under FSDP2.")
-            self.policy, reference = build_policy(self.policy_spec, mesh=mesh,
+            self.policy, reference = build_policy(self.policy_spec, mesh=data_parallel_mesh(self.device_mesh),
                                                   with_reference=self.objective.uses_reference and not testing)
             self._reference = [] if reference is None else [reference]
             if self.update_settings.reference_sync is not None and reference is not None:

@@ -1,4 +1,4 @@
-"""``compile_update: true``: the policy's likelihood passes through ``torch.compile``, with recompiles counted.
+"""``policy.compile_update: true``: the policy's likelihood passes through ``torch.compile``, with recompiles counted.
 
 The update's passes (the old-policy pass of ``prepare`` and each micro-batch's current pass with its
 backward) spend what the matmuls leave on elementwise work of the body: norms, rotary embeddings, SiLU gates,
@@ -10,8 +10,9 @@ a padding mask or none), so a run compiles a handful of graphs in its first step
 :class:`RecompileWatch` counts them and warns when a later step compiles again. The reference passes stay
 eager (a LoRA reference is the same network with its adapter switched off, a different trace).
 
-Numbers: fused kernels round differently, so losses and gradients equal the eager ones to float tolerance,
-not bit for bit. Single device only: under FSDP2 the sharded blocks' hooks would be traced too.
+Numbers: fused kernels round differently, so losses and gradients equal the eager ones to float tolerance, not bit
+for bit. Single device only: under FSDP2 the sharded blocks' hooks would be traced too (``check_sharded`` refuses
+it).
 """
 
 from __future__ import annotations

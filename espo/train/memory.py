@@ -1,7 +1,8 @@
 """Peak memory of one phase of a step (``memory/rollout``, ``memory/update``), cheap enough to be on by default.
 
-A phase's peak is the most memory in use at any moment between its start and its end, in MiB, everything
-counted (weights, optimiser state, the phase's own tensors): the number that has to fit the device.
+``DiffusionRL`` logs both on every training step (the stage settings' ``log_memory`` switches it off for a caller
+of the stage functions). A phase's peak is the most memory in use at any moment between its start and its end, in
+MiB, everything counted (weights, optimiser state, the phase's own tensors): the number that has to fit the device.
 
 * CUDA: the caching allocator's ``max_memory_allocated``, reset by ``reset_peak_memory_stats`` when the phase
   starts. Both read host-side counters (no synchronisation), so the cost is nil.

@@ -46,6 +46,9 @@ class PolicySpec:
             float32. None: compute in the parameter dtype.
         fsdp_gather_rollout: Under FSDP2, unshard the policy once for the whole rollout (one full copy of
             the weights per rank while sampling) instead of all-gathering every block at every denoising step.
+        compile_update: Opt-in: run the policy's likelihood passes of the update (the old pass and each current
+            pass with its backward) through ``torch.compile`` (``espo.train.compiled_update``; losses and
+            gradients equal the eager ones to float tolerance). Single device: refused under FSDP2.
         block_size: Attention block of a block-diffusion checkpoint (SDAR, LLaDA2) whose ``config.json`` does
             not state ``block_size``; must agree with it when it does (``espo.models.config_fields``).
     """
@@ -57,6 +60,7 @@ class PolicySpec:
     activation_checkpointing: bool | Literal["full", "selective"] = False
     fsdp_param_dtype: str | None = None
     fsdp_gather_rollout: bool = True
+    compile_update: bool = False
     block_size: int | None = None
 
     def __post_init__(self) -> None:
@@ -108,6 +112,9 @@ def build_policy(spec: PolicySpec, *, with_reference: bool, mesh: Any = None) ->
 
 def check_sharded(spec: PolicySpec) -> None:
     """Raises a ValueError when ``spec`` cannot be sharded with FSDP2 (``build_policy`` and ``espo check``)."""
+    if spec.compile_update:
+        raise ValueError("policy.compile_update runs on a single device: it is not supported under FSDP2 "
+                         "(ModelParallelStrategy), whose sharded blocks' hooks it would trace.")
     if spec.lora is not None or spec.load_in_4bit:
         # The sharded export and checkpoint paths handle plain weights only; LoRA and 4-bit runs of an 8B
         # model fit on one GPU each, where DDP is the simpler strategy.

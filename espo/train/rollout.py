@@ -36,7 +36,7 @@ class RolloutSettings:
     sft_sample_every: int
     filter_zero_std_groups: bool
     gather: bool
-    log_memory: bool = True
+    log_memory: bool = True  # log memory/rollout, the phase's peak (espo.train.memory); DiffusionRL keeps it on
 
 
 @dataclass

@@ -80,8 +80,8 @@ class UpdateSettings:
     seed: int
     max_consecutive_skips: int | None
     reference_sync: ReferenceSync | None = None
-    log_memory: bool = True
-    compile_update: bool = False
+    log_memory: bool = True  # log memory/update, the phase's peak (espo.train.memory); DiffusionRL keeps it on
+    compile_update: bool = False  # PolicySpec.compile_update: the passes through espo.train.compiled_update
 
 
 def update(result: RolloutResult, *, policy: DiffusionLM, reference: DiffusionLM | None, objective: Objective,
