@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU benchmark suite: one script, under 8 minutes on one H200, markdown on stdout.
+# The GPU benchmark suite: one script, under 8 minutes on one H100 or H200, markdown on stdout.
 #
 #   bash bench/gpu_suite.sh            # on the GPU machine, from the repository root
 #   bash bench/gpu_suite.sh --tiny     # the same code paths on CPU at tiny shapes (a smoke test, ~2 min)
@@ -9,6 +9,11 @@
 #    then cache none and dual compiled (bench/rollout.py speed).
 # 2. One ESPO step at LLaDA-8B's shape with LoRA (bench/llada8b.py): peak memory, TFLOP/s per phase.
 # 3. The LM-head benchmark (bench/lm_head.py; a CPU benchmark by design, run on the host's cores).
+# 4. The update roofline (bench/update_roofline.py): every objective's likelihood passes at a 1B-class LLaDA
+#    body (d_model 2048, 8 layers, vocabulary 126,464, bf16), 12 rows, 64 and 256 tokens, against the
+#    same GPU's bf16 matmul rate; then ESPO's current pass again with selective activation checkpointing.
+# 5. Per-phase peak memory of one ESPO step at that shape (bench/step_memory.py): rollout, old/reference
+#    passes, current forward, backward, optimiser step; without and with selective activation checkpointing.
 # Each part has its own time limit, so one slow part cannot eat the others' time; a part that hits it
 # prints a line saying so and the suite goes on.
 set -u
@@ -20,12 +25,16 @@ if [ "${1:-}" = "--tiny" ] || [ "${GPU_SUITE_TINY:-0}" = "1" ]; then
   ROLLOUT=(--device cpu --dtype float32 --shape tiny --lengths 64 --batch 2)
   LLADA8B=(--shape tiny --device cpu --gen 32 --steps 8 --prompt_len 16 --lora_r 8)
   LM_HEAD=""  # fixed 126k-vocabulary shape needing ~6 GB: skipped in the smoke test
-  LIMITS=(300 300 0)
+  ROOFLINE=(--device cpu --dtype float32 --shape tiny --lengths 16 --repeats 1)
+  MEMORY=(--device cpu --dtype float32 --shape tiny --lengths 32)
+  LIMITS=(300 300 0 120 120)
 else
   ROLLOUT=(--device cuda --dtype bfloat16 --shape 8b --lengths 256 512 --batch 4)
   LLADA8B=(--device cuda)
   LM_HEAD="--repeats 3"
-  LIMITS=(270 110 60)
+  ROOFLINE=(--device cuda --dtype bfloat16 --shape 1b --lengths 64 256 --repeats 5)
+  MEMORY=(--device cuda --dtype bfloat16 --shape 1b --lengths 256)
+  LIMITS=(210 100 45 75 40)  # 470 s at most in all
 fi
 
 part() {  # part LIMIT TITLE COMMAND...
@@ -66,3 +75,10 @@ else
   echo
   echo "### LM head (bench/lm_head.py): skipped in --tiny (its shape is fixed at the 126k vocabulary)"
 fi
+roof=$((LIMITS[3] * 3 / 4))
+part "$roof" "Update roofline: each objective's likelihood passes vs the matmul rate (bench/update_roofline.py)" \
+  "$PY" bench/update_roofline.py "${ROOFLINE[@]}"
+part "$((LIMITS[3] - roof))" "Update roofline, ESPO with selective activation checkpointing" \
+  "$PY" bench/update_roofline.py "${ROOFLINE[@]}" --objectives espo --lengths 256 --checkpointing selective
+part "${LIMITS[4]}" "Per-phase peak memory of one ESPO step (bench/step_memory.py)" \
+  "$PY" bench/step_memory.py "${MEMORY[@]}" --checkpointing none selective

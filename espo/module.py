@@ -51,7 +51,7 @@ class DiffusionRL(LightningModule):
 
     Args:
         policy: The model to train and how it is held (path, dtype, LoRA, 4-bit, activation checkpointing,
-            FSDP2 knobs).
+            compiled update, FSDP2 knobs).
         objective: The training objective (``ESPO``, ``MaskedSFT`` ...).
         sampler: The rollout sampler; its ``gen_length`` is the completion canvas L.
         optimizer: Optimiser factory over the trainable parameters.
@@ -116,7 +116,8 @@ class DiffusionRL(LightningModule):
                                                 policy.fsdp_gather_rollout)
         check_reference_sync(reference_sync, lora=policy.lora is not None, objective=objective)
         self.update_settings = UpdateSettings(num_iterations, batching.micro_batch_size, stability.max_grad_norm,
-                                              seed, stability.max_consecutive_skips, reference_sync)
+                                              seed, stability.max_consecutive_skips, reference_sync,
+                                              compile_update=policy.compile_update)
         self.counters = Counters()
         self.sizes: EffectiveSizes | None = None
         self.automatic_optimization = False

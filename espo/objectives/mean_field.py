@@ -20,7 +20,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from espo.models.wrapper import logits_at, mask_token_of
+from espo.models.head import token_logprobs
+from espo.models.wrapper import mask_token_of
 
 
 def sample_prompt_masks(num_rows: int, prompt_len: int, p_mask_prompt: float, *,
@@ -64,9 +65,10 @@ def token_logps(
     # is part of the condition; the completion's corruption is the diffusion noise).
     in_prompt = torch.arange(t, device=input_ids.device) < prompt_len  # [T]
     context = torch.where(in_prompt, noisy, input_ids.expand(k, -1, -1))  # [K, B, T]
-    logits = logits_at(model, noisy.flatten(0, 1), select, am, context=context.flatten(0, 1))  # [K*B*L, V]
     targets = input_ids[:, prompt_len:].expand(k, -1, -1).flatten()  # [K*B*L]
-    logp = -F.cross_entropy(logits.float(), targets, reduction="none")  # [K*B*L]
+    # The head, float32 log-softmax and gather in checkpointed chunks (espo.models.head), as ESPO's ELBO: the
+    # [K*B*L, V] logits and their float32 copy never exist whole (the same values as a cross-entropy on them).
+    logp = token_logprobs(model, noisy.flatten(0, 1), select, targets, am, context=context.flatten(0, 1))
     return logp.view(k, b, t - prompt_len)
 
 

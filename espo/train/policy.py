@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
@@ -37,12 +37,18 @@ class PolicySpec:
         load_in_4bit: Quantise the base's block linears to 4-bit NF4 with double quantisation (d1's QLoRA
             recipe; compute in ``dtype``). Needs ``lora``.
         activation_checkpointing: Recompute each transformer block's activations in the backward instead of
-            storing them (less memory, about one more forward of compute); with or without FSDP2.
+            storing them (less memory, about one more forward of compute); with or without FSDP2. ``true`` or
+            ``"full"``: whole blocks; ``"selective"``: keep matmul and attention outputs and recompute only the
+            elementwise ops (norms, rotary, SiLU gates, residuals). Either gives bit-identical gradients (see
+            ``espo.scale.activation_checkpointing``).
         fsdp_param_dtype: Under ``ModelParallelStrategy`` (FSDP2), all-gather and compute in this dtype
             (``bfloat16``) while the sharded master weights keep ``dtype`` and gradients are reduced in
             float32. None: compute in the parameter dtype.
         fsdp_gather_rollout: Under FSDP2, unshard the policy once for the whole rollout (one full copy of
             the weights per rank while sampling) instead of all-gathering every block at every denoising step.
+        compile_update: Opt-in: run the policy's likelihood passes of the update (the old pass and each current
+            pass with its backward) through ``torch.compile`` (``espo.train.compiled_update``; losses and
+            gradients equal the eager ones to float tolerance). Single device: refused under FSDP2.
         block_size: Attention block of a block-diffusion checkpoint (SDAR, LLaDA2) whose ``config.json`` does
             not state ``block_size``; must agree with it when it does (``espo.models.config_fields``).
     """
@@ -51,12 +57,16 @@ class PolicySpec:
     dtype: str = "float32"
     lora: LoRASpec | None = None
     load_in_4bit: bool = False
-    activation_checkpointing: bool = False
+    activation_checkpointing: bool | Literal["full", "selective"] = False
     fsdp_param_dtype: str | None = None
     fsdp_gather_rollout: bool = True
+    compile_update: bool = False
     block_size: int | None = None
 
     def __post_init__(self) -> None:
+        if self.activation_checkpointing not in (False, True, "full", "selective"):
+            raise ValueError("activation_checkpointing must be false, true, 'full' or 'selective', got "
+                             f"{self.activation_checkpointing!r}.")
         if self.load_in_4bit and self.lora is None:
             raise ValueError("load_in_4bit needs lora: 4-bit base weights cannot be trained directly.")
 
@@ -87,7 +97,8 @@ def build_policy(spec: PolicySpec, *, with_reference: bool, mesh: Any = None) ->
         # Full fine-tuning: the reference is the frozen starting point (reloaded, hence identical, on resume).
         reference = copy.deepcopy(policy).requires_grad_(False).eval()
     if spec.activation_checkpointing:
-        apply_activation_checkpointing(policy)
+        mode = "full" if spec.activation_checkpointing is True else spec.activation_checkpointing
+        apply_activation_checkpointing(policy, mode=mode)
     if mesh is not None:
         shard_model(policy, mesh, param_dtype=spec.fsdp_param_dtype)
         if with_reference:
@@ -101,6 +112,9 @@ def build_policy(spec: PolicySpec, *, with_reference: bool, mesh: Any = None) ->
 
 def check_sharded(spec: PolicySpec) -> None:
     """Raises a ValueError when ``spec`` cannot be sharded with FSDP2 (``build_policy`` and ``espo check``)."""
+    if spec.compile_update:
+        raise ValueError("policy.compile_update runs on a single device: it is not supported under FSDP2 "
+                         "(ModelParallelStrategy), whose sharded blocks' hooks it would trace.")
     if spec.lora is not None or spec.load_in_4bit:
         # The sharded export and checkpoint paths handle plain weights only; LoRA and 4-bit runs of an 8B
         # model fit on one GPU each, where DDP is the simpler strategy.

@@ -22,6 +22,7 @@ from espo.objectives import Objective, Rollout
 from espo.sampling import Sampler
 from espo.scale import gathered
 from espo.tasks.base import Task
+from espo.train.memory import PhasePeak
 from espo.train.tokens import completion_mask, encode_prompts, encode_targets
 
 
@@ -35,6 +36,7 @@ class RolloutSettings:
     sft_sample_every: int
     filter_zero_std_groups: bool
     gather: bool
+    log_memory: bool = True  # log memory/rollout, the phase's peak (espo.train.memory); DiffusionRL keeps it on
 
 
 @dataclass
@@ -103,6 +105,7 @@ def roll_out(policy: DiffusionLM, sampler: Sampler, task: Task, objective: Objec
         settings: The rollout settings.
     """
     g, device = settings.num_generations, generator.device  # the generator lives on the policy's device
+    peak = PhasePeak(device, settings.log_memory).start()
     rendered = [task.prompt(ex) for ex in batch]
     examples = [ex for ex in batch for _ in range(g)]
     ids, mask, truncated = encode_prompts(policy.tokenizer, rendered, settings.max_prompt_length)
@@ -141,6 +144,7 @@ def roll_out(policy: DiffusionLM, sampler: Sampler, task: Task, objective: Objec
         attention_mask=torch.cat([mask, torch.ones_like(completion)], dim=1),
         # d1/wd1 count tokens through the first padding EOS (the tokenizer's eos_token), not any EOS id.
         padding_eos_mask=completion_mask(completion, policy.eos_token_ids[:1], include_eos=True))
+    metrics.update(peak.metrics("rollout"))
     return RolloutResult(rollout, metrics, records, reward)
 
 

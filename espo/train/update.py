@@ -10,6 +10,7 @@ out) counts its ``num_iterations`` optimiser steps as no-op steps.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -22,6 +23,8 @@ from espo.models import DiffusionLM
 from espo.objectives import Objective, Rollout
 from espo.rng import make_generator
 from espo.scale import release
+from espo.train.compiled_update import CompiledPolicy, RecompileWatch
+from espo.train.memory import PhasePeak
 from espo.train.reference_sync import ReferenceSync, sync_if_due
 from espo.train.rollout import RolloutResult
 
@@ -77,6 +80,8 @@ class UpdateSettings:
     seed: int
     max_consecutive_skips: int | None
     reference_sync: ReferenceSync | None = None
+    log_memory: bool = True  # log memory/update, the phase's peak (espo.train.memory); DiffusionRL keeps it on
+    compile_update: bool = False  # PolicySpec.compile_update: the passes through espo.train.compiled_update
 
 
 def update(result: RolloutResult, *, policy: DiffusionLM, reference: DiffusionLM | None, objective: Objective,
@@ -96,26 +101,33 @@ def update(result: RolloutResult, *, policy: DiffusionLM, reference: DiffusionLM
         settings: The update settings.
     """
     step = counters.rollout_step
+    peak = PhasePeak(result.rollout.input_ids.device, settings.log_memory).start()
     if result.reward is not None:
         counters.reward_history.append((step, result.reward))
     if len(result.rollout):
-        metrics = _optimise(result.rollout, policy, reference, objective, optimizer, scheduler, backward, counters,
-                            settings)
+        watch = RecompileWatch() if settings.compile_update else None
+        scorer = CompiledPolicy(policy) if settings.compile_update else policy  # what the passes run
+        metrics = _optimise(result.rollout, policy, scorer, reference, objective, optimizer, scheduler, backward,
+                            counters, settings)
+        if watch is not None:
+            metrics.update(watch.finish(step))
     else:
         metrics = _noop(optimizer, scheduler, policy, reference, counters, settings)
+    metrics.update(peak.metrics("update"))
     counters.rollout_step += 1
     counters.updates_in_step = None
     return metrics
 
 
-def _optimise(rollout: Rollout, policy: DiffusionLM, reference: DiffusionLM | None, objective: Objective,
+def _optimise(rollout: Rollout, policy: DiffusionLM, scorer: Any, reference: DiffusionLM | None, objective: Objective,
               optimizer: Any, scheduler: Any, backward: Callable[[torch.Tensor], None], counters: Counters,
               settings: UpdateSettings) -> dict[str, float]:
-    """``num_iterations`` optimiser steps on one rollout; returns the metrics averaged over them."""
+    """``num_iterations`` optimiser steps on one rollout (likelihood passes through ``scorer``: the policy, or
+    its compiled body); returns the metrics averaged over them."""
     step, iterations = counters.rollout_step, settings.num_iterations
     micro = settings.micro_batch_size or len(rollout)
     start = time.perf_counter()
-    objective.prepare(policy, reference, rollout, num_iterations=iterations, micro_batch_size=micro,
+    objective.prepare(scorer, reference, rollout, num_iterations=iterations, micro_batch_size=micro,
                       generator=make_generator(settings.seed, "prepare", step))
     release(reference)  # a sharded reference's root is gathered by its passes and has no backward
     prepared = time.perf_counter()
@@ -124,13 +136,12 @@ def _optimise(rollout: Rollout, policy: DiffusionLM, reference: DiffusionLM | No
     params = [p for group in optimizer.param_groups for p in group["params"]]
     totals: dict[str, float] = {}
     for j in range(iterations):
-        finite = True
+        pending: list[tuple[int, dict[str, torch.Tensor]]] = []
         for mb in rollout.split(micro):
-            loss, parts = objective.loss(policy, mb, j)
-            finite = finite and bool(torch.isfinite(loss.detach()))
+            loss, parts = objective.loss(scorer, mb, j)
             backward(loss * (len(mb) / len(rollout)))
-            for key, value in {"loss": loss.detach(), **parts}.items():
-                totals[key] = totals.get(key, 0.0) + float(value) * len(mb) / len(rollout) / iterations
+            pending.append((len(mb), {"loss": loss.detach(), **parts}))
+        finite = _add_metrics(totals, pending, len(rollout), iterations)
         norm = torch.nn.utils.clip_grad_norm_(params, settings.max_grad_norm or float("inf"))
         if isinstance(norm, DTensor):  # sharded gradients: the norm is a reduced DTensor
             norm = norm.full_tensor()
@@ -154,6 +165,35 @@ def _optimise(rollout: Rollout, policy: DiffusionLM, reference: DiffusionLM | No
     totals["time/prepare"] = prepared - start
     totals["time/update"] = time.perf_counter() - prepared
     return totals
+
+
+def _add_metrics(totals: dict[str, float], pending: list[tuple[int, dict[str, torch.Tensor]]], rows: int,
+                 iterations: int) -> bool:
+    """Adds one optimiser step's micro-batch metrics to ``totals`` (row-weighted, averaged over the iterations);
+    returns whether every micro-batch's loss was finite.
+
+    All values cross to the host in one copy after the step's last backward: a ``float()`` per value and
+    micro-batch would make the host wait for the device each time, between kernels it could have queued.
+    The arithmetic is the same double-precision sum, in the same order, as converting each value on its own.
+    """
+    device = pending[0][1]["loss"].device
+    values = [_scalar(v, device) for _, parts in pending for v in parts.values()]
+    host = iter(torch.stack(values).tolist())
+    finite = True
+    for size, parts in pending:
+        for key in parts:
+            value = next(host)
+            if key == "loss":
+                finite = finite and math.isfinite(value)
+            totals[key] = totals.get(key, 0.0) + value * size / rows / iterations
+    return finite
+
+
+def _scalar(value: torch.Tensor | float, device: torch.device) -> torch.Tensor:
+    """A metric as a float64 scalar on ``device`` (float64 holds every float32/bf16 value exactly)."""
+    if isinstance(value, DTensor):
+        value = value.full_tensor()
+    return torch.as_tensor(value).detach().to(device=device, dtype=torch.float64).reshape(())
 
 
 def _noop(optimizer: Any, scheduler: Any, policy: DiffusionLM, reference: DiffusionLM | None, counters: Counters,

@@ -58,3 +58,23 @@ class Uniform(torch.nn.Module):
 
     def forward(self, x, attention_mask=None):
         return torch.zeros(*x.shape, VOCAB)
+
+
+def two_prompt_rollout(model, prompt: int = 8, length: int = 32, group: int = 6) -> Rollout:
+    """2 prompts x ``group`` completions of ``model``'s vocabulary: the second prompt left-padded by 3, each
+    completion stopping at an EOS at a random position, then padding (the same every call)."""
+    g = torch.Generator().manual_seed(0)
+    vocab, eos = model.network.config.vocab_size, model.eos_token_ids[0]
+    allowed = torch.tensor([i for i in range(vocab) if i not in (model.mask_token_id, eos)])
+    draw = lambda *shape: allowed[torch.randint(0, len(allowed), shape, generator=g)]  # noqa: E731
+    prompts = draw(2, prompt).repeat_interleave(group, 0)  # [2G, P]
+    attention = torch.ones(2 * group, prompt + length, dtype=torch.long)
+    prompts[group:, :3], attention[group:, :3] = eos, 0
+    completion = draw(2 * group, length)
+    for r, stop in enumerate(torch.randint(4, length, (2 * group,), generator=g).tolist()):
+        completion[r, stop:] = eos
+    rewards = torch.rand(2 * group, generator=g)
+    mask = completion_mask(completion, [eos], include_eos=True)
+    return Rollout(input_ids=torch.cat([prompts, completion], 1), prompt_len=prompt, rewards=rewards,
+                   advantages=group_advantages(rewards, group, baseline="mean"), group_size=group,
+                   completion_mask=mask, attention_mask=attention, padding_eos_mask=mask)
