@@ -11,6 +11,17 @@ from espo.tasks.sudoku.gen import puzzle_at
 from espo.tasks.testsets import resolve
 
 
+def split_index(index: int, size: int) -> int:
+    """A generated split's row for ``index`` (negative counts from the end); TypeError/IndexError otherwise."""
+    if not isinstance(index, int):
+        raise TypeError(f"Generated puzzle splits are indexed by int, got {type(index).__name__}.")
+    if index < 0:
+        index += size
+    if not 0 <= index < size:
+        raise IndexError(index)
+    return index
+
+
 class GeneratedPuzzles(Sequence):
     """A lazy split of generated puzzles: item ``i`` is computed on access from ``(seed, stream, i)``."""
 
@@ -24,12 +35,7 @@ class GeneratedPuzzles(Sequence):
         return self.size
 
     def __getitem__(self, index: int) -> dict[str, str]:  # type: ignore[override]
-        if not isinstance(index, int):
-            raise TypeError(f"Generated puzzle splits are indexed by int, got {type(index).__name__}.")
-        if index < 0:
-            index += self.size
-        if not 0 <= index < self.size:
-            raise IndexError(index)
+        index = split_index(index, self.size)
         return puzzle_at(self.seed, index, self.min_blanks, self.max_blanks, stream=self.stream)
 
 

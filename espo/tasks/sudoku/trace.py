@@ -33,6 +33,7 @@ from typing import Any, Literal
 
 from espo.rng import derive_seed
 from espo.tasks.base import Prompt, Task
+from espo.tasks.sudoku.data import split_index
 from espo.tasks.sudoku.gen import CELLS, MAX_BLANKS, PEERS, SIZE, generate_puzzle
 from espo.tasks.sudoku.task import cell_accuracy
 
@@ -142,12 +143,7 @@ class TracePuzzles(Sequence):
         return self.size
 
     def __getitem__(self, index: int) -> dict[str, str]:  # type: ignore[override]
-        if not isinstance(index, int):
-            raise TypeError(f"Generated puzzle splits are indexed by int, got {type(index).__name__}.")
-        if index < 0:
-            index += self.size
-        if not 0 <= index < self.size:
-            raise IndexError(index)
+        index = split_index(index, self.size)
         return puzzle_at(self.seed, self.stream, index, self.min_blanks, self.max_blanks, self.exclude)
 
 
