@@ -31,7 +31,6 @@ from espo.loops.evaluation import Evaluation
 from espo.models.loading import FAMILIES, check_model_dir, family_of, is_hub_id
 from espo.module import DiffusionRL
 from espo.objectives import Objective
-from espo.objectives.spg import SPG
 from espo.sampling import BlockDiffusionSampler, Sampler
 from espo.tasks.base import Task
 from espo.tasks.data import is_local
@@ -155,11 +154,11 @@ def check_model(model: Any, report: Report) -> dict[str, Any] | None:
         report.errors.append(f"model.sampler.init_args.block_length={sampler.block_length} differs from the model's "
                              f"attention block {raw['block_size']} (config.json block_size); set it to "
                              f"{raw['block_size']}.")
-    if block and isinstance(model.objective, SPG):
-        report.errors.append(f"model.objective: SPG on a block-diffusion model ({family}) is not supported as the "
-                             "paper ran it: its noise on the clean earlier blocks (p_mask_clean) is dropped, since a "
-                             "block model reads them from the clean context; use ESPO, DiffuGRPO or WD1 here, or SPG "
-                             "on LLaDA or Dream.")
+    objective = model.objective
+    if block and not objective.supports_block_diffusion:  # the objective's own flag, as check_model reads it
+        name = type(objective).__name__
+        report.errors.append(f"model.objective: {name} on a block-diffusion model ({family}) is not supported as the "
+                             f"paper ran it: {objective.block_diffusion_reason} (or {name} on LLaDA or Dream).")
     return raw
 
 

@@ -86,9 +86,9 @@ def test_spg_on_a_block_diffusion_model_fails(tmp_path: Path):
     sdar = model_dir(tmp_path / "sdar", "sdar", block_size=4)
     report = run("--config", REPO / "configs/sdar_gsm8k.yaml", "--model.policy.path", sdar, "--model.objective", "SPG")
     assert report.errors == [
-        "model.objective: SPG on a block-diffusion model (sdar) is not supported as the paper ran it: its noise on "
-        "the clean earlier blocks (p_mask_clean) is dropped, since a block model reads them from the clean context; "
-        "use ESPO, DiffuGRPO or WD1 here, or SPG on LLaDA or Dream."]
+        "model.objective: SPG on a block-diffusion model (sdar) is not supported as the paper ran it: its views "
+        "noise the clean earlier blocks, which a block-diffusion model reads clean; use ESPO, DiffuGRPO or WD1 (or "
+        "SPG on LLaDA or Dream)."]
 
 
 def test_a_bidirectional_sampler_on_a_block_model_fails(tmp_path: Path):
