@@ -27,7 +27,7 @@ from espo.objectives import ESPO, Rollout
 from espo.sampling import generate
 from espo.train.tokens import completion_mask
 
-#: LLaDA-8B-Instruct's network fields (../shared/reference/checkpoints.md).
+#: LLaDA-8B-Instruct's network fields, as its published config.json states them (GSAI-ML/LLaDA-8B-Instruct).
 LLADA_8B = LLaDAConfig(
     d_model=4096, n_heads=32, n_kv_heads=32, n_layers=32, mlp_hidden_size=12288, vocab_size=126464,
     embedding_size=126464, rope_theta=500000.0, max_sequence_length=4096, mask_token_id=126336,
