@@ -301,6 +301,9 @@ class DiffusionRL(LightningModule):
     def on_validation_epoch_end(self) -> None:
         self.validation.finish(self.trainer, self.log, self.rollout_step)
 
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        self.validation.request_final_pass(self.trainer)  # the fit's last step is validated too
+
     # ------------------------------------------------------------------ persistence (see espo.train.persistence)
     def on_train_end(self) -> None:
         export(self.policy, self.export_spec, sharded=data_parallel_mesh(self.device_mesh) is not None,

@@ -8,7 +8,13 @@ the metric of ``espo test``. It runs
 - once before the first rollout step: Lightning's sanity check, which espo widens to every validation batch
   (its metrics, which Lightning discards, are written to the loggers here at step 0);
 - after every ``trainer.val_check_interval`` rollout steps (one training batch is one rollout step; set
-  ``trainer.check_val_every_n_epoch: null`` so the interval may span epochs of a small pool).
+  ``trainer.check_val_every_n_epoch: null`` so the interval may span epochs of a small pool);
+- after the last rollout step, whatever ended the fit (``max_steps``, the last epoch, ``trainer.max_time``),
+  when that step is not on the interval, so ``val_score_end`` scores the weights the run ended with.
+  Lightning validates after a batch that sets ``trainer.should_stop`` (its early-stopping path, which a
+  ``max_time`` stop takes by itself: its ``Timer`` sets the flag); ``request_final_pass`` sets the flag at the
+  batch that reaches ``max_steps`` or ends the last epoch. Under ``max_time`` the clock counts the passes
+  during training, not the one before the first step nor this last one.
 
 It logs ``val/score`` (progress bar) and ``val/<component>`` for each reward component (the training reward's
 parse, which may be stricter than the score's), and ``val/reward_timeouts``, ``val/reward_errors``,
@@ -97,6 +103,21 @@ class Validation:
             self.history.append((rollout_step, results["val/score"]))
         self.last = results
         return results
+
+    def request_final_pass(self, trainer: Trainer) -> None:
+        """At the training batch that ends the fit, asks Lightning for a validation pass after it.
+
+        Called after every training batch; a no-op without validation, before the last batch, or when the
+        trainer already stops (a ``Timer`` fired: Lightning then validates by itself).
+        """
+        if not self.num_examples or trainer.should_stop:
+            return
+        last_step = 0 < trainer.max_steps <= trainer.global_step
+        epochs = trainer.max_epochs
+        last_epoch = (epochs is not None and epochs > 0 and trainer.current_epoch + 1 >= epochs
+                      and trainer.fit_loop.epoch_loop.batch_progress.is_last_batch)
+        if last_step or last_epoch:
+            trainer.should_stop = True  # the loop ends here anyway; the flag also makes it validate first
 
     def state_dict(self) -> dict[str, Any]:
         return {"history": list(self.history)}

@@ -137,6 +137,18 @@ def test_espo_validate_scores_the_start_model(runs: dict[str, Path], tiny_dir: P
     assert "espo validate needs model.val_examples > 0" in capsys.readouterr().err
 
 
+@pytest.mark.slow
+def test_a_fit_ending_off_the_interval_is_validated_after_its_last_step(tiny_dir: Path, tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setattr("sys.argv", ["espo"])
+    cfg = config(tiny_dir, tmp_path, "off")
+    cfg["trainer"]["max_steps"] = 3  # interval 2: passes at 0 and 2, and the final weights at 3
+    cfg["checkpoint"]["every_n_train_steps"] = 0
+    summary = json.loads((fit(cfg, tmp_path / "off.yaml") / "version_0" / "summary.json").read_text())
+    assert [step for step, _ in summary["val_history"]] == [0, 2, 3] and summary["val_step_end"] == 3
+    assert summary["rollout_steps"] == 3
+
+
 def test_too_many_validation_examples_fail_early(tiny_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                  capsys: pytest.CaptureFixture[str]):
     monkeypatch.setattr("sys.argv", ["espo"])
