@@ -2,15 +2,21 @@
 differences to a baseline objective, and reward / held-out curves with bands.
 
 A run record (one objective, one seed) holds ``seed``, ``rewards`` (training reward per rollout step),
-``summary`` (its ``summary.json``: ``val_history``, ``val_score_start``/``end``, ``seconds``) and
-``wall_seconds``. Pairs are matched by seed: the two runs of a pair saw the same prompts in the same order.
+``summary`` (its ``summary.json``: ``val_history``, ``val_score_start``/``end``, ``seconds``),
+``wall_seconds`` and ``rollout_steps`` (the rollout steps it completed; older records: their summary's, else
+the number of rewards). Under a time budget (``--max_minutes``) the runs of one objective may complete
+different numbers of rollout steps: the table gives their mean and range. Pairs are matched by seed: the two
+runs of a pair saw the same prompts in the same order. ``merge_results`` joins the records of several
+``results.json`` (parallel comparisons of other objectives or seeds).
 """
 
 from __future__ import annotations
 
 import datetime
+import json
 import os
 import platform
+from pathlib import Path
 from typing import Any
 
 from espo.callbacks.summary import fifths
@@ -25,6 +31,20 @@ def run_metrics(run: dict[str, Any]) -> dict[str, float | None]:
     return {"reward_first": first, "reward_last": last, "val_start": start, "val_end": end,
             "val_gain": None if start is None or end is None else end - start,
             "seconds": summary.get("seconds", run.get("wall_seconds"))}
+
+
+def rollout_steps(run: dict[str, Any]) -> int:
+    """The rollout steps a run completed."""
+    steps = run.get("rollout_steps", run.get("summary", {}).get("rollout_steps"))
+    return int(len(run["rewards"]) if steps is None else steps)
+
+
+def steps_cell(counts: list[int]) -> str:
+    """``mean (min–max)`` of the runs' rollout steps: ``40.5 (39–42)``, ``10 (10–10)``."""
+    if not counts:
+        return "–"
+    mean = sum(counts) / len(counts)
+    return f"{mean:.{0 if mean == int(mean) else 1}f} ({min(counts)}–{max(counts)})"
 
 
 def _interval(runs: list[dict[str, Any]], key: str) -> Interval | None:
@@ -50,7 +70,7 @@ def summarise(results: dict[str, list[dict[str, Any]]], baseline: str) -> dict[s
         row["paired_val_end"] = None if same else paired_to(runs, results[baseline], "val_end")
         row["paired_reward_last"] = None if same else paired_to(runs, results[baseline], "reward_last")
         row["seeds"] = [r["seed"] for r in runs]
-        row["rollout_steps"] = len(runs[0]["rewards"]) if runs else 0
+        row["rollout_steps"] = [rollout_steps(r) for r in runs]
         out[label] = row
     return out
 
@@ -73,14 +93,15 @@ def write_table(results: dict[str, list[dict[str, Any]]], baseline: str, command
         + (f"{val_examples} held-out examples" if val_examples else "no held-out examples (validation off)")
         + " before the first rollout step (start) and at the last validation (end). Paired Δ: the objective's "
         f"value minus {baseline}'s for the same seed (same prompts and data order), interval over seeds. Reward: "
-        "mean training reward over the first/last fifth of the rollout steps. Seconds: the fit (summary.json).", "",
-        f"| objective | seeds | rollout steps | held-out start | held-out end | held-out gain | Δ end vs {baseline} "
-        f"(paired) | reward first | reward last | Δ reward last vs {baseline} | seconds |",
+        "mean training reward over the first/last fifth of the rollout steps. Rollout steps: those each run "
+        "completed (under a time budget they differ between runs). Seconds: the fit (summary.json).", "",
+        "| objective | seeds | rollout steps (mean, min–max) | held-out start | held-out end | held-out gain | "
+        f"Δ end vs {baseline} (paired) | reward first | reward last | Δ reward last vs {baseline} | seconds |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for label, row in rows.items():
-        lines.append(f"| {label} | {len(row['seeds'])} | {row['rollout_steps']} | {_cell(row['val_start'])} | "
-                     f"{_cell(row['val_end'])} | {_cell(row['val_gain'], True)} | "
+        lines.append(f"| {label} | {len(row['seeds'])} | {steps_cell(row['rollout_steps'])} | "
+                     f"{_cell(row['val_start'])} | {_cell(row['val_end'])} | {_cell(row['val_gain'], True)} | "
                      f"{_cell(row['paired_val_end'], True)} | {_cell(row['reward_first'])} | "
                      f"{_cell(row['reward_last'])} | {_cell(row['paired_reward_last'], True)} | "
                      f"{_cell(row['seconds'], digits=0)} |")
@@ -90,10 +111,28 @@ def write_table(results: dict[str, list[dict[str, Any]]], baseline: str, command
     for label, runs in results.items():
         for run in runs:
             m = run_metrics(run)
-            lines.append(f"| {label} | {run['seed']} | {len(run['rewards'])} | {fmt(m['val_start'])} | "
+            lines.append(f"| {label} | {run['seed']} | {rollout_steps(run)} | {fmt(m['val_start'])} | "
                          f"{fmt(m['val_end'])} | {fmt(m['reward_first'])} | {fmt(m['reward_last'])} | "
                          f"{0 if m['seconds'] is None else m['seconds']:.0f} |")
     return "\n".join(lines) + "\n\n![curves](reward_curves.png)\n"
+
+
+def merge_results(folders: list[Path]) -> dict[str, list[dict[str, Any]]]:
+    """The runs of several out folders' ``results.json``: same labels appended (labels in first-seen order).
+
+    Raises:
+        SystemExit: Two folders hold a run of the same objective and seed (pairs are matched by seed).
+    """
+    merged: dict[str, list[dict[str, Any]]] = {}
+    for folder in folders:
+        for label, runs in json.loads((folder / "results.json").read_text()).items():
+            have = {r["seed"] for r in merged.get(label, [])}
+            twice = sorted(have & {r["seed"] for r in runs})
+            if twice:
+                raise SystemExit(f"espo compare: {folder / 'results.json'} repeats {label} seed {twice[0]}: "
+                                 "merge folders whose runs differ in objective or seed.")
+            merged.setdefault(label, []).extend(runs)
+    return merged
 
 
 def moving_average(values: list[float], window: int) -> list[float]:

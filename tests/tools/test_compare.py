@@ -69,7 +69,7 @@ def test_compare_gives_every_objective_the_same_first_rollout(comparison: tuple[
 def test_compare_writes_the_table_the_plot_and_the_results(comparison: tuple[dict, Path]):
     _, out = comparison
     table = (out / "results.md").read_text()
-    assert "| ESPO | 1 | 2 |" in table and "| WD1 | 1 | 2 |" in table
+    assert "| ESPO | 1 | 2 (2–2) |" in table and "| WD1 | 1 | 2 (2–2) |" in table
     assert (out / "reward_curves.png").stat().st_size > 1000
     assert json.loads((out / "results.json").read_text()).keys() == {"ESPO", "WD1"}
 
@@ -82,3 +82,58 @@ def test_render_only_rewrites_the_table_from_the_saved_results(comparison: tuple
     monkeypatch.setattr("sys.argv", ["espo"])
     compare_main(["--config", str(REPO / "configs/demo.yaml"), "--out", str(out), "--render_only"])
     assert "| WD1 |" in (out / "results.md").read_text()
+
+
+def test_max_minutes_sets_max_time_and_lifts_max_steps_unless_given(tmp_path: Path):
+    base = {"model": {"objective": {"class_path": "ESPO"}}, "trainer": {"max_steps": 400}}
+    timed = run_config(base, {"class_path": "WD1"}, "WD1", 0, None, tmp_path, max_minutes=90.5)["trainer"]
+    assert timed["max_time"] == "00:01:30:30" and timed["max_steps"] == -1  # 90.5 min = 1 h 30 min 30 s
+    both = run_config(base, {"class_path": "WD1"}, "WD1", 0, 10, tmp_path, max_minutes=0.001)["trainer"]
+    assert both["max_time"] == "00:00:00:01" and both["max_steps"] == 10  # 0.06 s: at least one second
+
+
+@pytest.mark.slow
+def test_a_run_stopped_by_time_is_validated_on_its_final_weights(tiny_dir: Path, tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setattr("sys.argv", ["espo"])
+    # One second of training; --max_steps 200 (100 rollout steps) only keeps a broken clock from running on.
+    results = compare_main(["--config", str(REPO / "configs/demo.yaml"), "--objectives", "ESPO",
+                            "--max_minutes", str(1 / 60), "--max_steps", "200", "--seeds", "0",
+                            "--out", str(tmp_path), "--model.policy.path", str(tiny_dir),
+                            "--data.init_args.batch_size", "2", "--model.batching.micro_batch_size", "12",
+                            "--val_examples", "2", "--val_every", "1000"])
+    run = results["ESPO"][0]
+    steps = run["rollout_steps"]
+    assert 1 <= steps < 100 and len(run["rewards"]) == steps
+    # The interval (1000) never came: the pass after the last step is the final one, on the weights trained.
+    assert [s for s, _ in run["summary"]["val_history"]] == [0, steps]
+    assert run["summary"]["val_step_end"] == steps and run["summary"]["val_score_end"] is not None
+    assert f"| ESPO | 1 | {steps} ({steps}–{steps}) |" in (tmp_path / "results.md").read_text()
+
+
+def _results(folder: Path, runs: dict[str, list[int]]) -> Path:
+    folder.mkdir()
+    (folder / "results.json").write_text(json.dumps({label: [
+        {"seed": s, "rewards": [0.1 * s, 0.2], "rollout_steps": 2, "summary": {}, "wall_seconds": 1.0}
+        for s in seeds] for label, seeds in runs.items()}))
+    return folder
+
+
+def test_merge_appends_the_runs_of_parallel_comparisons(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setattr("sys.argv", ["espo"])
+    one = _results(tmp_path / "one", {"ESPO": [0, 1], "WD1": [0]})
+    two = _results(tmp_path / "two", {"WD1": [1], "SPG": [0]})
+    out = tmp_path / "merged"
+    merged = compare_main(["--render_only", "--out", str(out), "--merge", str(one), str(two)])
+    assert {label: [r["seed"] for r in runs] for label, runs in merged.items()} == {
+        "ESPO": [0, 1], "WD1": [0, 1], "SPG": [0]}
+    assert json.loads((out / "results.json").read_text()) == merged
+    assert "| WD1 | 2 | 2 (2–2) |" in (out / "results.md").read_text()
+
+
+def test_merge_refuses_a_run_of_the_same_objective_and_seed_twice(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setattr("sys.argv", ["espo"])
+    one = _results(tmp_path / "one", {"ESPO": [0, 1]})
+    two = _results(tmp_path / "two", {"ESPO": [1]})
+    with pytest.raises(SystemExit, match="repeats ESPO seed 1"):
+        compare_main(["--render_only", "--out", str(tmp_path / "merged"), "--merge", str(one), str(two)])

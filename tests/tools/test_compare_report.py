@@ -42,16 +42,16 @@ def test_summarise_by_hand(results: dict):
     assert paired.high < 0  # excludes zero although the unpaired intervals overlap
     assert wd1["val_end"].low < espo["val_end"].high
     assert wd1["seconds"].mean == 20.0 and wd1["seconds"].half_width == 0.0
-    assert wd1["rollout_steps"] == 10 and sorted(wd1["seeds"]) == [0, 1, 2]
+    assert wd1["rollout_steps"] == [10, 10, 10] and sorted(wd1["seeds"]) == [0, 1, 2]
 
 
 def test_table_and_plot(results: dict, tmp_path):
     text = write_table(results, "ESPO", "espo compare ...", "2.x")
-    assert "| ESPO | 3 | 10 | 0.400 ± 0.050 | 0.450 ± 0.025 | +0.050 ± 0.025 | – |" in text
-    assert "| WD1 | 3 | 10 |" in text and "-0.023 ± 0.014" in text and "200 held-out examples" in text
+    assert "| ESPO | 3 | 10 (10–10) | 0.400 ± 0.050 | 0.450 ± 0.025 | +0.050 ± 0.025 | – |" in text
+    assert "| WD1 | 3 | 10 (10–10) |" in text and "-0.023 ± 0.014" in text and "200 held-out examples" in text
     assert "| WD1 | 2 | 10 | 0.380 | 0.420 |" in text  # one row per run
     one = {"ESPO": [record(0, 0.40, 0.45, [0.1, 0.2])]}  # one seed: no interval, no pairing
-    assert "| ESPO | 1 | 2 | 0.400 | 0.450 | +0.050 | – |" in write_table(one, "ESPO", "c", "2.x")
+    assert "| ESPO | 1 | 2 (2–2) | 0.400 | 0.450 | +0.050 | – |" in write_table(one, "ESPO", "c", "2.x")
     plot(results, tmp_path / "curves.png", "test")
     assert (tmp_path / "curves.png").stat().st_size > 1000
     no_val = {"ESPO": [{"seed": 0, "rewards": [0.1, 0.2, 0.3], "summary": {}, "wall_seconds": 1.0}]}
@@ -75,3 +75,10 @@ def test_objectives_required_unless_rendering(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["--config", "configs/demo.yaml", "--out", str(tmp_path)])
     assert "give --objectives" in capsys.readouterr().err
+
+
+def test_rollout_steps_are_given_as_mean_and_range_over_seeds():
+    runs = [{"seed": s, "rewards": [0.5] * 3, "rollout_steps": n, "summary": {}} for s, n in enumerate((39, 42, 40))]
+    old = {"seed": 0, "rewards": [0.5] * 5, "summary": {}}  # a record from before rollout_steps was kept
+    assert "| ESPO | 3 | 40.3 (39–42) |" in write_table({"ESPO": runs}, "ESPO", "c", "2.x")  # 121 / 3
+    assert "| WD1 | 1 | 5 (5–5) |" in write_table({"WD1": [old]}, "WD1", "c", "2.x")
