@@ -14,7 +14,8 @@ from espo.cli import EspoCLI, cli, main
 from espo.tools.check import Report, check
 
 REPO = Path(__file__).resolve().parents[2]
-SHIPPED = sorted(str(p.relative_to(REPO)) for p in (REPO / "configs").glob("**/*.yaml") if p.parent.name != "scale")
+SHIPPED = sorted(str(p.relative_to(REPO)) for p in (REPO / "configs").glob("**/*.yaml")
+                 if p.parent.name not in ("scale", "ranking"))  # snippets and compare overlays, not configs
 # Every "--config configs/X.yaml --config configs/scale/Y.yaml" the docs and the configs' own headers show.
 _PAIR = re.compile(r"--config (configs/[\w/]+\.yaml) --config (configs/scale/\w+\.yaml)")
 OVERLAYS = sorted({m.groups() for p in [*(REPO / "docs").glob("*.md"), *(REPO / "configs").glob("**/*.yaml")]

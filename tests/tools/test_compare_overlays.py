@@ -68,3 +68,11 @@ def test_a_key_below_a_plain_value_is_refused(tmp_path: Path):
     spec = objective_spec(str(objective_yaml(tmp_path, {"model.num_iterations.value": 8})))
     with pytest.raises(ValueError, match=r"'value' is not a setting at model.num_iterations"):
         check_overrides(BASE, spec)
+
+
+@pytest.mark.parametrize("overlay", sorted((REPO / "configs" / "ranking").glob("*.yaml")), ids=lambda p: p.stem)
+def test_every_ranking_overlay_fits_the_testbed_config(overlay: Path):
+    base = yaml.safe_load((REPO / "configs" / "testbed.yaml").read_text())
+    spec = objective_spec(str(overlay))
+    check_overrides(base, spec)  # raises on a key the testbed config does not have
+    assert spec.overrides["model.num_iterations"] == 8
