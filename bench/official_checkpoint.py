@@ -40,7 +40,7 @@ from espo.models.tiny import LLADA_PUBLISHED_FIELDS  # noqa: E402
 
 #: ``configuration_llada.py`` of the adapter: LLaDA's config fields as a ``PretrainedConfig`` (the fields that
 #: do not shape espo's network stay attributes, as in the hub class).
-ADAPTER_CONFIG = '''"""LLaDA's config.json as a transformers config (the adapter of espo's bench/official_checkpoint.py)."""
+ADAPTER_CONFIG = '''"""LLaDA's config.json as a transformers config (espo bench adapter)."""
 
 from transformers import PretrainedConfig
 
@@ -61,7 +61,7 @@ class LLaDAConfig(PretrainedConfig):
 #: ``modeling_llada.py`` of the adapter: espo's LLaDA network behind ``PreTrainedModel``. The network's ``model``
 #: submodule is registered under the same name, so the state-dict keys are the published ones; the network
 #: itself is kept unregistered (it owns no other parameters) and runs the forward.
-ADAPTER_MODEL = '''"""espo's LLaDA network as a transformers model (the adapter of espo's bench/official_checkpoint.py)."""
+ADAPTER_MODEL = '''"""espo's LLaDA network as a transformers model (espo bench adapter)."""
 
 import dataclasses
 
