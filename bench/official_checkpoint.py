@@ -17,8 +17,8 @@ Two readers:
   holding LLaDA's own hub ``configuration_llada.py`` and ``modeling_llada.py``, which this machine cannot fetch)
   the official side runs LLaDA's published modelling code instead, so the model code differs too.
 
-The tokenizer is a word-level one over ``t0 .. t1023``, so a prompt written ``"t17 t5 ..."`` tokenizes to exactly
-the ids espo's side is given: both trainers complete the same prompts.
+The tokenizer is a word-level one over ``<0> .. <1023>``, so a prompt written ``"<17> <5> ..."`` tokenizes to
+exactly the ids espo's side is given (the official worker checks it): both trainers complete the same prompts.
 """
 
 from __future__ import annotations
@@ -30,13 +30,6 @@ from dataclasses import asdict
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.append(str(ROOT))
-sys.path.insert(0, str(ROOT / "bench"))
-
-from update_roofline import EOS, PAD_EOS, SHAPES, build  # noqa: E402
-
-from espo.models.export import save_sharded  # noqa: E402
-from espo.models.tiny import LLADA_PUBLISHED_FIELDS  # noqa: E402
 
 #: ``configuration_llada.py`` of the adapter: LLaDA's config fields as a ``PretrainedConfig`` (the fields that
 #: do not shape espo's network stay attributes, as in the hub class).
@@ -100,8 +93,9 @@ class LLaDAModelLM(PreTrainedModel):
 
 
 def token(i: int) -> str:
-    """The word the bench tokenizer maps to id ``i``."""
-    return f"t{i}"
+    """The word the bench tokenizer maps to id ``i``. Delimited on both sides: transformers matches special tokens
+    as substrings before splitting words, so no word may contain another (``t1`` would split ``t182``)."""
+    return f"<{i}>"
 
 
 def write_checkpoint(workdir: str | Path, shape: str = "body", seed: int = 0,
@@ -118,15 +112,24 @@ def write_checkpoint(workdir: str | Path, shape: str = "body", seed: int = 0,
     Returns:
         The checkpoint directory.
     """
+    # espo is imported here, not at module level: the official worker (transformers 4.x) imports ``token`` only.
+    sys.path.append(str(ROOT))
+    sys.path.insert(0, str(ROOT / "bench"))
+    import torch
+    from update_roofline import EOS, PAD_EOS, SHAPES, build
+
+    from espo.models.export import save_sharded
+    from espo.models.tiny import LLADA_PUBLISHED_FIELDS
+
     out = Path(workdir) / f"LLaDA-{shape}-seed{seed}"
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)
-    network = build(shape, "cpu", __import__("torch").float32, seed=seed).network
+    network = build(shape, "cpu", torch.float32, seed=seed).network
     save_sharded(network.state_dict(), out, num_shards=1)
     config = {**LLADA_PUBLISHED_FIELDS, **asdict(network.config), "torch_dtype": "float32"}
     (out / "config.json").write_text(json.dumps(dict(sorted(config.items())), indent=2) + "\n")
-    _write_tokenizer(out, SHAPES[shape]["vocab"], network.config.mask_token_id)
+    _write_tokenizer(out, SHAPES[shape]["vocab"], {"mask": network.config.mask_token_id, "eos": PAD_EOS, "eot": EOS})
     if llada_code is None:
         (out / "configuration_llada.py").write_text(ADAPTER_CONFIG)
         (out / "modeling_llada.py").write_text(ADAPTER_MODEL)
@@ -136,8 +139,8 @@ def write_checkpoint(workdir: str | Path, shape: str = "body", seed: int = 0,
     return out
 
 
-def _write_tokenizer(out: Path, vocab: int, mask_id: int) -> None:
-    """A word-level ``tokenizer.json`` over ``t0 .. t<vocab-1>`` with LLaDA's roles of the special ids.
+def _write_tokenizer(out: Path, vocab: int, ids: dict[str, int]) -> None:
+    """A word-level ``tokenizer.json`` over ``<0> .. <vocab-1>`` with LLaDA's roles of the special ids.
 
     Written with ``tokenizers`` and a hand-made ``tokenizer_config.json``, so transformers 4.x (the official
     trainer's) and 5.x (espo's) read the same files.
@@ -149,7 +152,7 @@ def _write_tokenizer(out: Path, vocab: int, mask_id: int) -> None:
     tokenizer = Tokenizer(WordLevel({token(i): i for i in range(vocab)}, unk_token=token(0)))
     tokenizer.pre_tokenizer = WhitespaceSplit()
     tokenizer.save(str(out / "tokenizer.json"))
-    config = {"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": token(0), "eos_token": token(PAD_EOS),
-              "pad_token": token(PAD_EOS), "mask_token": token(mask_id), "additional_special_tokens": [token(EOS)],
-              "model_max_length": 4096, "padding_side": "left"}
+    config = {"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": token(0), "eos_token": token(ids["eos"]),
+              "pad_token": token(ids["eos"]), "mask_token": token(ids["mask"]),
+              "additional_special_tokens": [token(ids["eot"])], "model_max_length": 4096, "padding_side": "left"}
     (out / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n")

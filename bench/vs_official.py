@@ -158,8 +158,9 @@ def peak(result: dict, key: str = "rss_peak") -> float | None:
 def summary(result: dict, clock: str) -> str:
     times = ", ".join(f"{p} {seconds(result, p, clock):.2f} s" for p in ("whole", *PHASES))
     alloc = peak(result, "allocated_peak")
+    spans = "".join(f", {name} {value / MIB:.0f}" for name, value in sorted(result.get("spans", {}).items()))
     return (f"{times}; resident peak {peak(result):.0f} MiB (start {result['rss_start'] / MIB:.0f})"
-            + ("" if alloc is None else f", allocated peak {alloc:.0f} MiB"))
+            + ("" if alloc is None else f", allocated peak {alloc:.0f} MiB{spans}"))
 
 
 def table(rows: list[tuple[int, dict[str, list[dict]]]], args: argparse.Namespace) -> str:

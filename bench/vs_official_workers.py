@@ -34,8 +34,11 @@ class PhaseClock:
     """Contiguous phases: ``mark(name)`` ends the running phase (if any) and starts ``name``; ``end()`` ends the last.
 
     Each phase gets CPU and wall seconds and its resident-set high-water mark (reset to the current resident set
-    when it starts). With ``allocated`` a profiler records torch's allocations from construction on (so weights
-    count), each phase is a ``record_function`` range, and ``result`` adds the most bytes allocated at once.
+    when it starts). With ``allocated`` a profiler records torch's allocations from the step's start on, each phase
+    is a ``record_function`` range, and ``result`` adds the most bytes torch had allocated at once above what was
+    allocated when the step started: gradients, optimiser state and every transient, not the weights (espo's
+    loader keeps them in memory the allocator does not see, transformers' in memory it does: counting from the
+    step's start measures both sides alike).
     """
 
     def __init__(self, allocated: bool) -> None:
@@ -43,14 +46,16 @@ class PhaseClock:
         self.current: tuple[str, float, float, Any] | None = None
         self.rss_start = 0
         self.prof = None
+        self.spans: dict[str, int] = {}  # allocator peaks of the finer ranges of ``span``
         if allocated:
             self.prof = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True)
-            self.prof.__enter__()
 
     def mark(self, name: str | None) -> None:
         cpu, wall = time.process_time(), time.perf_counter()
-        if self.current is None:
+        if self.current is None and not self.phases:  # the step starts
             self.rss_start = _status("VmRSS")
+            if self.prof is not None:
+                self.prof.__enter__()
         else:
             prev, cpu0, wall0, scope = self.current
             if scope is not None:
@@ -68,16 +73,30 @@ class PhaseClock:
     def end(self) -> None:
         self.mark(None)
 
+    def span(self, name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+        """``fn`` run inside a range ``name`` of its own (profiling only: a finer allocator peak, no clock)."""
+        if self.prof is None:
+            return fn
+
+        @functools.wraps(fn)
+        def spanned(*a: Any, **k: Any) -> Any:
+            with torch.profiler.record_function(RANGE + name):
+                return fn(*a, **k)
+        return spanned
+
     def result(self) -> dict[str, Any]:
         if self.prof is not None:
             self.prof.__exit__(None, None, None)
             for name, value in _allocated_peaks(self.prof).items():
-                self.phases[name]["allocated_peak"] = value
-        return {"phases": self.phases, "rss_start": self.rss_start}
+                if name in self.phases:
+                    self.phases[name]["allocated_peak"] = value
+                else:
+                    self.spans[name] = value
+        return {"phases": self.phases, "rss_start": self.rss_start, "spans": self.spans}
 
 
 def _allocated_peaks(prof: Any) -> dict[str, int]:
-    """Each phase's most bytes allocated at once, from the profiler's allocation events (running totals)."""
+    """Each range's most bytes allocated at once above the step's start, from the profiler's allocation events."""
     from torch._C._profiler import _EventType
 
     ranges, allocations, stack = [], [], list(prof.profiler.kineto_results.experimental_event_tree())
@@ -85,11 +104,16 @@ def _allocated_peaks(prof: Any) -> dict[str, int]:
         node = stack.pop()
         stack.extend(node.children)
         if node.tag == _EventType.Allocation:
-            allocations.append((node.start_time_ns, node.extra_fields.total_allocated))
+            fields = node.extra_fields
+            allocations.append((node.start_time_ns, fields.total_allocated, fields.alloc_size))
         elif node.name.startswith(RANGE):
             ranges.append((node.start_time_ns, node.end_time_ns, node.name[len(RANGE):]))
+    allocations.sort()
+    # The running total counts what the profiler saw: measure from the total before the step's first event.
+    base = allocations[0][1] - allocations[0][2] if allocations else 0
     peaks: dict[str, int] = {}
-    for t, total in sorted(allocations):
+    for t, total, _ in allocations:
+        total -= base
         for lo, hi, name in ranges:
             if lo <= t <= hi:
                 peaks[name] = max(peaks.get(name, 0), total)
@@ -131,6 +155,8 @@ def run_espo(args: argparse.Namespace) -> dict[str, Any]:
                            temperature=0.0, cache=args.cache, threshold=args.threshold)
     objective = ESPO(beta=args.beta, num_mc=args.num_mc)
     objective.prepare = _wrap(objective.prepare, lambda: clock.mark("old + ref"), lambda: clock.mark("update"))
+    objective.loss = clock.span("update: loss forward", objective.loss)
+    optimizer.step = clock.span("update: optimiser step", optimizer.step)
     rewards = torch.rand(len(prompt), generator=torch.Generator().manual_seed(2))
     settings = UpdateSettings(num_iterations=args.iterations, micro_batch_size=None, max_grad_norm=0.2, seed=0,
                               max_consecutive_skips=None, log_memory=False)  # this bench resets the peaks itself
@@ -147,7 +173,8 @@ def run_espo(args: argparse.Namespace) -> dict[str, Any]:
                       padding_eos_mask=completion_mask(completion, eos[:1], include_eos=True))
     counters.start_step()
     update(RolloutResult(rollout, {}), policy=policy, reference=reference, objective=objective, optimizer=optimizer,
-           scheduler=None, backward=lambda loss: loss.backward(), counters=counters, settings=settings)
+           scheduler=None, backward=clock.span("update: backward", lambda loss: loss.backward()), counters=counters,
+           settings=settings)
     clock.end()
     return {**clock.result(), "versions": {"espo": str(Path(espo.__file__).parent), "torch": torch.__version__}}
 
@@ -167,6 +194,7 @@ def run_official(args: argparse.Namespace) -> dict[str, Any]:
     import datasets
     import transformers
     import trl
+    from official_checkpoint import token
     from transformers import AutoModel, AutoTokenizer, TrainerCallback
 
     root = Path(args.official)
@@ -176,7 +204,11 @@ def run_official(args: argparse.Namespace) -> dict[str, Any]:
     model = AutoModel.from_pretrained(args.checkpoint, trust_remote_code=True, torch_dtype=torch.float32,
                                       use_cache=False)
     tokenizer = AutoTokenizer.from_pretrained(args.checkpoint)
-    prompts = [" ".join(f"t{i}" for i in row) for row in _prompts(args, model.config.embedding_size).tolist()]
+    prompt_ids = _prompts(args, model.config.embedding_size)
+    prompts = [" ".join(token(i) for i in row) for row in prompt_ids.tolist()]
+    encoded = tokenizer(text=prompts, return_tensors="pt", padding=True, add_special_tokens=False)["input_ids"]
+    if not torch.equal(encoded, prompt_ids):  # the official trainer tokenises the text: it must see the same ids
+        raise RuntimeError(f"the prompts tokenise to {encoded.tolist()}, not {prompt_ids.tolist()}")
     rows = args.prompts * args.generations
     rewards = torch.Generator().manual_seed(2)
 
@@ -187,6 +219,15 @@ def run_official(args: argparse.Namespace) -> dict[str, Any]:
         def on_step_begin(self, train_args: Any, state: Any, control: Any, **kwargs: Any) -> None:
             if state.global_step == 0:
                 clock.mark("rollout")
+
+        def on_pre_optimizer_step(self, train_args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            if clock.prof is not None:  # the optimiser step's own range (profiling only)
+                self.scope = torch.profiler.record_function(RANGE + "update: optimiser step")
+                self.scope.__enter__()
+
+        def on_optimizer_step(self, train_args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            if clock.prof is not None:
+                self.scope.__exit__(None, None, None)
 
         def on_step_end(self, train_args: Any, state: Any, control: Any, **kwargs: Any) -> None:
             if state.global_step == args.iterations:
@@ -221,6 +262,8 @@ def run_official(args: argparse.Namespace) -> dict[str, Any]:
             clock.mark("update")
 
     trainer._get_elbo_by_chunk = _wrap(trainer._get_elbo_by_chunk, before, after)
+    trainer.compute_loss = clock.span("update: loss forward", trainer.compute_loss)
+    trainer.accelerator.backward = clock.span("update: backward", trainer.accelerator.backward)
     trainer.train()
     versions = {"trl": trl.__version__, "transformers": transformers.__version__, "torch": torch.__version__,
                 "official": str(root)}
