@@ -26,7 +26,10 @@ into contiguous phases measured the same way on both sides:
 Time is the process' CPU time (``--clock wall`` for wall time): other jobs on a shared core do not count in it.
 Memory is the resident-set high-water mark of each phase (``VmHWM``, reset by writing 5 to
 ``/proc/self/clear_refs`` at each phase start; what espo logs as ``memory/*`` on CPU), so ``peak`` counts the
-whole process, interpreter and libraries included; ``start`` is the resident set when the step begins. With
+whole process, interpreter and libraries included; ``start`` is the resident set when the step begins (each
+run's line also gives its anonymous and file-backed parts at the step's start and end: espo's loader leaves the
+weights in a private mapping of the safetensors file, paged in as they are first read; transformers copies them
+into anonymous memory when loading). With
 ``--allocated`` each phase's peak of the bytes torch's allocator had handed out is added (the profiler's
 allocation events, from before the models load: weights, optimiser state and tensors, no library memory);
 profiling slows the step, so its times are not comparable to runs without it.
@@ -159,7 +162,10 @@ def summary(result: dict, clock: str) -> str:
     times = ", ".join(f"{p} {seconds(result, p, clock):.2f} s" for p in ("whole", *PHASES))
     alloc = peak(result, "allocated_peak")
     spans = "".join(f", {name} {value / MIB:.0f}" for name, value in sorted(result.get("spans", {}).items()))
-    return (f"{times}; resident peak {peak(result):.0f} MiB (start {result['rss_start'] / MIB:.0f})"
+    kinds = result["rss_kinds"]
+    growth = ", ".join(f"{k[3:].lower()} {kinds['start'][k] / MIB:.0f} -> {kinds['end'][k] / MIB:.0f}"
+                       for k in ("RssAnon", "RssFile"))
+    return (f"{times}; resident peak {peak(result):.0f} MiB (start {result['rss_start'] / MIB:.0f}; {growth})"
             + ("" if alloc is None else f", allocated peak {alloc:.0f} MiB{spans}"))
 
 

@@ -45,6 +45,7 @@ class PhaseClock:
         self.phases: dict[str, dict[str, float]] = {}
         self.current: tuple[str, float, float, Any] | None = None
         self.rss_start = 0
+        self.kinds: dict[str, dict[str, int]] = {}  # anonymous and file-backed resident bytes at start and end
         self.prof = None
         self.spans: dict[str, int] = {}  # allocator peaks of the finer ranges of ``span``
         if allocated:
@@ -54,6 +55,7 @@ class PhaseClock:
         cpu, wall = time.process_time(), time.perf_counter()
         if self.current is None and not self.phases:  # the step starts
             self.rss_start = _status("VmRSS")
+            self.kinds = {"start": {k: _status(k) for k in ("RssAnon", "RssFile")}}
             if self.prof is not None:
                 self.prof.__enter__()
         else:
@@ -72,6 +74,7 @@ class PhaseClock:
 
     def end(self) -> None:
         self.mark(None)
+        self.kinds["end"] = {k: _status(k) for k in ("RssAnon", "RssFile")}
 
     def span(self, name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
         """``fn`` run inside a range ``name`` of its own (profiling only: a finer allocator peak, no clock)."""
@@ -92,7 +95,7 @@ class PhaseClock:
                     self.phases[name]["allocated_peak"] = value
                 else:
                     self.spans[name] = value
-        return {"phases": self.phases, "rss_start": self.rss_start, "spans": self.spans}
+        return {"phases": self.phases, "rss_start": self.rss_start, "spans": self.spans, "rss_kinds": self.kinds}
 
 
 def _allocated_peaks(prof: Any) -> dict[str, int]:
