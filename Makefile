@@ -1,5 +1,5 @@
 # Two commands do all set-up on a fresh machine:
-#   make demo   install into .venv and run the CPU demo (ESPO on 4x4 Sudoku, tiny model, ~7 minutes on 2 cores)
+#   make demo   install into .venv and run the CPU demo (ESPO on 4x4 Sudoku, tiny model, ~5 minutes on 2 cores)
 #   make test   install into .venv and run the linter and the test suite
 # On machines with a local CPU torch wheel folder in PIP_FIND_LINKS it is used; elsewhere the torch pin
 # in constraints.txt resolves from the package index (GPU users may pre-install the CUDA build they want).

@@ -136,4 +136,4 @@ def test_the_command_exits_1_with_one_line_per_problem(capsys):
 def test_the_command_prints_the_effective_run_and_returns_normally(capsys):
     main(["check", "--config", str(REPO / "configs/demo.yaml")])  # exit status 0: the console script returns
     out = capsys.readouterr().out
-    assert "48 = 8 prompts x 6 generations" in out and "trainer.max_steps 400 = 200 rollout steps" in out
+    assert "48 = 8 prompts x 6 generations" in out and "trainer.max_steps 320 = 160 rollout steps" in out
