@@ -32,13 +32,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch._C._profiler import _EventType
 from torch.profiler import ProfilerActivity, profile, record_function
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.append(str(ROOT))  # after PYTHONPATH: another checkout can be measured
 sys.path.insert(0, str(ROOT / "bench"))
 
+from profiler_peaks import range_peaks  # noqa: E402
 from update_roofline import EOS, PAD_EOS, SHAPES, build  # noqa: E402
 
 from espo.objectives import ESPO, WD1, CoupledGRPO, DiffuGRPO, Rollout  # noqa: E402
@@ -103,24 +103,8 @@ class Meter:
         if self.prof is None:
             return
         self.prof.__exit__(None, None, None)
-        ranges, allocations, stack = [], [], list(self.prof.profiler.kineto_results.experimental_event_tree())
-        while stack:
-            node = stack.pop()
-            stack.extend(node.children)
-            if node.tag == _EventType.Allocation:
-                fields = node.extra_fields
-                allocations.append((node.start_time_ns, fields.total_allocated, fields.alloc_size))
-            elif node.name.startswith(PHASE):
-                ranges.append((node.start_time_ns, node.end_time_ns, node.name[len(PHASE):]))
-        allocations.sort()
-        # The reporter's running total carries over from any earlier profiling in the process: count from the
-        # total before this session's first allocation.
-        base = allocations[0][1] - allocations[0][2] if allocations else 0
-        for t, total, _ in allocations:
-            total -= base
-            for lo, hi, name in ranges:
-                if lo <= t <= hi:
-                    self.allocated[name] = max(self.allocated.get(name, 0), total)
+        for name, peak in range_peaks(self.prof, PHASE).items():
+            self.allocated[name] = max(self.allocated.get(name, 0), peak)
 
 
 PHASE = "phase: "

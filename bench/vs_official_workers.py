@@ -99,28 +99,10 @@ class PhaseClock:
 
 
 def _allocated_peaks(prof: Any) -> dict[str, int]:
-    """Each range's most bytes allocated at once above the step's start, from the profiler's allocation events."""
-    from torch._C._profiler import _EventType
+    """Each phase's most bytes allocated at once above the step's start (``bench/profiler_peaks.py``)."""
+    from profiler_peaks import range_peaks
 
-    ranges, allocations, stack = [], [], list(prof.profiler.kineto_results.experimental_event_tree())
-    while stack:
-        node = stack.pop()
-        stack.extend(node.children)
-        if node.tag == _EventType.Allocation:
-            fields = node.extra_fields
-            allocations.append((node.start_time_ns, fields.total_allocated, fields.alloc_size))
-        elif node.name.startswith(RANGE):
-            ranges.append((node.start_time_ns, node.end_time_ns, node.name[len(RANGE):]))
-    allocations.sort()
-    # The running total counts what the profiler saw: measure from the total before the step's first event.
-    base = allocations[0][1] - allocations[0][2] if allocations else 0
-    peaks: dict[str, int] = {}
-    for t, total, _ in allocations:
-        total -= base
-        for lo, hi, name in ranges:
-            if lo <= t <= hi:
-                peaks[name] = max(peaks.get(name, 0), total)
-    return peaks
+    return range_peaks(prof, RANGE)
 
 
 def _prompts(args: argparse.Namespace, vocab: int) -> torch.Tensor:
