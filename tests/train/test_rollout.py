@@ -9,24 +9,12 @@ import torch
 
 from espo.models.tiny import tiny_model
 from espo.objectives import ESPO, MaskedSFT
-from espo.tasks import Task
 from espo.train.rollout import RolloutSettings, generate, roll_out
+from tests.helpers import CountSevens
 
 
-class Sevens(Task):
-    """Reward: the share of '7' in the completion; the SFT target is the prompt reversed."""
-
-    def load_split(self, split: str) -> list[dict[str, Any]]:
-        return []
-
-    def prompt(self, example: dict[str, Any]) -> str:
-        return example["prompt"]
-
-    def reward_components(self, completion: str, example: dict[str, Any]) -> dict[str, float]:
-        return {"sevens": completion.count("7") / max(len(completion), 1)}
-
-    def score(self, completion: str, example: dict[str, Any]) -> float:
-        return float("7" in completion)
+class Sevens(CountSevens):
+    """The shared test task (reward: the share of '7'), with an SFT target: the prompt reversed."""
 
     def target(self, example: dict[str, Any]) -> str:
         return example["prompt"][::-1]
